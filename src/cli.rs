@@ -1,0 +1,223 @@
+//! The command line: `serve`, `check-config`, `demo`, `keys generate`.
+//!
+//! Owns: argument parsing, exit codes, logging set-up and the process signals (SIGTERM/SIGINT
+//! shut down gracefully). Must not: contain gateway logic; each command calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, FileChecks, LogFormat, ProcessEnv, SigningAlgorithm};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "entra-gateway",
+    version,
+    about = "Token-exchange gateway for Microsoft Entra ID"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// YAML config file.
+        #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Parse and validate a config, print it with secrets redacted; exit 1 listing every problem.
+    CheckConfig {
+        #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// Do not read the key and secret files the config names (they exist only where the
+        /// gateway runs, e.g. in a cluster).
+        #[arg(long)]
+        syntax_only: bool,
+    },
+    /// Start mock Entra ID + Graph, an echo upstream and the gateway on loopback, and print
+    /// curl lines for the whole flow.
+    Demo {
+        /// Public port of the demo gateway (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port of the demo gateway (0 = any free port).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+    },
+    /// Signing key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new PEM (PKCS#8) private signing key.
+    Generate {
+        #[arg(long, value_enum, default_value_t = AlgorithmArg::Es256)]
+        algorithm: AlgorithmArg,
+        /// Output file (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AlgorithmArg {
+    #[value(name = "ES256")]
+    Es256,
+    #[value(name = "RS256")]
+    Rs256,
+    #[value(name = "EdDSA")]
+    EdDsa,
+}
+
+impl From<AlgorithmArg> for SigningAlgorithm {
+    fn from(a: AlgorithmArg) -> Self {
+        match a {
+            AlgorithmArg::Es256 => SigningAlgorithm::ES256,
+            AlgorithmArg::Rs256 => SigningAlgorithm::RS256,
+            AlgorithmArg::EdDsa => SigningAlgorithm::EdDSA,
+        }
+    }
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig {
+            config,
+            syntax_only,
+        } => check_config(&config, syntax_only),
+        Command::Keys {
+            command: KeysCommand::Generate { algorithm, out },
+        } => match crate::issuer::keys::generate_to_file(algorithm.into(), &out) {
+            Ok(()) => {
+                println!(
+                    "wrote a new {:?} signing key to {}",
+                    SigningAlgorithm::from(algorithm),
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve { config } => with_runtime(serve(config)),
+        Command::Demo { port, admin_port } => {
+            init_logging("info", LogFormat::Pretty);
+            with_runtime(async move { crate::demo::run(port, admin_port, shutdown_signal()).await })
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
+    let files = if syntax_only {
+        FileChecks::Skip
+    } else {
+        FileChecks::Read
+    };
+    match Config::load(path, &ProcessEnv, files) {
+        Ok(config) => {
+            print!("{}", config.redacted_yaml());
+            eprintln!(
+                "configuration is valid{}",
+                if syntax_only {
+                    " (key and secret files not read)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path, &ProcessEnv, FileChecks::Read).map_err(|e| e.to_string())?;
+    init_logging(&config.logging.level, config.logging.format);
+    let listeners = crate::server::Listeners::bind(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "entra-gateway starting");
+    crate::server::run(config, listeners, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Logs to stdout: JSON when not a terminal (containers), pretty otherwise; `RUST_LOG` wins.
+pub fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}

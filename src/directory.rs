@@ -1,0 +1,239 @@
+//! User directory: the gateway's local record of each user who signed in.
+//!
+//! Owns: the stable internal user id for (tid, oid), creating the record on first sign-in,
+//! updating changed profile fields on later ones (one structured log line naming the changed
+//! fields), and `created_at` / `updated_at` / `last_login_at`. Storage sits behind
+//! [`UserStore`] (in-process here; Redis in `cache::redis`). Must not: call Graph, derive the id
+//! from email or UPN, or log profile values (only field names).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Namespace of the stable user id: `uuid_v5(NAMESPACE, "{tid}:{oid}")`.
+const USER_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6f1c_2b8e_4a3d_4f0e_9c57_2d1e_8b6a_0c33);
+
+/// The stable internal id of a user: the same for (tid, oid) on every replica and after every
+/// restart, and never derived from mutable attributes such as email or UPN.
+pub fn internal_user_id(tid: &str, oid: &str) -> String {
+    let name = format!("{}:{}", tid.to_ascii_lowercase(), oid.to_ascii_lowercase());
+    uuid::Uuid::new_v5(&USER_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// Profile attributes read from Graph (or, in `claims` mode, from the token).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub mail: Option<String>,
+    pub display_name: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub given_name: Option<String>,
+    pub surname: Option<String>,
+}
+
+/// One user as the gateway knows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub oid: String,
+    pub tenant_id: String,
+    pub email: Option<String>,
+    pub display_name: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub given_name: Option<String>,
+    pub surname: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_login_at: String,
+}
+
+impl UserRecord {
+    fn new(tid: &str, oid: &str, profile: &Profile, now: &str) -> UserRecord {
+        UserRecord {
+            id: internal_user_id(tid, oid),
+            oid: oid.to_string(),
+            tenant_id: tid.to_string(),
+            email: profile.mail.clone(),
+            display_name: profile.display_name.clone(),
+            user_principal_name: profile.user_principal_name.clone(),
+            given_name: profile.given_name.clone(),
+            surname: profile.surname.clone(),
+            created_at: now.to_string(),
+            updated_at: now.to_string(),
+            last_login_at: now.to_string(),
+        }
+    }
+
+    /// Applies `profile`, returning the names of the fields that changed.
+    fn apply(&mut self, profile: &Profile) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut set = |name: &'static str, field: &mut Option<String>, value: &Option<String>| {
+            if field != value {
+                field.clone_from(value);
+                changed.push(name);
+            }
+        };
+        set("mail", &mut self.email, &profile.mail);
+        set("displayName", &mut self.display_name, &profile.display_name);
+        set(
+            "userPrincipalName",
+            &mut self.user_principal_name,
+            &profile.user_principal_name,
+        );
+        set("givenName", &mut self.given_name, &profile.given_name);
+        set("surname", &mut self.surname, &profile.surname);
+        changed
+    }
+
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn for_test(tid: &str, oid: &str) -> UserRecord {
+        UserRecord::new(tid, oid, &Profile::default(), "2026-01-01T00:00:00Z")
+    }
+}
+
+/// A storage failure (Redis down, a value that cannot be decoded).
+#[derive(Debug, thiserror::Error)]
+#[error("user store: {0}")]
+pub struct StoreError(pub String);
+
+/// Where user records live.
+#[async_trait::async_trait]
+pub trait UserStore: Send + Sync {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError>;
+    async fn put(&self, record: &UserRecord) -> Result<(), StoreError>;
+}
+
+/// In-process store: records live as long as the process.
+#[derive(Default)]
+pub struct MemoryUserStore {
+    // std Mutex: every critical section is one map operation, never held across an await.
+    records: std::sync::Mutex<std::collections::HashMap<(String, String), UserRecord>>,
+}
+
+#[async_trait::async_trait]
+impl UserStore for MemoryUserStore {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+        let map = self
+            .records
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        Ok(map.get(&(tid.to_string(), oid.to_string())).cloned())
+    }
+
+    async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
+        let mut map = self
+            .records
+            .lock()
+            .map_err(|_| StoreError("poisoned".into()))?;
+        map.insert(
+            (record.tenant_id.clone(), record.oid.clone()),
+            record.clone(),
+        );
+        Ok(())
+    }
+}
+
+/// What a sign-in did to the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Created,
+    Updated(Vec<&'static str>),
+    Unchanged,
+}
+
+/// The user directory.
+#[derive(Clone)]
+pub struct Directory {
+    store: Arc<dyn UserStore>,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn UserStore>) -> Directory {
+        Directory { store }
+    }
+
+    pub async fn find(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.store.get(tid, oid).await
+    }
+
+    /// Creates or updates the record of a user who just signed in.
+    pub async fn sync_login(
+        &self,
+        tid: &str,
+        oid: &str,
+        profile: &Profile,
+    ) -> Result<(UserRecord, SyncOutcome), StoreError> {
+        let now = now_rfc3339();
+        let (record, outcome) = match self.store.get(tid, oid).await? {
+            None => (
+                UserRecord::new(tid, oid, profile, &now),
+                SyncOutcome::Created,
+            ),
+            Some(mut rec) => {
+                let changed = rec.apply(profile);
+                rec.last_login_at.clone_from(&now);
+                if changed.is_empty() {
+                    (rec, SyncOutcome::Unchanged)
+                } else {
+                    rec.updated_at.clone_from(&now);
+                    (rec, SyncOutcome::Updated(changed))
+                }
+            }
+        };
+        self.store.put(&record).await?;
+        match &outcome {
+            SyncOutcome::Created => {
+                tracing::info!(user_id = %record.id, tid = %tid, "user created")
+            }
+            SyncOutcome::Updated(fields) => {
+                tracing::info!(user_id = %record.id, tid = %tid, changed = %fields.join(","), "user updated")
+            }
+            SyncOutcome::Unchanged => {}
+        }
+        Ok((record, outcome))
+    }
+}
+
+/// Current time, RFC 3339 UTC with seconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(name: &str) -> Profile {
+        Profile {
+            display_name: Some(name.into()),
+            mail: Some("a@b.c".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn internal_id_is_stable_for_tid_and_oid_and_case_insensitive() {
+        assert_eq!(internal_user_id("T", "O"), internal_user_id("t", "o"));
+        assert_ne!(internal_user_id("t", "o1"), internal_user_id("t", "o2"));
+        assert_ne!(internal_user_id("t1", "o"), internal_user_id("t2", "o"));
+    }
+
+    #[tokio::test]
+    async fn first_login_creates_a_change_updates_and_the_same_profile_leaves_it_alone() {
+        let dir = Directory::new(Arc::new(MemoryUserStore::default()));
+        let (a, out) = dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+        assert_eq!(out, SyncOutcome::Created);
+        let (b, out) = dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+        assert_eq!(out, SyncOutcome::Unchanged);
+        assert_eq!(
+            (a.id.as_str(), a.created_at.as_str(), a.updated_at.as_str()),
+            (b.id.as_str(), b.created_at.as_str(), b.updated_at.as_str())
+        );
+        let (c, out) = dir.sync_login("t", "o", &profile("Anne")).await.unwrap();
+        assert_eq!(out, SyncOutcome::Updated(vec!["displayName"]));
+        assert_eq!(c.display_name.as_deref(), Some("Anne"));
+        assert_eq!(c.created_at, a.created_at);
+    }
+}

@@ -1,0 +1,366 @@
+//! Entra ID access-token validation.
+//!
+//! Owns: the rules an Entra access token must pass before the gateway trusts it: RS256 only,
+//! a known `kid` of the token's tenant, `tid` among `entra.tenants`, `iss` exactly the one of the
+//! token's version for that `tid` (v1 `https://sts.windows.net/{tid}/`, v2
+//! `{authority_host}/{tid}/v2.0`), `aud` among `entra.audiences`, `exp`/`nbf` with `clock_skew`,
+//! and reading the identity (tid, oid) and the `groups` claim (complete, overage or absent).
+//! Must not: call Graph, decide authorization, or trust any URL found in a token. Microsoft
+//! Graph tokens are recognised by their audience and refused without trying to verify them
+//! (their signatures are not verifiable by third parties).
+
+pub mod jwks;
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+
+use crate::config::EntraConfig;
+use jwks::{JwksCache, JwksError};
+
+/// Audiences of Microsoft Graph tokens (the classic mistake: sending MSAL's `User.Read` token).
+const GRAPH_AUDIENCES: &[&str] = &[
+    "https://graph.microsoft.com",
+    "https://graph.microsoft.com/",
+    "00000003-0000-0000-c000-000000000000",
+];
+
+/// Why an Entra token was refused. Every variant but `KeysUnavailable` is the caller's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntraError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token algorithm is not RS256")]
+    UnsupportedAlgorithm,
+    #[error("the token header has no kid")]
+    MissingKid,
+    #[error("the token was not signed by a current key of its tenant")]
+    UnknownKid,
+    #[error("the token signature is invalid")]
+    BadSignature,
+    #[error(
+        "the token is a Microsoft Graph token; request a token for the gateway's own API scope"
+    )]
+    GraphToken,
+    #[error("the token's tenant is not accepted by this gateway")]
+    TenantNotAllowed,
+    #[error("the token version is not accepted")]
+    UnsupportedVersion,
+    #[error("the token issuer does not match its tenant and version")]
+    WrongIssuer,
+    #[error("the token audience is not this gateway")]
+    WrongAudience,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    #[error("app-only tokens cannot be exchanged; sign a user in")]
+    AppOnlyToken,
+    #[error("{0}")]
+    KeysUnavailable(String),
+}
+
+/// The `groups` claim as the token carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupsClaim {
+    /// The full list (group object ids).
+    Complete(BTreeSet<String>),
+    /// Too many groups for the token (`_claim_names.groups` or `hasgroups`): ask Graph.
+    Overage,
+    /// No claim (the app registration does not emit groups): ask Graph.
+    Absent,
+}
+
+/// A validated Entra user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraIdentity {
+    pub tid: String,
+    pub oid: String,
+    pub version: u8,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    /// `preferred_username` (v2) or `upn` / `unique_name` (v1).
+    pub username: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub groups: GroupsClaim,
+}
+
+/// Claims read (unverified) to pick the tenant and version, then again after verification.
+#[derive(Debug, Deserialize)]
+struct EntraClaims {
+    #[serde(default)]
+    tid: Option<String>,
+    #[serde(default)]
+    oid: Option<String>,
+    #[serde(default)]
+    ver: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    idtyp: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    #[serde(default)]
+    upn: Option<String>,
+    #[serde(default)]
+    unique_name: Option<String>,
+    #[serde(default)]
+    given_name: Option<String>,
+    #[serde(default)]
+    family_name: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    #[serde(default)]
+    hasgroups: Option<bool>,
+    #[serde(default, rename = "_claim_names")]
+    claim_names: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl EntraClaims {
+    fn groups_claim(&self) -> GroupsClaim {
+        let overage = self.hasgroups == Some(true)
+            || self
+                .claim_names
+                .as_ref()
+                .is_some_and(|m| m.contains_key("groups"));
+        match (&self.groups, overage) {
+            (_, true) => GroupsClaim::Overage,
+            (Some(g), false) => {
+                GroupsClaim::Complete(g.iter().map(|g| g.to_ascii_lowercase()).collect())
+            }
+            (None, false) => GroupsClaim::Absent,
+        }
+    }
+
+    fn is_graph_audience(&self) -> bool {
+        let is_graph =
+            |v: &serde_json::Value| v.as_str().is_some_and(|s| GRAPH_AUDIENCES.contains(&s));
+        match &self.aud {
+            Some(serde_json::Value::Array(list)) => list.iter().any(is_graph),
+            Some(v) => is_graph(v),
+            None => false,
+        }
+    }
+}
+
+/// Validates Entra access tokens.
+pub struct EntraValidator {
+    tenants: Vec<String>,
+    audiences: Vec<String>,
+    versions: Vec<u8>,
+    authority: String,
+    leeway: u64,
+    jwks: JwksCache,
+}
+
+impl EntraValidator {
+    pub fn new(cfg: &EntraConfig, jwks: JwksCache) -> EntraValidator {
+        EntraValidator {
+            tenants: cfg.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+            audiences: cfg.audiences.clone(),
+            versions: cfg.accepted_token_versions.clone(),
+            authority: cfg.authority_host.trim_end_matches('/').to_string(),
+            leeway: cfg.clock_skew.as_secs(),
+            jwks,
+        }
+    }
+
+    pub fn jwks(&self) -> &JwksCache {
+        &self.jwks
+    }
+
+    pub fn tenants(&self) -> &[String] {
+        &self.tenants
+    }
+
+    /// The issuer a token of `version` from tenant `tid` must carry.
+    pub fn expected_issuer(&self, version: u8, tid: &str) -> String {
+        match version {
+            1 => format!("https://sts.windows.net/{tid}/"),
+            _ => format!("{}/{tid}/v2.0", self.authority),
+        }
+    }
+
+    /// Validates `token` and returns the user it identifies.
+    pub async fn validate(&self, token: &str) -> Result<EntraIdentity, EntraError> {
+        let kid = check_header(token)?;
+        let unverified: EntraClaims = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| EntraError::Malformed)?;
+        if unverified.is_graph_audience() {
+            return Err(EntraError::GraphToken);
+        }
+        let tid = unverified
+            .tid
+            .as_deref()
+            .ok_or(EntraError::MissingClaim("tid"))?
+            .to_ascii_lowercase();
+        if !self.tenants.contains(&tid) {
+            return Err(EntraError::TenantNotAllowed);
+        }
+        let version = match unverified.ver.as_deref() {
+            Some("1.0") => 1,
+            Some("2.0") => 2,
+            _ => return Err(EntraError::UnsupportedVersion),
+        };
+        if !self.versions.contains(&version) {
+            return Err(EntraError::UnsupportedVersion);
+        }
+        let key = self.jwks.key(&tid, &kid).await.map_err(|e| match e {
+            JwksError::UnknownKid => EntraError::UnknownKid,
+            JwksError::Unavailable(why) => EntraError::KeysUnavailable(why),
+        })?;
+        let validation = self.validation(version, &tid);
+        let claims = jsonwebtoken::decode::<EntraClaims>(token, &key, &validation)
+            .map_err(|e| map_error(e.kind()))?
+            .claims;
+        identity(claims, tid, version)
+    }
+
+    fn validation(&self, version: u8, tid: &str) -> Validation {
+        let mut v = Validation::new(Algorithm::RS256);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_issuer(&[self.expected_issuer(version, tid)]);
+        v.set_audience(&self.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v
+    }
+}
+
+/// Checks the header by hand (so that `alg: none` and HS* get their own error) and returns `kid`.
+fn check_header(token: &str) -> Result<String, EntraError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(EntraError::Malformed);
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| EntraError::Malformed)?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|_| EntraError::Malformed)?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("RS256") {
+        return Err(EntraError::UnsupportedAlgorithm);
+    }
+    match header.get("kid").and_then(|k| k.as_str()) {
+        Some(kid) if !kid.is_empty() => Ok(kid.to_string()),
+        _ => Err(EntraError::MissingKid),
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> EntraError {
+    match kind {
+        ErrorKind::ExpiredSignature => EntraError::Expired,
+        ErrorKind::ImmatureSignature => EntraError::NotYetValid,
+        ErrorKind::InvalidIssuer => EntraError::WrongIssuer,
+        ErrorKind::InvalidAudience => EntraError::WrongAudience,
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => EntraError::BadSignature,
+        ErrorKind::MissingRequiredClaim(c) if c == "exp" => EntraError::MissingClaim("exp"),
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => EntraError::MissingClaim("iss"),
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => EntraError::MissingClaim("aud"),
+        _ => EntraError::Malformed,
+    }
+}
+
+fn identity(claims: EntraClaims, tid: String, version: u8) -> Result<EntraIdentity, EntraError> {
+    if claims.idtyp.as_deref() == Some("app") {
+        return Err(EntraError::AppOnlyToken);
+    }
+    let groups = claims.groups_claim();
+    let oid = claims
+        .oid
+        .filter(|o| !o.is_empty())
+        .ok_or(EntraError::MissingClaim("oid"))?;
+    let username = claims
+        .preferred_username
+        .or(claims.upn)
+        .or(claims.unique_name);
+    Ok(EntraIdentity {
+        tid,
+        oid: oid.to_ascii_lowercase(),
+        version,
+        name: claims.name,
+        email: claims.email,
+        username,
+        given_name: claims.given_name,
+        family_name: claims.family_name,
+        groups,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(v: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn header_check_refuses_none_and_hmac_and_needs_a_kid() {
+        let body = b64(&serde_json::json!({}));
+        let tok = |h: serde_json::Value| format!("{}.{body}.sig", b64(&h));
+        assert_eq!(
+            check_header(&tok(serde_json::json!({"alg":"none","kid":"k"}))),
+            Err(EntraError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            check_header(&tok(serde_json::json!({"alg":"HS256","kid":"k"}))),
+            Err(EntraError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            check_header(&tok(serde_json::json!({"alg":"RS256"}))),
+            Err(EntraError::MissingKid)
+        );
+        assert_eq!(
+            check_header(&tok(serde_json::json!({"alg":"RS256","kid":"k"}))),
+            Ok("k".into())
+        );
+        assert_eq!(check_header("a.b"), Err(EntraError::Malformed));
+        assert_eq!(check_header("!!.b.c"), Err(EntraError::Malformed));
+    }
+
+    #[test]
+    fn overage_is_detected_from_claim_names_and_hasgroups() {
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<EntraClaims>(v)
+                .unwrap()
+                .groups_claim()
+        };
+        assert_eq!(
+            parse(serde_json::json!({"_claim_names": {"groups": "src1"}})),
+            GroupsClaim::Overage
+        );
+        assert_eq!(
+            parse(serde_json::json!({"hasgroups": true})),
+            GroupsClaim::Overage
+        );
+        assert_eq!(parse(serde_json::json!({})), GroupsClaim::Absent);
+        assert_eq!(
+            parse(serde_json::json!({"groups": ["A"]})),
+            GroupsClaim::Complete(["a".to_string()].into_iter().collect())
+        );
+    }
+
+    #[test]
+    fn graph_audiences_are_recognised() {
+        let c: EntraClaims = serde_json::from_value(
+            serde_json::json!({"aud": "00000003-0000-0000-c000-000000000000"}),
+        )
+        .unwrap();
+        assert!(c.is_graph_audience());
+        let c: EntraClaims = serde_json::from_value(serde_json::json!({"aud": "api://x"})).unwrap();
+        assert!(!c.is_graph_audience());
+    }
+}

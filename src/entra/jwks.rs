@@ -1,0 +1,261 @@
+//! Entra signing keys (JWKS) per tenant: fetch, cache, refresh.
+//!
+//! Owns: `{authority_host}/{tenant}/discovery/v2.0/keys`, the in-memory key snapshot per tenant
+//! (`jwks_ttl`), collapsing concurrent fetches of one tenant into one request, the refetch on an
+//! unknown `kid` (at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`] per tenant), and serving
+//! stale keys while a refresh fails. Must not: validate tokens (see `entra`), fetch keys for a
+//! tenant that is not configured (the caller checks `tid` first), or fetch from a URL taken
+//! from a token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use jsonwebtoken::DecodingKey;
+
+use crate::metrics::Metrics;
+
+/// How often an unknown `kid` may trigger a refetch, per tenant.
+pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Why no key could be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    /// The keys could not be fetched and none are cached.
+    #[error("the tenant's signing keys are unavailable: {0}")]
+    Unavailable(String),
+    /// The keys are known and none has this `kid`.
+    #[error("the token's kid is not a signing key of the tenant")]
+    UnknownKid,
+}
+
+/// One tenant's RS256 verification keys by `kid`.
+#[derive(Default)]
+pub struct KeySet {
+    keys: HashMap<String, DecodingKey>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document, keeping the RSA signature keys.
+    pub fn parse(body: &[u8]) -> Result<KeySet, String> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let list = doc
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .ok_or("no `keys` array")?;
+        let mut keys = HashMap::new();
+        for k in list {
+            let field = |name: &str| k.get(name).and_then(|v| v.as_str());
+            let usable = field("kty") == Some("RSA") && matches!(field("use"), None | Some("sig"));
+            if let (true, Some(kid), Some(n), Some(e)) =
+                (usable, field("kid"), field("n"), field("e"))
+                && let Ok(key) = DecodingKey::from_rsa_components(n, e)
+            {
+                keys.insert(kid.to_string(), key);
+            }
+        }
+        if keys.is_empty() {
+            return Err("no usable RSA signing key".into());
+        }
+        Ok(KeySet { keys })
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&DecodingKey> {
+        self.keys.get(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[derive(Clone)]
+struct TenantKeys {
+    set: Arc<KeySet>,
+    fetched_at: Instant,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, JwksError>>>;
+
+/// The JWKS cache of every configured tenant.
+pub struct JwksCache {
+    http: reqwest::Client,
+    authority: String,
+    ttl: Duration,
+    metrics: Metrics,
+    // std locks: each critical section is a map look-up or insert, never held across an await.
+    tenants: RwLock<HashMap<String, TenantKeys>>,
+    last_forced: Mutex<HashMap<String, Instant>>,
+    inflight: Mutex<HashMap<String, Flight>>,
+}
+
+impl JwksCache {
+    pub fn new(
+        http: reqwest::Client,
+        authority_host: &str,
+        ttl: Duration,
+        metrics: Metrics,
+    ) -> JwksCache {
+        JwksCache {
+            http,
+            authority: authority_host.trim_end_matches('/').to_string(),
+            ttl,
+            metrics,
+            tenants: RwLock::default(),
+            last_forced: Mutex::default(),
+            inflight: Mutex::default(),
+        }
+    }
+
+    /// The key `kid` of tenant `tid`, fetching or refreshing the tenant's keys as needed.
+    pub async fn key(&self, tid: &str, kid: &str) -> Result<DecodingKey, JwksError> {
+        let set = self.current(tid).await?;
+        if let Some(k) = set.get(kid) {
+            return Ok(k.clone());
+        }
+        if !self.may_force_refresh(tid) {
+            return Err(JwksError::UnknownKid);
+        }
+        tracing::info!(tid, "unknown kid: refetching the tenant's signing keys");
+        let set = self.refresh(tid).await?;
+        set.get(kid).cloned().ok_or(JwksError::UnknownKid)
+    }
+
+    /// Whether keys for `tid` are loaded (readiness).
+    pub fn has_keys(&self, tid: &str) -> bool {
+        self.tenants
+            .read()
+            .map(|t| t.contains_key(tid))
+            .unwrap_or(false)
+    }
+
+    /// Fetches `tid`'s keys now (start-up warm-up).
+    pub async fn warm(&self, tid: &str) -> Result<usize, JwksError> {
+        self.refresh(tid).await.map(|s| s.len())
+    }
+
+    /// Fresh keys, or refreshed ones, or stale ones when the refresh fails.
+    async fn current(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
+        let cached = self.tenants.read().ok().and_then(|t| t.get(tid).cloned());
+        match cached {
+            Some(t) if t.fetched_at.elapsed() < self.ttl => Ok(t.set),
+            Some(stale) => match self.refresh(tid).await {
+                Ok(set) => Ok(set),
+                Err(e) => {
+                    tracing::warn!(tid, error = %e, "JWKS refresh failed; serving the previous keys");
+                    Ok(stale.set)
+                }
+            },
+            None => self.refresh(tid).await,
+        }
+    }
+
+    /// Records a forced refresh unless one happened within the interval.
+    fn may_force_refresh(&self, tid: &str) -> bool {
+        let Ok(mut last) = self.last_forced.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        match last.get(tid) {
+            Some(t) if now.duration_since(*t) < UNKNOWN_KID_REFETCH_INTERVAL => false,
+            _ => {
+                last.insert(tid.to_string(), now);
+                true
+            }
+        }
+    }
+
+    /// Fetches `tid`'s keys; concurrent callers share one request.
+    async fn refresh(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
+        let flight = {
+            let mut inflight = self
+                .inflight
+                .lock()
+                .map_err(|_| JwksError::Unavailable("lock".into()))?;
+            inflight
+                .entry(tid.to_string())
+                .or_insert_with(|| {
+                    fetch(self.http.clone(), self.url(tid), self.metrics.clone())
+                        .boxed()
+                        .shared()
+                })
+                .clone()
+        };
+        let result = flight.await;
+        if let Ok(mut inflight) = self.inflight.lock() {
+            inflight.remove(tid);
+        }
+        if let Ok(set) = &result
+            && let Ok(mut tenants) = self.tenants.write()
+        {
+            let replace = tenants.get(tid).is_none_or(|t| !Arc::ptr_eq(&t.set, set));
+            if replace {
+                tenants.insert(
+                    tid.to_string(),
+                    TenantKeys {
+                        set: set.clone(),
+                        fetched_at: Instant::now(),
+                    },
+                );
+            }
+        }
+        result
+    }
+
+    fn url(&self, tid: &str) -> String {
+        format!("{}/{}/discovery/v2.0/keys", self.authority, tid)
+    }
+}
+
+async fn fetch(
+    http: reqwest::Client,
+    url: String,
+    metrics: Metrics,
+) -> Result<Arc<KeySet>, JwksError> {
+    let result = fetch_once(&http, &url).await;
+    let label = if result.is_ok() { "success" } else { "error" };
+    metrics.jwks_refresh_total.with_label_values(&[label]).inc();
+    if let Err(e) = &result {
+        tracing::warn!(url, error = %e, "JWKS fetch failed");
+    }
+    result.map(Arc::new).map_err(JwksError::Unavailable)
+}
+
+async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<KeySet, String> {
+    let resp = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("HTTP {}", resp.status()));
+    }
+    let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
+    KeySet::parse(&body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_parsing_keeps_rsa_signature_keys_only() {
+        let doc = br#"{"keys":[
+            {"kty":"RSA","use":"enc","kid":"enc","n":"sXch","e":"AQAB"},
+            {"kty":"EC","kid":"ec","crv":"P-256","x":"a","y":"b"},
+            {"kty":"RSA","use":"sig","kid":"good","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}
+        ]}"#;
+        let set = KeySet::parse(doc).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.get("good").is_some());
+        assert!(KeySet::parse(br#"{"keys":[]}"#).is_err());
+        assert!(KeySet::parse(b"<html>").is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! The token exchange: Entra access token in, internal JWT and user record out.
+//!
+//! Owns: the order of the steps (validate the Entra token, decide group membership from the
+//! claim or Graph, read the profile, sync the user record, mint the internal token) and the
+//! caching of group answers (`group_ttl` / `negative_ttl`) and profiles (`profile_ttl`).
+//! Must not: parse HTTP or build responses (see `http::exchange`), or let any doubt through:
+//! every failure is a typed [`ExchangeError`], never an empty group list.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::cache::TtlCache;
+use crate::config::{CacheConfig, GraphMode};
+use crate::directory::{Directory, Profile, StoreError, UserRecord};
+use crate::entra::{EntraError, EntraIdentity, EntraValidator, GroupsClaim};
+use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
+use crate::issuer::{Issuer, MintError, Minted};
+use crate::metrics::Metrics;
+use crate::policy::{Decision, Policy};
+
+/// Why an exchange did not produce a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Token(#[from] EntraError),
+    #[error("the user is not a member of any group allowed to use this application")]
+    NotInAllowedGroup,
+    #[error("{0}")]
+    GroupsNotInToken(&'static str),
+    #[error("Microsoft Graph: {0}")]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Directory(#[from] StoreError),
+    #[error(transparent)]
+    Mint(#[from] MintError),
+}
+
+impl ExchangeError {
+    /// The `outcome` label of `entra_gateway_exchange_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ExchangeError::Token(EntraError::KeysUnavailable(_)) => "unavailable",
+            ExchangeError::Token(_) => "invalid_token",
+            ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) => "denied",
+            ExchangeError::Graph(_) | ExchangeError::Directory(_) => "unavailable",
+            ExchangeError::Mint(_) => "error",
+        }
+    }
+}
+
+/// A successful exchange.
+#[derive(Debug, Clone)]
+pub struct Exchanged {
+    pub minted: Minted,
+    pub user: UserRecord,
+}
+
+/// The cached answer to "which configured groups is this user in".
+type Membership = Arc<BTreeSet<String>>;
+
+/// Cache lifetimes used by the exchange.
+#[derive(Debug, Clone, Copy)]
+struct Ttls {
+    group: Duration,
+    negative: Duration,
+    profile: Duration,
+}
+
+pub struct ExchangeService {
+    entra: EntraValidator,
+    graph: Option<Arc<GraphClient>>,
+    mode: GraphMode,
+    policy: Arc<ArcSwap<Policy>>,
+    memberships: TtlCache<Membership>,
+    profiles: TtlCache<Profile>,
+    directory: Directory,
+    issuer: Arc<Issuer>,
+    ttls: Ttls,
+}
+
+/// Everything the exchange needs, wired by `server`.
+pub struct ExchangeParts {
+    pub entra: EntraValidator,
+    pub graph: Option<Arc<GraphClient>>,
+    pub mode: GraphMode,
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub directory: Directory,
+    pub issuer: Arc<Issuer>,
+    pub cache: CacheConfig,
+    pub metrics: Metrics,
+}
+
+impl ExchangeService {
+    pub fn new(p: ExchangeParts) -> ExchangeService {
+        ExchangeService {
+            entra: p.entra,
+            graph: p.graph,
+            mode: p.mode,
+            policy: p.policy,
+            memberships: TtlCache::new("groups", 100_000, p.metrics.clone()),
+            profiles: TtlCache::new("profile", 100_000, p.metrics),
+            directory: p.directory,
+            issuer: p.issuer,
+            ttls: Ttls {
+                group: p.cache.group_ttl,
+                negative: p.cache.negative_ttl,
+                profile: p.cache.profile_ttl,
+            },
+        }
+    }
+
+    pub fn entra(&self) -> &EntraValidator {
+        &self.entra
+    }
+
+    /// Runs the whole exchange for an Entra access token.
+    pub async fn exchange(&self, token: &str) -> Result<Exchanged, ExchangeError> {
+        let id = self.entra.validate(token).await?;
+        let policy = self.policy.load_full();
+        let session = self.session(token);
+        let member_of = self.membership(&id, &policy, session.as_ref()).await?;
+        let (groups, roles) = match policy.decide(&member_of) {
+            Decision::Allow { groups, roles } => (groups, roles),
+            Decision::Deny => return Err(ExchangeError::NotInAllowedGroup),
+        };
+        let profile = self.profile(&id, session.as_ref()).await?;
+        let (user, _) = self
+            .directory
+            .sync_login(&id.tid, &id.oid, &profile)
+            .await?;
+        let minted = self.issuer.mint(&user, groups, roles)?;
+        Ok(Exchanged { minted, user })
+    }
+
+    fn session<'a>(&'a self, token: &'a str) -> Option<GraphSession<'a>> {
+        let graph = self.graph.as_deref()?;
+        match self.mode {
+            GraphMode::App => Some(graph.session(GraphAuth::App)),
+            GraphMode::Obo => Some(graph.session(GraphAuth::Obo { user_token: token })),
+            GraphMode::Claims => None,
+        }
+    }
+
+    async fn membership(
+        &self,
+        id: &EntraIdentity,
+        policy: &Policy,
+        session: Option<&GraphSession<'_>>,
+    ) -> Result<BTreeSet<String>, ExchangeError> {
+        if let GroupsClaim::Complete(groups) = &id.groups {
+            return Ok(policy.relevant(groups));
+        }
+        let Some(session) = session else {
+            return Err(ExchangeError::GroupsNotInToken(match id.groups {
+                GroupsClaim::Overage => {
+                    "the user is in too many groups for the token (group overage) and graph_mode is \
+                     `claims`: switch graph_mode to app or obo, or emit only the groups assigned \
+                     to the application"
+                }
+                _ => {
+                    "the token carries no groups claim and graph_mode is `claims`: set \
+                      groupMembershipClaims in the app registration"
+                }
+            }));
+        };
+        let key = format!("{}:{}:{}", id.tid, id.oid, policy.fingerprint());
+        let load = async {
+            let found = session
+                .member_groups(&id.oid, policy.configured_groups())
+                .await?;
+            let ttl = match policy.decide(&found) {
+                Decision::Allow { .. } => self.ttls.group,
+                Decision::Deny => self.ttls.negative,
+            };
+            Ok::<_, GraphError>((Arc::new(found), ttl))
+        };
+        let found = self
+            .memberships
+            .get_or_load(key, load)
+            .await
+            .map_err(|e| (*e).clone())?;
+        Ok((*found).clone())
+    }
+
+    async fn profile(
+        &self,
+        id: &EntraIdentity,
+        session: Option<&GraphSession<'_>>,
+    ) -> Result<Profile, ExchangeError> {
+        let Some(session) = session else {
+            return Ok(profile_from_claims(id));
+        };
+        let key = format!("{}:{}", id.tid, id.oid);
+        let load =
+            async { Ok::<_, GraphError>((session.profile(&id.oid).await?, self.ttls.profile)) };
+        Ok(self
+            .profiles
+            .get_or_load(key, load)
+            .await
+            .map_err(|e| (*e).clone())?)
+    }
+}
+
+/// `claims` mode: the profile comes from the validated token, Graph is never called.
+fn profile_from_claims(id: &EntraIdentity) -> Profile {
+    Profile {
+        mail: id.email.clone(),
+        display_name: id.name.clone(),
+        user_principal_name: id.username.clone(),
+        given_name: id.given_name.clone(),
+        surname: id.family_name.clone(),
+    }
+}

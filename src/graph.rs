@@ -1,0 +1,505 @@
+//! Microsoft Graph client (and the Entra token endpoint it needs).
+//!
+//! Owns: app-only (client credentials) and On-Behalf-Of tokens, `checkMemberGroups` (20 ids per
+//! call), `transitiveMemberOf` with `@odata.nextLink` paging, the profile and photo reads, the
+//! bounded retry on 429/503 honouring `Retry-After`, and the `graph_requests_total` counts.
+//! Every URL is built from `graph_url` / `authority_host`; a `nextLink` outside `graph_url` is
+//! refused. Must not: cache decisions (the exchange does), decide authorization, turn any
+//! failure (one page of a paged answer included) into "no groups", or log tokens and secrets.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use crate::config::{EntraConfig, GroupLookup, Secret};
+use crate::directory::Profile;
+use crate::metrics::{Metrics, status_label};
+
+/// `checkMemberGroups` accepts at most 20 ids per call.
+const CHECK_MEMBER_GROUPS_BATCH: usize = 20;
+/// A user in more groups than this many pages is refused rather than half-read.
+const MAX_PAGES: usize = 100;
+/// Refresh the app token this long before it expires.
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Graph or the token endpoint could not give an answer. The exchange fails closed (503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct GraphError {
+    /// Why, for logs: never contains a token or secret.
+    pub reason: String,
+    /// `Retry-After` to pass on to the client, when Graph gave one.
+    pub retry_after: Option<Duration>,
+}
+
+impl GraphError {
+    fn new(reason: impl Into<String>) -> GraphError {
+        GraphError {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A user's photo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Photo {
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+/// Which identity calls Graph.
+#[derive(Debug, Clone, Copy)]
+pub enum GraphAuth<'a> {
+    /// The gateway's own app (client credentials); paths under `/users/{oid}`.
+    App,
+    /// On behalf of the signed-in user, whose Entra token is the assertion; paths under `/me`.
+    Obo { user_token: &'a str },
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    expires_at: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_codes: Vec<u64>,
+}
+
+#[derive(Deserialize)]
+struct IdList {
+    value: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct DirectoryObject {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ObjectPage {
+    value: Vec<DirectoryObject>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphUser {
+    #[serde(default)]
+    mail: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default)]
+    user_principal_name: Option<String>,
+    #[serde(default)]
+    given_name: Option<String>,
+    #[serde(default)]
+    surname: Option<String>,
+}
+
+/// The Graph client shared by all requests.
+pub struct GraphClient {
+    http: reqwest::Client,
+    token_url: String,
+    graph_base: String,
+    scope: String,
+    client_id: String,
+    secret: Secret,
+    lookup: GroupLookup,
+    max_retries: u32,
+    max_wait: Duration,
+    metrics: Metrics,
+    // std Mutex: a clone in and out, never held across an await.
+    app_token: Mutex<Option<CachedToken>>,
+}
+
+impl GraphClient {
+    pub fn new(
+        cfg: &EntraConfig,
+        secret: Secret,
+        http: reqwest::Client,
+        metrics: Metrics,
+    ) -> GraphClient {
+        let authority = cfg.authority_host.trim_end_matches('/');
+        let home = cfg
+            .tenants
+            .first()
+            .map(String::as_str)
+            .unwrap_or("organizations");
+        let graph_base = cfg.graph_url.trim_end_matches('/').to_string();
+        GraphClient {
+            http,
+            token_url: format!("{authority}/{home}/oauth2/v2.0/token"),
+            scope: format!("{}/.default", origin(&graph_base)),
+            graph_base,
+            client_id: cfg.client_id.clone(),
+            secret,
+            lookup: cfg.group_lookup,
+            max_retries: cfg.graph_max_retries,
+            max_wait: cfg.graph_max_retry_wait,
+            metrics,
+            app_token: Mutex::new(None),
+        }
+    }
+
+    /// A session that acquires its token on first use and reuses it for every call.
+    pub fn session<'a>(&'a self, auth: GraphAuth<'a>) -> GraphSession<'a> {
+        GraphSession {
+            client: self,
+            auth,
+            token: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The user's photo (app token), `None` when the user has none.
+    pub async fn photo(&self, oid: &str) -> Result<Option<Photo>, GraphError> {
+        let token = self.app_token().await?;
+        let url = format!("{}/users/{}/photo/$value", self.graph_base, seg(oid));
+        let resp = self
+            .send("photo", || self.http.get(&url).bearer_auth(&token))
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let content_type = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                let bytes = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| GraphError::new(format!("photo body: {e}")))?;
+                Ok(Some(Photo {
+                    content_type,
+                    bytes,
+                }))
+            }
+            s => Err(GraphError::new(format!("photo: HTTP {s}"))),
+        }
+    }
+
+    async fn app_token(&self) -> Result<String, GraphError> {
+        if let Ok(guard) = self.app_token.lock()
+            && let Some(t) = guard.as_ref()
+            && t.expires_at > Instant::now()
+        {
+            return Ok(t.token.clone());
+        }
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.expose()),
+            ("scope", self.scope.as_str()),
+        ];
+        let cached = self.request_token("token_app", &form).await?;
+        if let Ok(mut guard) = self.app_token.lock() {
+            *guard = Some(cached.clone());
+        }
+        Ok(cached.token)
+    }
+
+    async fn obo_token(&self, user_token: &str) -> Result<String, GraphError> {
+        let form = [
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.expose()),
+            ("assertion", user_token),
+            ("scope", self.scope.as_str()),
+            ("requested_token_use", "on_behalf_of"),
+        ];
+        Ok(self.request_token("token_obo", &form).await?.token)
+    }
+
+    async fn request_token(
+        &self,
+        endpoint: &'static str,
+        form: &[(&str, &str)],
+    ) -> Result<CachedToken, GraphError> {
+        let resp = self
+            .send(endpoint, || self.http.post(&self.token_url).form(form))
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: TokenErrorBody = resp.json().await.unwrap_or_default();
+            tracing::error!(endpoint, %status, error = %body.error, codes = ?body.error_codes, "Entra token endpoint refused the gateway's request");
+            return Err(GraphError::new(format!(
+                "token endpoint: HTTP {status} {}",
+                body.error
+            )));
+        }
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(|e| GraphError::new(format!("token endpoint answer: {e}")))?;
+        let life = Duration::from_secs(body.expires_in.unwrap_or(3600));
+        let expires_at = Instant::now()
+            + life
+                .saturating_sub(TOKEN_REFRESH_MARGIN)
+                .max(Duration::from_secs(30));
+        Ok(CachedToken {
+            token: body.access_token,
+            expires_at,
+        })
+    }
+
+    /// Sends a request, waiting out 429/503/504 `Retry-After` up to the configured bounds.
+    async fn send<F>(
+        &self,
+        endpoint: &'static str,
+        build: F,
+    ) -> Result<reqwest::Response, GraphError>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
+        let mut attempt = 0;
+        loop {
+            let result = build().send().await;
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            self.metrics
+                .graph_requests_total
+                .with_label_values(&[endpoint, status_label(status)])
+                .inc();
+            let resp =
+                result.map_err(|e| GraphError::new(format!("{endpoint}: {}", without_url(&e))))?;
+            if !matches!(resp.status().as_u16(), 429 | 503 | 504) {
+                return Ok(resp);
+            }
+            let wait = retry_after(&resp).unwrap_or(Duration::from_secs(1));
+            if attempt >= self.max_retries || wait > self.max_wait {
+                return Err(GraphError {
+                    reason: format!(
+                        "{endpoint}: HTTP {} after {} attempt(s)",
+                        resp.status(),
+                        attempt + 1
+                    ),
+                    retry_after: Some(wait.max(Duration::from_secs(1))),
+                });
+            }
+            tracing::info!(
+                endpoint,
+                status = resp.status().as_u16(),
+                wait_ms = wait.as_millis() as u64,
+                "Graph throttled; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Graph calls for one exchange; the token is acquired once, on first use.
+pub struct GraphSession<'a> {
+    client: &'a GraphClient,
+    auth: GraphAuth<'a>,
+    token: tokio::sync::OnceCell<String>,
+}
+
+impl GraphSession<'_> {
+    async fn token(&self) -> Result<&str, GraphError> {
+        self.token
+            .get_or_try_init(|| async {
+                match self.auth {
+                    GraphAuth::App => self.client.app_token().await,
+                    GraphAuth::Obo { user_token } => self.client.obo_token(user_token).await,
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    fn user_path(&self, oid: &str) -> String {
+        match self.auth {
+            GraphAuth::App => format!("{}/users/{}", self.client.graph_base, seg(oid)),
+            GraphAuth::Obo { .. } => format!("{}/me", self.client.graph_base),
+        }
+    }
+
+    /// Which of `candidates` the user is a (transitive) member of.
+    pub async fn member_groups(
+        &self,
+        oid: &str,
+        candidates: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, GraphError> {
+        if candidates.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        match self.client.lookup {
+            GroupLookup::CheckMemberGroups => self.check_member_groups(oid, candidates).await,
+            GroupLookup::TransitiveMemberOf => {
+                let all = self.transitive_member_of(oid).await?;
+                Ok(all.into_iter().filter(|g| candidates.contains(g)).collect())
+            }
+        }
+    }
+
+    async fn check_member_groups(
+        &self,
+        oid: &str,
+        candidates: &BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, GraphError> {
+        let token = self.token().await?;
+        let url = format!("{}/checkMemberGroups", self.user_path(oid));
+        let ids: Vec<&String> = candidates.iter().collect();
+        let mut found = BTreeSet::new();
+        for batch in ids.chunks(CHECK_MEMBER_GROUPS_BATCH) {
+            let body = serde_json::json!({ "groupIds": batch });
+            let resp = self
+                .client
+                .send("checkMemberGroups", || {
+                    self.client.http.post(&url).bearer_auth(token).json(&body)
+                })
+                .await?;
+            let list: IdList = ok_json(resp, "checkMemberGroups").await?;
+            found.extend(list.value.into_iter().map(|g| g.to_ascii_lowercase()));
+        }
+        Ok(found)
+    }
+
+    async fn transitive_member_of(&self, oid: &str) -> Result<BTreeSet<String>, GraphError> {
+        let token = self.token().await?;
+        let mut url = format!(
+            "{}/transitiveMemberOf?$select=id&$top=999",
+            self.user_path(oid)
+        );
+        let mut ids = BTreeSet::new();
+        for _ in 0..MAX_PAGES {
+            let resp = self
+                .client
+                .send("transitiveMemberOf", || {
+                    self.client.http.get(&url).bearer_auth(token)
+                })
+                .await?;
+            let page: ObjectPage = ok_json(resp, "transitiveMemberOf").await?;
+            ids.extend(page.value.into_iter().map(|o| o.id.to_ascii_lowercase()));
+            match page.next_link {
+                None => return Ok(ids),
+                Some(next) if next.starts_with(&format!("{}/", self.client.graph_base)) => {
+                    url = next
+                }
+                Some(_) => {
+                    return Err(GraphError::new(
+                        "transitiveMemberOf: nextLink outside graph_url",
+                    ));
+                }
+            }
+        }
+        Err(GraphError::new("transitiveMemberOf: too many pages"))
+    }
+
+    /// The user's profile.
+    pub async fn profile(&self, oid: &str) -> Result<Profile, GraphError> {
+        let token = self.token().await?;
+        let url = format!(
+            "{}?$select=id,mail,displayName,userPrincipalName,givenName,surname",
+            self.user_path(oid)
+        );
+        let resp = self
+            .client
+            .send("profile", || self.client.http.get(&url).bearer_auth(token))
+            .await?;
+        let u: GraphUser = ok_json(resp, "profile").await?;
+        Ok(Profile {
+            mail: u.mail,
+            display_name: u.display_name,
+            user_principal_name: u.user_principal_name,
+            given_name: u.given_name,
+            surname: u.surname,
+        })
+    }
+}
+
+async fn ok_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<T, GraphError> {
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(GraphError::new(format!("{what}: HTTP {status}")));
+    }
+    resp.json()
+        .await
+        .map_err(|e| GraphError::new(format!("{what}: unreadable answer: {}", without_url(&e))))
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let v = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// reqwest errors include the URL; ours have no secrets in URLs, but keep log lines short.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_decode() {
+        "invalid body"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}
+
+fn seg(s: &str) -> String {
+    utf8_percent_encode(s, PATH_SEGMENT).to_string()
+}
+
+/// `https://graph.microsoft.com/v1.0` -> `https://graph.microsoft.com`.
+fn origin(base: &str) -> String {
+    match url::Url::parse(base) {
+        Ok(u) => u.origin().ascii_serialization(),
+        Err(_) => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_is_the_graph_origin_default_scope() {
+        assert_eq!(
+            origin("https://graph.microsoft.com/v1.0"),
+            "https://graph.microsoft.com"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:4000/graph/v1.0"),
+            "http://127.0.0.1:4000"
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(seg("a/b?c"), "a%2Fb%3Fc");
+        assert_eq!(seg("0000-aa"), "0000-aa");
+    }
+}

@@ -1,0 +1,262 @@
+//! The HTTP front: routing of the public and admin listeners, and the one place where typed
+//! errors become responses ([`Rejection::into_response`]).
+//!
+//! Owns: the JSON error shape `{"error", "error_description"}`, status codes, `WWW-Authenticate`
+//! and `Retry-After`, and the log level of each failure (client mistakes at debug/info,
+//! internal failures at warn/error). Must not: put a token, secret or internal error detail
+//! in a response body.
+
+pub mod admin;
+pub mod exchange;
+pub mod wellknown;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+
+use crate::entra::EntraError;
+use crate::exchange::ExchangeError;
+use crate::server::AppState;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the gateway sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON response; `Cache-Control: no-store` unless the caller sets its own.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Every way a request can be refused or fail, before or instead of an answer.
+#[derive(Debug)]
+pub enum Rejection {
+    /// 400: malformed body, missing token, unsupported grant or token type.
+    InvalidRequest(String),
+    /// 413: body larger than the limit.
+    PayloadTooLarge,
+    /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
+    InvalidToken(String),
+    /// 403.
+    AccessDenied(String),
+    /// 404.
+    NotFound,
+    /// 405 with `Allow`.
+    MethodNotAllowed(&'static str),
+    /// 429 with `Retry-After`.
+    RateLimited(Duration),
+    /// 503 with `Retry-After`.
+    Unavailable {
+        description: &'static str,
+        retry_after: Duration,
+    },
+    /// 500: a bug or a broken key; details only in the log.
+    Internal,
+}
+
+impl Rejection {
+    pub fn into_response(self) -> Response<Body> {
+        let (status, code, description, retry_after) = match self {
+            Rejection::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d, None),
+            Rejection::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "the request body is too large".into(),
+                None,
+            ),
+            Rejection::InvalidToken(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d, None),
+            Rejection::AccessDenied(d) => (StatusCode::FORBIDDEN, "access_denied", d, None),
+            Rejection::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no route for this path".into(),
+                None,
+            ),
+            Rejection::MethodNotAllowed(allow) => {
+                let mut r = json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &serde_json::json!({"error": "invalid_request", "error_description": format!("use {allow}")}),
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                return r;
+            }
+            Rejection::RateLimited(after) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later".into(),
+                Some(after),
+            ),
+            Rejection::Unavailable {
+                description,
+                retry_after,
+            } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                description.into(),
+                Some(retry_after),
+            ),
+            Rejection::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error; see the gateway log".into(),
+                None,
+            ),
+        };
+        let mut resp = json(
+            status,
+            &serde_json::json!({"error": code, "error_description": description}),
+        );
+        let h = resp.headers_mut();
+        if status == StatusCode::UNAUTHORIZED {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        if let Some(after) = retry_after {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ExchangeError> for Rejection {
+    fn from(e: ExchangeError) -> Rejection {
+        match e {
+            ExchangeError::Token(EntraError::KeysUnavailable(why)) => {
+                tracing::warn!(reason = %why, "exchange failed: Entra signing keys unavailable");
+                Rejection::Unavailable {
+                    description: "Entra ID signing keys are unavailable; try again later",
+                    retry_after: Duration::from_secs(5),
+                }
+            }
+            ExchangeError::Token(t) => {
+                tracing::info!(reason = %t, "exchange refused: invalid token");
+                Rejection::InvalidToken(t.to_string())
+            }
+            e @ (ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_)) => {
+                tracing::info!(reason = %e, "exchange refused: access denied");
+                Rejection::AccessDenied(e.to_string())
+            }
+            ExchangeError::Graph(g) => {
+                tracing::warn!(reason = %g, "exchange failed: Microsoft Graph unavailable");
+                Rejection::Unavailable {
+                    description: "Microsoft Graph is unavailable; try again later",
+                    retry_after: g.retry_after.unwrap_or(Duration::from_secs(5)),
+                }
+            }
+            ExchangeError::Directory(d) => {
+                tracing::warn!(reason = %d, "exchange failed: user store unavailable");
+                Rejection::Unavailable {
+                    description: "the user store is unavailable; try again later",
+                    retry_after: Duration::from_secs(5),
+                }
+            }
+            ExchangeError::Mint(m) => {
+                tracing::error!(reason = %m, "exchange failed: cannot sign the internal token");
+                Rejection::Internal
+            }
+        }
+    }
+}
+
+/// Entry point of the public listener.
+pub async fn public(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    match route_public(&state, req).await {
+        Ok(resp) => resp,
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn route_public(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Rejection> {
+    match req.uri().path() {
+        "/auth/exchange" => exchange::handle(state, req).await,
+        "/.well-known/jwks.json" => wellknown::jwks(state, &req),
+        "/.well-known/openid-configuration" => wellknown::discovery(state, &req),
+        _ => Err(Rejection::NotFound),
+    }
+}
+
+/// The bearer token of an `Authorization` header, if it has one.
+pub fn bearer(req_headers: &http::HeaderMap) -> Option<&str> {
+    let v = req_headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(r: Response<Body>) -> serde_json::Value {
+        let bytes = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn invalid_token_is_401_with_www_authenticate() {
+        let r = Rejection::InvalidToken("expired".into()).into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+        assert_eq!(
+            body_json(r).await,
+            serde_json::json!({"error": "invalid_token", "error_description": "expired"})
+        );
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_503_with_retry_after() {
+        let r = Rejection::Unavailable {
+            description: "x",
+            retry_after: Duration::from_secs(7),
+        }
+        .into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+        assert_eq!(body_json(r).await["error"], "temporarily_unavailable");
+    }
+
+    #[test]
+    fn bearer_parsing_is_case_insensitive_and_refuses_other_schemes() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}

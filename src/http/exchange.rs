@@ -1,0 +1,205 @@
+//! `POST /auth/exchange`: reads the Entra token from either request form and answers with the
+//! internal token and the user.
+//!
+//! Owns: the two request forms (Bearer header with an empty or `{}` body; RFC 8693 form), the
+//! body size limit, the 200 response shape and `Cache-Control: no-store`. Must not: validate
+//! tokens itself (the exchange service does) or echo the token in any answer.
+
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{Body, Rejection, bearer, json};
+use crate::directory::UserRecord;
+use crate::exchange::Exchanged;
+use crate::server::AppState;
+
+const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+#[derive(Deserialize)]
+struct ExchangeForm {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+}
+
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    if req.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed("POST"));
+    }
+    let started = Instant::now();
+    let token = read_token(req, state.config.server.max_exchange_body_bytes).await?;
+    let result = state.exchange.exchange(&token).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.outcome(),
+    };
+    state
+        .metrics
+        .exchange_total
+        .with_label_values(&[outcome])
+        .inc();
+    state
+        .metrics
+        .exchange_duration
+        .with_label_values::<&str>(&[])
+        .observe(started.elapsed().as_secs_f64());
+    let exchanged = result?;
+    tracing::info!(user_id = %exchanged.user.id, tid = %exchanged.user.tenant_id, "exchange succeeded");
+    Ok(json(StatusCode::OK, &response_body(&exchanged)))
+}
+
+/// The user as the exchange response and `/auth/me` show it.
+pub fn user_json(user: &UserRecord, groups: &[String], roles: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "id": user.id,
+        "oid": user.oid,
+        "tenant_id": user.tenant_id,
+        "email": user.email,
+        "display_name": user.display_name,
+        "user_principal_name": user.user_principal_name,
+        "groups": groups,
+        "roles": roles,
+    })
+}
+
+fn response_body(e: &Exchanged) -> serde_json::Value {
+    serde_json::json!({
+        "access_token": e.minted.token,
+        "issued_token_type": TOKEN_TYPE_JWT,
+        "token_type": "Bearer",
+        "expires_in": e.minted.expires_in,
+        "user": user_json(&e.user, &e.minted.claims.groups, &e.minted.claims.roles),
+    })
+}
+
+/// The Entra token, from the `Authorization` header or the RFC 8693 form.
+async fn read_token(req: Request<Incoming>, limit: usize) -> Result<String, Rejection> {
+    let (parts, body) = req.into_parts();
+    let header_token = bearer(&parts.headers).map(str::to_owned);
+    if header_token.is_none() && parts.headers.contains_key(header::AUTHORIZATION) {
+        return Err(Rejection::InvalidRequest(
+            "the Authorization header must be `Bearer <Entra access token>`".into(),
+        ));
+    }
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Rejection::PayloadTooLarge);
+        }
+        Err(_) => {
+            return Err(Rejection::InvalidRequest(
+                "the request body could not be read".into(),
+            ));
+        }
+    };
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    match (header_token, is_form) {
+        (Some(_), true) => Err(Rejection::InvalidRequest("send the token either in Authorization or in the form, not both".into())),
+        (Some(token), false) => {
+            check_empty_body(&body)?;
+            Ok(token)
+        }
+        (None, true) => token_from_form(&body),
+        (None, false) => Err(Rejection::InvalidRequest(
+            "missing token: send `Authorization: Bearer <Entra access token>` or an RFC 8693 token-exchange form".into(),
+        )),
+    }
+}
+
+/// The Bearer form takes an empty body or an empty JSON object.
+fn check_empty_body(body: &[u8]) -> Result<(), Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
+        _ => Err(Rejection::InvalidRequest(
+            "with a Bearer token the body must be empty or {}".into(),
+        )),
+    }
+}
+
+fn token_from_form(body: &[u8]) -> Result<String, Rejection> {
+    let form: ExchangeForm = serde_urlencoded::from_bytes(body)
+        .map_err(|_| Rejection::InvalidRequest("the body is not a valid form".into()))?;
+    match form.grant_type.as_deref() {
+        Some(GRANT_TOKEN_EXCHANGE) => {}
+        Some(_) => {
+            return Err(Rejection::InvalidRequest(format!(
+                "unsupported grant_type; use {GRANT_TOKEN_EXCHANGE}"
+            )));
+        }
+        None => return Err(Rejection::InvalidRequest("missing grant_type".into())),
+    }
+    match form.subject_token_type.as_deref() {
+        Some(TOKEN_TYPE_ACCESS | TOKEN_TYPE_JWT) => {}
+        Some(_) => {
+            return Err(Rejection::InvalidRequest(format!(
+                "unsupported subject_token_type; use {TOKEN_TYPE_ACCESS} or {TOKEN_TYPE_JWT}"
+            )));
+        }
+        None => {
+            return Err(Rejection::InvalidRequest(
+                "missing subject_token_type".into(),
+            ));
+        }
+    }
+    match form.subject_token {
+        Some(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => Err(Rejection::InvalidRequest("missing subject_token".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_needs_the_token_exchange_grant_and_a_supported_token_type() {
+        let ok = format!(
+            "grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}"
+        );
+        assert_eq!(token_from_form(ok.as_bytes()).unwrap(), "abc");
+        let bad_grant =
+            format!("grant_type=password&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}");
+        assert!(matches!(
+            token_from_form(bad_grant.as_bytes()),
+            Err(Rejection::InvalidRequest(_))
+        ));
+        let bad_type =
+            format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type=urn:x");
+        assert!(matches!(
+            token_from_form(bad_type.as_bytes()),
+            Err(Rejection::InvalidRequest(_))
+        ));
+        let no_token =
+            format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token_type={TOKEN_TYPE_JWT}");
+        assert!(matches!(
+            token_from_form(no_token.as_bytes()),
+            Err(Rejection::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn bearer_form_accepts_only_an_empty_body_or_empty_object() {
+        assert!(check_empty_body(b"").is_ok());
+        assert!(check_empty_body(b" {} ").is_ok());
+        assert!(check_empty_body(b"{\"a\":1}").is_err());
+        assert!(check_empty_body(b"junk").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Prometheus metrics: typed families with bounded label sets, rendered on the admin listener.
+//!
+//! Owns: metric names (the contract's `entra_gateway_*`), label names and the fixed vocabularies
+//! of their values. Must not: take label values from requests (raw paths, user ids, tokens):
+//! callers pass `&'static str` outcomes or route names that come from the config.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 100µs to 30s, so that sub-millisecond proxy overhead is visible.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Every metric family of the gateway, registered in its own registry (no global state).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub exchange_total: IntCounterVec,
+    pub exchange_duration: HistogramVec,
+    pub proxy_requests_total: IntCounterVec,
+    pub proxy_duration: HistogramVec,
+    pub cache_requests_total: IntCounterVec,
+    pub graph_requests_total: IntCounterVec,
+    pub jwks_refresh_total: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("static metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            exchange_total: counter(
+                &r,
+                "entra_gateway_exchange_total",
+                "Token exchanges by outcome.",
+                &["outcome"],
+            ),
+            exchange_duration: histogram(
+                &r,
+                "entra_gateway_exchange_duration_seconds",
+                "Time to answer /auth/exchange.",
+                &[],
+            ),
+            proxy_requests_total: counter(
+                &r,
+                "entra_gateway_proxy_requests_total",
+                "Proxied requests by route and status.",
+                &["route", "status"],
+            ),
+            proxy_duration: histogram(
+                &r,
+                "entra_gateway_proxy_duration_seconds",
+                "Time to answer a proxied request (headers).",
+                &["route"],
+            ),
+            cache_requests_total: counter(
+                &r,
+                "entra_gateway_cache_requests_total",
+                "Cache look-ups by cache and result (hit, miss, error).",
+                &["cache", "result"],
+            ),
+            graph_requests_total: counter(
+                &r,
+                "entra_gateway_graph_requests_total",
+                "Calls to Entra token endpoint and Microsoft Graph by endpoint and HTTP status (or `error`).",
+                &["endpoint", "status"],
+            ),
+            jwks_refresh_total: counter(
+                &r,
+                "entra_gateway_jwks_refresh_total",
+                "Entra JWKS fetches by result.",
+                &["result"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn cache(&self, cache: &'static str, result: &'static str) {
+        self.cache_requests_total
+            .with_label_values(&[cache, result])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A bounded label for an HTTP status from an outbound call.
+pub fn status_label(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200) => "200",
+        Some(201) => "201",
+        Some(204) => "204",
+        Some(400) => "400",
+        Some(401) => "401",
+        Some(403) => "403",
+        Some(404) => "404",
+        Some(429) => "429",
+        Some(500) => "500",
+        Some(502) => "502",
+        Some(503) => "503",
+        Some(504) => "504",
+        Some(s) if s < 300 => "2xx",
+        Some(s) if s < 500 => "4xx",
+        Some(_) => "5xx",
+        None => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_as_exact_prometheus_lines() {
+        let m = Metrics::new();
+        m.exchange_total.with_label_values(&["success"]).inc();
+        m.cache("groups", "hit");
+        let text = m.render();
+        assert!(
+            text.contains("entra_gateway_exchange_total{outcome=\"success\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "entra_gateway_cache_requests_total{cache=\"groups\",result=\"hit\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_labels_stay_bounded() {
+        assert_eq!(status_label(Some(418)), "4xx");
+        assert_eq!(status_label(None), "error");
+    }
+}

@@ -1,0 +1,823 @@
+//! A loopback mock of Entra ID and Microsoft Graph, for the tests and `entra-gateway demo`.
+//!
+//! Owns: OIDC metadata, a JWKS of real RSA keys with rotation, minting of v1 and v2 access
+//! tokens with any claims (group overage via `_claim_names` or `hasgroups` included), the token
+//! endpoint (client credentials and On-Behalf-Of, checking the client secret and the OBO
+//! assertion's signature), Graph `users/{id}`, `me`, `checkMemberGroups` (at most 20 ids, as
+//! Graph), `transitiveMemberOf` with `@odata.nextLink` paging, photos, and switches that make it
+//! slow, fail, or answer 429 with `Retry-After`. It counts every call per endpoint.
+//! Must not: be used by `serve`; it binds loopback only. Its keys (`src/mock/keys/`) are public
+//! test keys.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{Body, full};
+use crate::issuer::unix_now;
+
+const KEY_PEMS: [&str; 3] = [
+    include_str!("mock/keys/mock-rsa-1.pem"),
+    include_str!("mock/keys/mock-rsa-2.pem"),
+    include_str!("mock/keys/mock-rsa-3.pem"),
+];
+
+/// The mock's tenant and app registration.
+#[derive(Debug, Clone)]
+pub struct MockSettings {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        MockSettings {
+            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            client_id: "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b".into(),
+            client_secret: "mock-client-secret".into(),
+        }
+    }
+}
+
+/// A user of the mock directory.
+#[derive(Debug, Clone, Default)]
+pub struct MockUser {
+    /// Short name used by `/mock/token {"user": ...}` (the demo's curl lines).
+    pub login: String,
+    pub oid: String,
+    pub display_name: Option<String>,
+    pub mail: Option<String>,
+    pub user_principal_name: Option<String>,
+    pub given_name: Option<String>,
+    pub surname: Option<String>,
+    /// Direct group memberships; nesting comes from [`MockState::nest_group`].
+    pub groups: Vec<String>,
+    pub photo: Option<(String, Bytes)>,
+}
+
+/// What a minted token says. Unset fields take the mock's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSpec {
+    /// A `login` of a mock user: fills oid, name, username, email and (unless `groups`,
+    /// `overage` or `hasgroups` is set) the `groups` claim with the user's transitive groups.
+    pub user: Option<String>,
+    pub oid: Option<String>,
+    /// 1 or 2 (default 2).
+    pub version: Option<u8>,
+    pub tid: Option<String>,
+    /// Default `api://{client_id}`.
+    pub aud: Option<String>,
+    pub iss: Option<String>,
+    pub name: Option<String>,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    /// The `groups` claim; `None` leaves it out.
+    pub groups: Option<Vec<String>>,
+    /// Group overage the JWT way: `_claim_names.groups` + `_claim_sources`.
+    pub overage: bool,
+    /// Group overage the implicit-flow way: `hasgroups: true`.
+    pub hasgroups: bool,
+    /// Seconds from now to `exp` (default 3600; negative for an expired token).
+    pub expires_in: Option<i64>,
+    /// Seconds from now to `nbf` (default 0).
+    pub not_before_in: Option<i64>,
+    /// Header `kid` override (an unknown kid).
+    pub kid: Option<String>,
+    /// Any further claims.
+    pub extra: Option<serde_json::Map<String, Value>>,
+}
+
+struct MockKey {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    n: String,
+    e: String,
+}
+
+struct KeyState {
+    keys: Vec<MockKey>,
+    signing: usize,
+    published: usize,
+}
+
+#[derive(Default)]
+struct Faults {
+    graph_status: Option<u16>,
+    throttle_remaining: u32,
+    retry_after_secs: u64,
+    delay: Duration,
+    fail_page: Option<usize>,
+    jwks_status: Option<u16>,
+}
+
+#[derive(Clone)]
+enum Principal {
+    App,
+    User(String),
+}
+
+/// The mock's state: its directory, keys, fault switches and call counters.
+pub struct MockState {
+    settings: MockSettings,
+    base: Mutex<String>,
+    // std Mutexes: short, synchronous sections only.
+    keys: Mutex<KeyState>,
+    users: Mutex<HashMap<String, MockUser>>,
+    nesting: Mutex<HashMap<String, Vec<String>>>,
+    faults: Mutex<Faults>,
+    page_size: Mutex<usize>,
+    calls: Mutex<HashMap<String, u64>>,
+    graph_tokens: Mutex<HashMap<String, Principal>>,
+}
+
+/// A running mock.
+pub struct MockEntra {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for MockEntra {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl MockEntra {
+    /// Starts the mock on a free loopback port.
+    pub async fn start(settings: MockSettings) -> std::io::Result<MockEntra> {
+        MockEntra::start_on(settings, "127.0.0.1:0").await
+    }
+
+    pub async fn start_on(settings: MockSettings, addr: &str) -> std::io::Result<MockEntra> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState::new(settings, format!("http://{addr}")));
+        let (stop, stop_rx) = watch::channel(false);
+        let handler_state = state.clone();
+        tokio::spawn(crate::server::serve(
+            listener,
+            stop_rx,
+            Duration::from_secs(1),
+            move |req, _| {
+                let state = handler_state.clone();
+                async move { state.handle(req).await }
+            },
+        ));
+        Ok(MockEntra { addr, state, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `entra.authority_host` for a gateway using this mock.
+    pub fn authority_host(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `entra.graph_url` for a gateway using this mock.
+    pub fn graph_url(&self) -> String {
+        format!("http://{}/graph/v1.0", self.addr)
+    }
+
+    pub fn state(&self) -> &Arc<MockState> {
+        &self.state
+    }
+
+    pub fn settings(&self) -> &MockSettings {
+        &self.state.settings
+    }
+
+    /// Mints an access token signed by the current signing key.
+    pub fn mint(&self, spec: &TokenSpec) -> String {
+        self.state.mint(spec)
+    }
+}
+
+fn load_keys() -> Vec<MockKey> {
+    KEY_PEMS
+        .iter()
+        .enumerate()
+        .map(|(i, pem)| {
+            let encoding =
+                EncodingKey::from_rsa_pem(pem.as_bytes()).expect("embedded mock key is valid");
+            let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)
+                .expect("embedded mock key is RSA");
+            let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
+                unreachable!("RSA key")
+            };
+            let decoding =
+                DecodingKey::from_rsa_components(&rsa.n, &rsa.e).expect("valid components");
+            MockKey {
+                kid: format!("mock-key-{}", i + 1),
+                encoding,
+                decoding,
+                n: rsa.n.clone(),
+                e: rsa.e.clone(),
+            }
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// === impl MockState: controls used by tests and the demo ===
+
+impl MockState {
+    fn new(settings: MockSettings, base: String) -> MockState {
+        MockState {
+            settings,
+            base: Mutex::new(base),
+            keys: Mutex::new(KeyState {
+                keys: load_keys(),
+                signing: 0,
+                published: 1,
+            }),
+            users: Mutex::default(),
+            nesting: Mutex::default(),
+            faults: Mutex::default(),
+            page_size: Mutex::new(100),
+            calls: Mutex::default(),
+            graph_tokens: Mutex::default(),
+        }
+    }
+
+    fn base(&self) -> String {
+        lock(&self.base).clone()
+    }
+
+    pub fn add_user(&self, user: MockUser) {
+        lock(&self.users).insert(user.oid.to_ascii_lowercase(), user);
+    }
+
+    /// Changes a user's display name (a later sign-in should update the record).
+    pub fn set_display_name(&self, oid: &str, name: &str) {
+        if let Some(u) = lock(&self.users).get_mut(&oid.to_ascii_lowercase()) {
+            u.display_name = Some(name.to_string());
+        }
+    }
+
+    /// Makes `child` a member of `parent` (nested groups).
+    pub fn nest_group(&self, child: &str, parent: &str) {
+        lock(&self.nesting)
+            .entry(child.to_ascii_lowercase())
+            .or_default()
+            .push(parent.to_ascii_lowercase());
+    }
+
+    /// Publishes the next key and signs with it from now on; returns its kid.
+    pub fn rotate_signing_key(&self) -> String {
+        let mut k = lock(&self.keys);
+        k.signing = (k.signing + 1).min(k.keys.len() - 1);
+        k.published = k.published.max(k.signing + 1);
+        k.keys[k.signing].kid.clone()
+    }
+
+    /// The kid new tokens are signed with.
+    pub fn signing_kid(&self) -> String {
+        let k = lock(&self.keys);
+        k.keys[k.signing].kid.clone()
+    }
+
+    /// Every Graph call answers this status (None: normal).
+    pub fn set_graph_status(&self, status: Option<u16>) {
+        lock(&self.faults).graph_status = status;
+    }
+
+    /// The next `count` Graph calls answer 429 with `Retry-After: retry_after_secs`.
+    pub fn throttle_graph(&self, count: u32, retry_after_secs: u64) {
+        let mut f = lock(&self.faults);
+        f.throttle_remaining = count;
+        f.retry_after_secs = retry_after_secs;
+    }
+
+    /// Every Graph call waits this long first.
+    pub fn set_graph_delay(&self, delay: Duration) {
+        lock(&self.faults).delay = delay;
+    }
+
+    /// `transitiveMemberOf` page `index` (0-based) answers 500.
+    pub fn fail_page(&self, index: Option<usize>) {
+        lock(&self.faults).fail_page = index;
+    }
+
+    /// The JWKS endpoint answers this status (None: normal).
+    pub fn set_jwks_status(&self, status: Option<u16>) {
+        lock(&self.faults).jwks_status = status;
+    }
+
+    /// Items per `transitiveMemberOf` page.
+    pub fn set_page_size(&self, size: usize) {
+        *lock(&self.page_size) = size.max(1);
+    }
+
+    /// Calls received on `endpoint` (`jwks`, `openid`, `token_app`, `token_obo`, `profile`,
+    /// `checkMemberGroups`, `transitiveMemberOf`, `photo`).
+    pub fn calls(&self, endpoint: &str) -> u64 {
+        lock(&self.calls).get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Calls to Graph group endpoints (either lookup).
+    pub fn group_calls(&self) -> u64 {
+        self.calls("checkMemberGroups") + self.calls("transitiveMemberOf")
+    }
+
+    fn count(&self, endpoint: &str) {
+        *lock(&self.calls).entry(endpoint.to_string()).or_default() += 1;
+    }
+
+    /// Mints an access token as Entra would.
+    pub fn mint(&self, spec: &TokenSpec) -> String {
+        let s = &self.settings;
+        let user = spec.user.as_ref().and_then(|login| {
+            lock(&self.users)
+                .values()
+                .find(|u| &u.login == login)
+                .cloned()
+        });
+        let oid = spec
+            .oid
+            .clone()
+            .or_else(|| user.as_ref().map(|u| u.oid.clone()))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let tid = spec.tid.clone().unwrap_or_else(|| s.tenant_id.clone());
+        let version = spec.version.unwrap_or(2);
+        let now = unix_now() as i64;
+        let mut c = serde_json::Map::new();
+        let iss = spec.iss.clone().unwrap_or_else(|| match version {
+            1 => format!("https://sts.windows.net/{tid}/"),
+            _ => format!("{}/{tid}/v2.0", self.base()),
+        });
+        c.insert(
+            "aud".into(),
+            json!(
+                spec.aud
+                    .clone()
+                    .unwrap_or_else(|| format!("api://{}", s.client_id))
+            ),
+        );
+        c.insert("iss".into(), json!(iss));
+        c.insert("iat".into(), json!(now));
+        c.insert("nbf".into(), json!(now + spec.not_before_in.unwrap_or(0)));
+        c.insert("exp".into(), json!(now + spec.expires_in.unwrap_or(3600)));
+        c.insert("tid".into(), json!(tid));
+        c.insert("oid".into(), json!(oid));
+        c.insert("sub".into(), json!(format!("sub-{oid}")));
+        c.insert(
+            "ver".into(),
+            json!(if version == 1 { "1.0" } else { "2.0" }),
+        );
+        c.insert("scp".into(), json!("access_as_user"));
+        let name = spec
+            .name
+            .clone()
+            .or_else(|| user.as_ref().and_then(|u| u.display_name.clone()));
+        let username = spec
+            .username
+            .clone()
+            .or_else(|| user.as_ref().and_then(|u| u.user_principal_name.clone()));
+        if let Some(n) = name {
+            c.insert("name".into(), json!(n));
+        }
+        if let Some(u) = username {
+            if version == 1 {
+                c.insert("upn".into(), json!(u));
+                c.insert("unique_name".into(), json!(u));
+            } else {
+                c.insert("preferred_username".into(), json!(u));
+            }
+        }
+        if let Some(e) = spec
+            .email
+            .clone()
+            .or_else(|| user.as_ref().and_then(|u| u.mail.clone()))
+        {
+            c.insert("email".into(), json!(e));
+        }
+        let user_groups = match (&user, spec.overage || spec.hasgroups) {
+            (Some(u), false) => Some(self.transitive_groups(u).into_iter().collect::<Vec<_>>()),
+            _ => None,
+        };
+        if let Some(g) = spec.groups.clone().or(user_groups) {
+            c.insert("groups".into(), json!(g));
+        }
+        if spec.overage {
+            c.insert("_claim_names".into(), json!({"groups": "src1"}));
+            c.insert("_claim_sources".into(), json!({"src1": {"endpoint": format!("https://graph.windows.net/{tid}/users/{oid}/getMemberObjects")}}));
+        }
+        if spec.hasgroups {
+            c.insert("hasgroups".into(), json!(true));
+        }
+        for (k, v) in spec.extra.clone().unwrap_or_default() {
+            c.insert(k, v);
+        }
+        let keys = lock(&self.keys);
+        let key = &keys.keys[keys.signing];
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(spec.kid.clone().unwrap_or_else(|| key.kid.clone()));
+        jsonwebtoken::encode(&header, &Value::Object(c), &key.encoding).expect("mock signing works")
+    }
+}
+
+// === impl MockState: HTTP ===
+
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn graph_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    reply(status, json!({"error": {"code": code, "message": message}}))
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+impl MockState {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().clone(), segs.as_slice()) {
+            (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
+                self.openid(tenant)
+            }
+            (Method::GET, [_, "discovery", "v2.0", "keys"] | [_, "discovery", "keys"]) => {
+                self.jwks()
+            }
+            (Method::POST, [_, "oauth2", "v2.0", "token"]) => self.token(req).await,
+            (_, ["graph", "v1.0", rest @ ..]) => {
+                let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                self.graph(req, &rest).await
+            }
+            (Method::POST, ["mock", "token"]) => self.mint_endpoint(req).await,
+            (Method::GET, ["mock", "calls"]) => reply(StatusCode::OK, json!(*lock(&self.calls))),
+            _ => graph_error(StatusCode::NOT_FOUND, "NotFound", "no such mock endpoint"),
+        }
+    }
+
+    fn openid(&self, tenant: &str) -> Response<Body> {
+        self.count("openid");
+        let base = self.base();
+        reply(
+            StatusCode::OK,
+            json!({
+                "issuer": format!("{base}/{tenant}/v2.0"),
+                "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
+                "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }),
+        )
+    }
+
+    fn jwks(&self) -> Response<Body> {
+        self.count("jwks");
+        if let Some(s) = lock(&self.faults).jwks_status {
+            return reply(
+                StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                json!({"error": "mock failure"}),
+            );
+        }
+        let keys = lock(&self.keys);
+        let list: Vec<Value> = keys.keys[..keys.published]
+            .iter()
+            .map(|k| json!({"kty": "RSA", "use": "sig", "kid": k.kid, "x5t": k.kid, "n": k.n, "e": k.e, "issuer": format!("{}/{{tenantid}}/v2.0", self.base())}))
+            .collect();
+        reply(StatusCode::OK, json!({"keys": list}))
+    }
+
+    async fn token(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"})),
+        };
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&body).into_owned().collect();
+        let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
+        self.count(if grant == "client_credentials" {
+            "token_app"
+        } else {
+            "token_obo"
+        });
+        let s = &self.settings;
+        if form.get("client_id") != Some(&s.client_id)
+            || form.get("client_secret") != Some(&s.client_secret)
+        {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}),
+            );
+        }
+        if !form
+            .get("scope")
+            .is_some_and(|sc| sc.ends_with("/.default"))
+        {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_scope", "error_codes": [70011]}),
+            );
+        }
+        let principal = match grant {
+            "client_credentials" => Principal::App,
+            "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+                if form.get("requested_token_use").map(String::as_str) != Some("on_behalf_of") {
+                    return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+                }
+                match self.check_assertion(form.get("assertion").map(String::as_str).unwrap_or(""))
+                {
+                    Some(oid) => Principal::User(oid),
+                    None => {
+                        return reply(
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": "invalid_grant", "error_codes": [50013]}),
+                        );
+                    }
+                }
+            }
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "unsupported_grant_type"}),
+                );
+            }
+        };
+        let token = format!("mock-graph-{}", uuid::Uuid::new_v4());
+        lock(&self.graph_tokens).insert(token.clone(), principal);
+        reply(
+            StatusCode::OK,
+            json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}),
+        )
+    }
+
+    /// An OBO assertion must be a valid token of this mock addressed to the app.
+    fn check_assertion(&self, assertion: &str) -> Option<String> {
+        let kid = jsonwebtoken::decode_header(assertion).ok()?.kid?;
+        let keys = lock(&self.keys);
+        let key = keys.keys[..keys.published].iter().find(|k| k.kid == kid)?;
+        let mut v = Validation::new(Algorithm::RS256);
+        let id = &self.settings.client_id;
+        v.set_audience(&[format!("api://{id}"), id.clone()]);
+        let data = jsonwebtoken::decode::<Value>(assertion, &key.decoding, &v).ok()?;
+        data.claims
+            .get("oid")
+            .and_then(|o| o.as_str())
+            .map(str::to_ascii_lowercase)
+    }
+
+    async fn mint_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
+        let body = match Limited::new(req.into_body(), 1 << 16).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return reply(StatusCode::BAD_REQUEST, json!({"error": "body too large"})),
+        };
+        let spec: TokenSpec = if body.iter().all(u8::is_ascii_whitespace) {
+            TokenSpec::default()
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": format!("bad token spec: {e}")}),
+                    );
+                }
+            }
+        };
+        reply(StatusCode::OK, json!({"access_token": self.mint(&spec)}))
+    }
+
+    async fn graph(&self, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
+        let endpoint = match rest.last().map(String::as_str) {
+            Some("checkMemberGroups") => "checkMemberGroups",
+            Some("transitiveMemberOf") => "transitiveMemberOf",
+            Some("$value") => "photo",
+            _ => "profile",
+        };
+        self.count(endpoint);
+        if let Some(r) = self.graph_fault(endpoint, &req).await {
+            return r;
+        }
+        let principal = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|t| lock(&self.graph_tokens).get(t).cloned());
+        let Some(principal) = principal else {
+            return graph_error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "Access token is empty or invalid.",
+            );
+        };
+        let (oid, prefix, tail) = match (rest.first().map(String::as_str), &principal) {
+            (Some("me"), Principal::User(oid)) => (oid.clone(), "me".to_string(), &rest[1..]),
+            (Some("me"), Principal::App) => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "/me request is only valid with delegated authentication flow.",
+                );
+            }
+            (Some("users"), _) if rest.len() >= 2 => (
+                rest[1].to_ascii_lowercase(),
+                format!("users/{}", rest[1]),
+                &rest[2..],
+            ),
+            _ => return graph_error(StatusCode::NOT_FOUND, "NotFound", "unsupported Graph path"),
+        };
+        let Some(user) = lock(&self.users).get(&oid).cloned() else {
+            return graph_error(
+                StatusCode::NOT_FOUND,
+                "Request_ResourceNotFound",
+                "Resource does not exist.",
+            );
+        };
+        let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+        match (req.method().clone(), tail.as_slice()) {
+            (Method::GET, []) => self.profile(&user),
+            (Method::POST, ["checkMemberGroups"]) => self.check_member_groups(&user, req).await,
+            (Method::GET, ["transitiveMemberOf"]) => {
+                self.transitive_member_of(&user, &prefix, &query(&req))
+            }
+            (Method::GET, ["photo", "$value"]) => match &user.photo {
+                Some((ct, bytes)) => {
+                    let mut r = Response::new(full(bytes.clone()));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_str(ct)
+                            .unwrap_or(header::HeaderValue::from_static("image/jpeg")),
+                    );
+                    r
+                }
+                None => graph_error(
+                    StatusCode::NOT_FOUND,
+                    "ImageNotFound",
+                    "The photo wasn't found.",
+                ),
+            },
+            _ => graph_error(StatusCode::NOT_FOUND, "NotFound", "unsupported Graph path"),
+        }
+    }
+
+    async fn graph_fault(&self, endpoint: &str, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let delay = lock(&self.faults).delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut f = lock(&self.faults);
+        if f.throttle_remaining > 0 {
+            f.throttle_remaining -= 1;
+            let mut r = graph_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests.",
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(f.retry_after_secs),
+            );
+            return Some(r);
+        }
+        if let Some(s) = f.graph_status {
+            return Some(graph_error(
+                StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "ServiceUnavailable",
+                "mock failure",
+            ));
+        }
+        if endpoint == "transitiveMemberOf" && f.fail_page.is_some() {
+            let page = query_page(req);
+            if Some(page) == f.fail_page {
+                return Some(graph_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalServerError",
+                    "mock page failure",
+                ));
+            }
+        }
+        None
+    }
+
+    fn profile(&self, u: &MockUser) -> Response<Body> {
+        reply(
+            StatusCode::OK,
+            json!({"id": u.oid, "mail": u.mail, "displayName": u.display_name, "userPrincipalName": u.user_principal_name, "givenName": u.given_name, "surname": u.surname}),
+        )
+    }
+
+    /// Direct groups plus every group they are nested in.
+    fn transitive_groups(&self, u: &MockUser) -> BTreeSet<String> {
+        let nesting = lock(&self.nesting);
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<String> = u.groups.iter().map(|g| g.to_ascii_lowercase()).collect();
+        while let Some(g) = todo.pop() {
+            if seen.insert(g.clone()) {
+                todo.extend(nesting.get(&g).cloned().unwrap_or_default());
+            }
+        }
+        seen
+    }
+
+    async fn check_member_groups(&self, u: &MockUser, req: Request<Incoming>) -> Response<Body> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Ask {
+            group_ids: Vec<String>,
+        }
+        let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body"),
+        };
+        let Ok(ask) = serde_json::from_slice::<Ask>(&body) else {
+            return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "groupIds missing");
+        };
+        if ask.group_ids.len() > 20 {
+            return graph_error(
+                StatusCode::BAD_REQUEST,
+                "Request_BadRequest",
+                "at most 20 groupIds",
+            );
+        }
+        let member = self.transitive_groups(u);
+        let found: Vec<&String> = ask
+            .group_ids
+            .iter()
+            .filter(|g| member.contains(&g.to_ascii_lowercase()))
+            .collect();
+        reply(StatusCode::OK, json!({"value": found}))
+    }
+
+    fn transitive_member_of(
+        &self,
+        u: &MockUser,
+        prefix: &str,
+        q: &HashMap<String, String>,
+    ) -> Response<Body> {
+        let all: Vec<String> = self.transitive_groups(u).into_iter().collect();
+        let size = *lock(&self.page_size);
+        let top: usize = q
+            .get("$top")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(100)
+            .min(size);
+        let skip: usize = q
+            .get("$skiptoken")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let page: Vec<Value> = all
+            .iter()
+            .skip(skip)
+            .take(top)
+            .map(|g| json!({"@odata.type": "#microsoft.graph.group", "id": g}))
+            .collect();
+        let mut body = json!({"value": page});
+        if skip + top < all.len() {
+            let next = format!(
+                "{}/graph/v1.0/{prefix}/transitiveMemberOf?$select=id&$top={top}&$skiptoken={}",
+                self.base(),
+                skip + top
+            );
+            body["@odata.nextLink"] = json!(next);
+        }
+        reply(StatusCode::OK, body)
+    }
+}
+
+fn query_page(req: &Request<Incoming>) -> usize {
+    let q = query(req);
+    let skip: usize = q
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let top: usize = q
+        .get("$top")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    skip / top
+}

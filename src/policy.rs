@@ -1,0 +1,189 @@
+//! Authorization policy: which users get in, and with which groups and roles.
+//!
+//! Owns: the pure decision from "the configured groups this user is (transitively) in" to
+//! allow/deny, the roles granted by `group_roles`, and per-route group checks. Deny by default.
+//! Must not: do I/O, or look at anything but group ids (never names, emails or UPNs).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::Config;
+
+/// The policy derived from `authorization` (and route groups, for the set Graph is asked about).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    allowed: BTreeSet<String>,
+    group_roles: BTreeMap<String, Vec<String>>,
+    allow_any_tenant_user: bool,
+    configured: BTreeSet<String>,
+    fingerprint: String,
+}
+
+/// The outcome for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// In: the configured groups the user is in, and the roles they grant.
+    Allow {
+        groups: Vec<String>,
+        roles: Vec<String>,
+    },
+    /// Not in any allowed group.
+    Deny,
+}
+
+impl Policy {
+    pub fn from_config(config: &Config) -> Policy {
+        let a = &config.authorization;
+        Policy {
+            allowed: a
+                .allowed_groups
+                .iter()
+                .map(|g| g.to_ascii_lowercase())
+                .collect(),
+            group_roles: a
+                .group_roles
+                .iter()
+                .map(|(g, r)| (g.to_ascii_lowercase(), r.clone()))
+                .collect(),
+            allow_any_tenant_user: a.allow_any_tenant_user,
+            fingerprint: fingerprint(&config.configured_groups()),
+            configured: config.configured_groups(),
+        }
+    }
+
+    /// A short hash of the configured group set: cached group answers are keyed by it, so that
+    /// a config change never reuses an answer to a different question.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Every group id the gateway cares about (sorted, lowercase): what Graph is asked about.
+    pub fn configured_groups(&self) -> &BTreeSet<String> {
+        &self.configured
+    }
+
+    /// Keeps only the configured groups of a membership list (lowercased, sorted, deduplicated).
+    pub fn relevant<'a>(
+        &self,
+        member_of: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeSet<String> {
+        member_of
+            .into_iter()
+            .map(|g| g.to_ascii_lowercase())
+            .filter(|g| self.configured.contains(g))
+            .collect()
+    }
+
+    /// Decides for a user who is in `member_of` (any groups; irrelevant ones are ignored).
+    pub fn decide(&self, member_of: &BTreeSet<String>) -> Decision {
+        let groups = self.relevant(member_of);
+        let allowed = self.allow_any_tenant_user || groups.iter().any(|g| self.allowed.contains(g));
+        if !allowed {
+            return Decision::Deny;
+        }
+        let roles: BTreeSet<String> = groups
+            .iter()
+            .filter_map(|g| self.group_roles.get(g))
+            .flatten()
+            .cloned()
+            .collect();
+        Decision::Allow {
+            groups: groups.into_iter().collect(),
+            roles: roles.into_iter().collect(),
+        }
+    }
+}
+
+fn fingerprint(groups: &BTreeSet<String>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for g in groups {
+        h.update(g.as_bytes());
+        h.update(b",");
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A route that names groups lets in members of any of them; a route without groups lets in
+/// every authenticated user.
+pub fn route_allows(route_groups: Option<&[String]>, token_groups: &[String]) -> bool {
+    match route_groups {
+        None => true,
+        Some(required) => required
+            .iter()
+            .any(|r| token_groups.iter().any(|g| g.eq_ignore_ascii_case(r))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(allowed: &[&str], roles: &[(&str, &[&str])], any: bool) -> Policy {
+        let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
+        let group_roles: BTreeMap<String, Vec<String>> = roles
+            .iter()
+            .map(|(g, r)| (g.to_string(), r.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        let mut configured = allowed.clone();
+        configured.extend(group_roles.keys().cloned());
+        Policy {
+            allowed,
+            group_roles,
+            allow_any_tenant_user: any,
+            fingerprint: fingerprint(&configured),
+            configured,
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn member_of_an_allowed_group_gets_in_with_the_roles_of_all_its_configured_groups() {
+        let p = policy(
+            &["a", "b"],
+            &[("a", &["reader"]), ("c", &["admin", "reader"])],
+            false,
+        );
+        let d = p.decide(&set(&["A", "c", "unrelated"]));
+        assert_eq!(
+            d,
+            Decision::Allow {
+                groups: vec!["a".into(), "c".into()],
+                roles: vec!["admin".into(), "reader".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn nobody_gets_in_by_default() {
+        let p = policy(&["a"], &[("c", &["admin"])], false);
+        assert_eq!(p.decide(&set(&[])), Decision::Deny);
+        // A role group alone does not grant entry.
+        assert_eq!(p.decide(&set(&["c"])), Decision::Deny);
+    }
+
+    #[test]
+    fn allow_any_tenant_user_lets_in_users_without_groups() {
+        let p = policy(&[], &[], true);
+        assert_eq!(
+            p.decide(&set(&[])),
+            Decision::Allow {
+                groups: vec![],
+                roles: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn route_groups_need_any_one_match() {
+        assert!(route_allows(None, &[]));
+        assert!(route_allows(Some(&["X".into()]), &["x".into()]));
+        assert!(!route_allows(Some(&["x".into()]), &["y".into()]));
+    }
+}

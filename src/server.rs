@@ -1,0 +1,340 @@
+//! Server wiring: builds every component from the config, starts the listeners and the
+//! background tasks, and shuts down gracefully.
+//!
+//! Owns: [`AppState`] (the one value every handler reads), the accept loops, connection limits
+//! (header read timeout, header size), readiness, and the shutdown sequence (stop accepting,
+//! report not-ready, let in-flight requests finish within `shutdown_grace`). Must not: contain
+//! request logic (see `http`) or global mutable state.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ::http::{Request, Response};
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, GraphMode, Secret};
+use crate::directory::{Directory, MemoryUserStore};
+use crate::entra::EntraValidator;
+use crate::entra::jwks::JwksCache;
+use crate::exchange::{ExchangeParts, ExchangeService};
+use crate::graph::GraphClient;
+use crate::http::{self, Body};
+use crate::issuer::Issuer;
+use crate::issuer::keys::{KeyError, KeyRing};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("signing key: {0}")]
+    Keys(#[from] KeyError),
+    #[error("client secret: {0}")]
+    Secret(String),
+    #[error("HTTP client: {0}")]
+    HttpClient(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// One readiness check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Everything the request handlers share.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub exchange: ExchangeService,
+    pub issuer: Arc<Issuer>,
+    pub directory: Directory,
+    pub graph: Option<Arc<GraphClient>>,
+    pub metrics: Metrics,
+    pub policy: Arc<ArcSwap<Policy>>,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    /// Builds every component; fails on a bad key or secret (fail at start, not at first use).
+    pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
+        let metrics = Metrics::new();
+        let http = outbound_client(&config)?;
+        let issuer = Arc::new(Issuer::new(
+            &config.issuer,
+            KeyRing::load(&config.issuer.signing_keys)?,
+        ));
+        let jwks = JwksCache::new(
+            http.clone(),
+            &config.entra.authority_host,
+            config.cache.jwks_ttl,
+            metrics.clone(),
+        );
+        let entra = EntraValidator::new(&config.entra, jwks);
+        let graph = match config.entra.graph_mode {
+            GraphMode::Claims => None,
+            GraphMode::App | GraphMode::Obo => {
+                let secret = client_secret(&config)?;
+                Some(Arc::new(GraphClient::new(
+                    &config.entra,
+                    secret,
+                    http.clone(),
+                    metrics.clone(),
+                )))
+            }
+        };
+        let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config)));
+        let directory = Directory::new(Arc::new(MemoryUserStore::default()));
+        let exchange = ExchangeService::new(ExchangeParts {
+            entra,
+            graph: graph.clone(),
+            mode: config.entra.graph_mode,
+            policy: policy.clone(),
+            directory: directory.clone(),
+            issuer: issuer.clone(),
+            cache: config.cache.clone(),
+            metrics: metrics.clone(),
+        });
+        Ok(Arc::new(AppState {
+            config: Arc::new(config),
+            exchange,
+            issuer,
+            directory,
+            graph,
+            metrics,
+            policy,
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// Signing keys loaded (always, once built), each tenant's JWKS present, not shutting down.
+    pub fn readiness_checks(&self) -> Vec<Check> {
+        let mut checks = vec![Check {
+            name: "signing_keys".into(),
+            ok: true,
+            detail: "loaded".into(),
+        }];
+        for tid in self.exchange.entra().tenants() {
+            let ok = self.exchange.entra().jwks().has_keys(tid);
+            let detail = if ok { "fetched" } else { "not fetched yet" };
+            checks.push(Check {
+                name: format!("jwks:{tid}"),
+                ok,
+                detail: detail.into(),
+            });
+        }
+        let stopping = self.shutting_down.load(Ordering::SeqCst);
+        checks.push(Check {
+            name: "shutdown".into(),
+            ok: !stopping,
+            detail: if stopping { "draining" } else { "serving" }.into(),
+        });
+        checks
+    }
+}
+
+fn outbound_client(config: &Config) -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .timeout(config.entra.request_timeout)
+        .connect_timeout(config.entra.request_timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("entra-gateway/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| StartError::HttpClient(e.to_string()))
+}
+
+fn client_secret(config: &Config) -> Result<Secret, StartError> {
+    if let Some(s) = &config.entra.client_secret {
+        return Ok(s.clone());
+    }
+    let path = config
+        .entra
+        .client_secret_file
+        .as_ref()
+        .ok_or_else(|| StartError::Secret("not configured".into()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StartError::Secret(format!("cannot read {}: {e}", path.display())))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(StartError::Secret(format!("{} is empty", path.display())));
+    }
+    Ok(Secret::new(secret))
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        Ok(Listeners {
+            public: bind(&config.server.listen).await?,
+            admin: bind(&config.server.admin_listen).await?,
+        })
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let state = AppState::build(config)?;
+    run_with_state(state, listeners, shutdown).await;
+    Ok(())
+}
+
+/// Runs a built gateway (tests and `demo` build the state themselves).
+pub async fn run_with_state(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut background = JoinSet::new();
+    for tid in state.exchange.entra().tenants().to_vec() {
+        let state = state.clone();
+        background.spawn(async move { warm_jwks(&state, &tid).await });
+    }
+    let grace = state.config.server.shutdown_grace;
+    let public_state = state.clone();
+    let public = serve(
+        listeners.public,
+        stop_rx.clone(),
+        grace,
+        move |req, _peer| http::public(public_state.clone(), req),
+    );
+    let admin_state = state.clone();
+    let admin = serve(listeners.admin, stop_rx, grace, move |req, _peer| {
+        http::admin::handle(admin_state.clone(), req)
+    });
+    let servers = tokio::spawn(async move { tokio::join!(public, admin) });
+    shutdown.await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: not ready, draining in-flight requests"
+    );
+    state.shutting_down.store(true, Ordering::SeqCst);
+    background.abort_all();
+    let _ = stop_tx.send(true);
+    let _ = servers.await;
+    tracing::info!("shutdown complete");
+}
+
+/// Fetches a tenant's JWKS at start-up, retrying with backoff until it works.
+async fn warm_jwks(state: &AppState, tid: &str) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match state.exchange.entra().jwks().warm(tid).await {
+            Ok(n) => {
+                tracing::info!(tid, keys = n, "Entra signing keys loaded");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(tid, error = %e, retry_in_ms = delay.as_millis() as u64, "Entra signing keys not loaded yet")
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Accepts connections on `listener` and serves them with `handler` until `stop` turns true;
+/// then stops accepting and waits up to `grace` for open connections to finish.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc = service_fn(move |req| {
+            let fut = handler(req, peer);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
