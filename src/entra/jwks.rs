@@ -136,9 +136,9 @@ impl JwksCache {
             .unwrap_or(false)
     }
 
-    /// Fetches `tid`'s keys now (start-up warm-up).
+    /// Makes sure `tid`'s keys are loaded (start-up warm-up); no fetch when they already are.
     pub async fn warm(&self, tid: &str) -> Result<usize, JwksError> {
-        self.refresh(tid).await.map(|s| s.len())
+        self.current(tid).await.map(|s| s.len())
     }
 
     /// Fresh keys, or refreshed ones, or stale ones when the refresh fails.
@@ -188,10 +188,9 @@ impl JwksCache {
                 })
                 .clone()
         };
-        let result = flight.await;
-        if let Ok(mut inflight) = self.inflight.lock() {
-            inflight.remove(tid);
-        }
+        let result = flight.clone().await;
+        // Publish the keys before releasing the flight, so that no caller in between starts a
+        // second fetch.
         if let Ok(set) = &result
             && let Ok(mut tenants) = self.tenants.write()
         {
@@ -205,6 +204,11 @@ impl JwksCache {
                     },
                 );
             }
+        }
+        if let Ok(mut inflight) = self.inflight.lock()
+            && inflight.get(tid).is_some_and(|f| f.ptr_eq(&flight))
+        {
+            inflight.remove(tid);
         }
         result
     }

@@ -1,0 +1,266 @@
+//! Shared helpers of the end-to-end tests: a mock Entra ID + Graph with known users, and a real
+//! gateway on loopback sockets configured through the same YAML + override path as production.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use entra_gateway::config::{Config, FileChecks, SigningAlgorithm};
+use entra_gateway::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
+use entra_gateway::server::{AppState, Listeners};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const ALLOWED: &str = "11111111-aaaa-4000-8000-000000000001";
+pub const ADMINS: &str = "11111111-aaaa-4000-8000-000000000002";
+pub const NESTED_CHILD: &str = "11111111-aaaa-4000-8000-000000000003";
+pub const OTHER: &str = "11111111-aaaa-4000-8000-000000000009";
+
+pub const ALICE: &str = "a11ce000-0000-4000-8000-000000000001"; // ALLOWED + ADMINS, direct
+pub const BOB: &str = "b0b00000-0000-4000-8000-000000000002"; // NESTED_CHILD -> ALLOWED
+pub const CAROL: &str = "ca401000-0000-4000-8000-000000000003"; // OTHER only
+pub const DAVE: &str = "da7e0000-0000-4000-8000-000000000004"; // many groups, ALLOWED last
+
+/// A mock with alice, bob, carol and dave.
+pub async fn mock() -> MockEntra {
+    let mock = MockEntra::start(MockSettings::default())
+        .await
+        .expect("mock starts");
+    let s = mock.state();
+    let user = |login: &str, oid: &str, name: &str, groups: Vec<String>| MockUser {
+        login: login.into(),
+        oid: oid.into(),
+        display_name: Some(name.into()),
+        mail: Some(format!("{login}@contoso.example")),
+        user_principal_name: Some(format!("{login}@contoso.example")),
+        given_name: Some(name.split(' ').next().unwrap_or_default().into()),
+        surname: name.split(' ').nth(1).map(str::to_string),
+        groups,
+        photo: None,
+    };
+    s.add_user(user(
+        "alice",
+        ALICE,
+        "Alice Jørgensen",
+        vec![ALLOWED.into(), ADMINS.into()],
+    ));
+    s.add_user(user("bob", BOB, "Bob Builder", vec![NESTED_CHILD.into()]));
+    s.add_user(user("carol", CAROL, "Carol Seller", vec![OTHER.into()]));
+    let mut many: Vec<String> = (0..7)
+        .map(|i| format!("22222222-bbbb-4000-8000-00000000000{i}"))
+        .collect();
+    many.push(ALLOWED.into());
+    s.add_user(user("dave", DAVE, "Dave Many", many));
+    s.nest_group(NESTED_CHILD, ALLOWED);
+    mock
+}
+
+/// A token for a mock user (`groups` claim filled from the directory unless overage is set).
+pub fn token_for(mock: &MockEntra, login: &str) -> String {
+    mock.mint(&TokenSpec {
+        user: Some(login.into()),
+        ..Default::default()
+    })
+}
+
+pub fn overage_token_for(mock: &MockEntra, login: &str) -> String {
+    mock.mint(&TokenSpec {
+        user: Some(login.into()),
+        overage: true,
+        ..Default::default()
+    })
+}
+
+/// The base YAML of a test gateway; tests change it with `ENTRA_GATEWAY__...` overrides.
+pub fn base_yaml(mock: &MockEntra) -> String {
+    let s = mock.settings();
+    format!(
+        r#"
+server: {{ listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0", shutdown_grace: 5s }}
+entra:
+  authority_host: "{authority}"
+  graph_url: "{graph}"
+  tenants: ["{tenant}"]
+  client_id: "{client}"
+  graph_mode: app
+  graph_max_retry_wait: 2s
+authorization:
+  allowed_groups: ["{ALLOWED}"]
+  group_roles: {{ "{ALLOWED}": ["reader"], "{ADMINS}": ["admin"] }}
+issuer:
+  issuer: "https://gateway.test"
+  audience: "internal-services"
+  token_ttl: 15m
+  signing_keys: []
+logging: {{ level: warn }}
+"#,
+        authority = mock.authority_host(),
+        graph = mock.graph_url(),
+        tenant = s.tenant_id,
+        client = s.client_id,
+    )
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<AppState>,
+    pub dir: tempfile::TempDir,
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Stops accepting, drains, and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Builder of a test gateway.
+pub struct GatewayBuilder<'a> {
+    mock: &'a MockEntra,
+    yaml: String,
+    overrides: Vec<(String, String)>,
+    keys: Vec<(String, SigningAlgorithm, Option<String>)>,
+    dir: tempfile::TempDir,
+}
+
+impl<'a> GatewayBuilder<'a> {
+    pub fn new(mock: &'a MockEntra) -> Self {
+        GatewayBuilder {
+            mock,
+            yaml: base_yaml(mock),
+            overrides: vec![],
+            keys: vec![],
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The gateway's private temp directory (keys, secrets, files a test writes).
+    pub fn dir_path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// `set("ENTRA__GRAPH_MODE", "obo")` = `ENTRA_GATEWAY__ENTRA__GRAPH_MODE=obo`.
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.overrides
+            .push((format!("ENTRA_GATEWAY__{key}"), value.into()));
+        self
+    }
+
+    /// Appends raw YAML (e.g. a `proxy:` section).
+    pub fn yaml(mut self, extra: &str) -> Self {
+        self.yaml.push_str(extra);
+        self
+    }
+
+    /// Adds a signing key; `pem` None generates one. The first added key signs.
+    pub fn key(mut self, kid: &str, alg: SigningAlgorithm, pem: Option<String>) -> Self {
+        self.keys.push((kid.into(), alg, pem));
+        self
+    }
+
+    pub fn config(mut self) -> (Config, tempfile::TempDir) {
+        if self.keys.is_empty() {
+            self.keys.push(("k1".into(), SigningAlgorithm::ES256, None));
+        }
+        let secret = self.dir.path().join("client-secret");
+        std::fs::write(&secret, &self.mock.settings().client_secret).unwrap();
+        let mut overrides = vec![(
+            "ENTRA_GATEWAY__ENTRA__CLIENT_SECRET_FILE".to_string(),
+            secret.display().to_string(),
+        )];
+        let mut keys_yaml = String::from("[");
+        for (kid, alg, pem) in &self.keys {
+            let path = self.dir.path().join(format!("{kid}.pem"));
+            let pem = pem
+                .clone()
+                .unwrap_or_else(|| entra_gateway::issuer::keys::generate_pem(*alg).unwrap());
+            std::fs::write(&path, pem).unwrap();
+            keys_yaml.push_str(&format!(
+                "{{kid: \"{kid}\", algorithm: {alg:?}, private_key_file: \"{}\"}},",
+                path.display()
+            ));
+        }
+        keys_yaml.push(']');
+        overrides.push(("ENTRA_GATEWAY__ISSUER__SIGNING_KEYS".into(), keys_yaml));
+        overrides.extend(self.overrides);
+        let config = Config::from_yaml(&self.yaml, &overrides, FileChecks::Read)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (config, self.dir)
+    }
+
+    pub async fn start(self) -> Gateway {
+        let (config, dir) = self.config();
+        start_with(config, dir).await
+    }
+}
+
+/// Starts a gateway for `config` on free loopback ports.
+pub async fn start_with(config: Config, dir: tempfile::TempDir) -> Gateway {
+    let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
+    let state = AppState::build(config).unwrap_or_else(|e| panic!("{e}"));
+    let (stop, mut rx) = watch::channel(false);
+    let task = tokio::spawn(entra_gateway::server::run_with_state(
+        state.clone(),
+        Listeners { public, admin },
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        },
+    ));
+    Gateway {
+        addr,
+        admin: admin_addr,
+        state,
+        dir,
+        stop,
+        task: Some(task),
+    }
+}
+
+/// An HTTP client that never reuses a connection across tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POST /auth/exchange with a Bearer token; returns status, headers and JSON body.
+pub async fn exchange(
+    gw: &Gateway,
+    token: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client()
+        .post(gw.url("/auth/exchange"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
