@@ -22,12 +22,7 @@ struct Timed<V> {
 struct PerEntryTtl;
 
 impl<V> Expiry<String, Timed<V>> for PerEntryTtl {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        value: &Timed<V>,
-        _now: Instant,
-    ) -> Option<Duration> {
+    fn expire_after_create(&self, _key: &String, value: &Timed<V>, _now: Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 }
@@ -43,21 +38,13 @@ pub struct TtlCache<V: Clone + Send + Sync + 'static> {
 impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
     /// `name` is the `cache` label of the metrics; `capacity` bounds the entry count.
     pub fn new(name: &'static str, capacity: u64, metrics: Metrics) -> Self {
-        let inner = moka::future::Cache::builder()
-            .max_capacity(capacity)
-            .expire_after(PerEntryTtl)
-            .build();
-        TtlCache {
-            name,
-            inner,
-            metrics,
-        }
+        let inner = moka::future::Cache::builder().max_capacity(capacity).expire_after(PerEntryTtl).build();
+        TtlCache { name, inner, metrics }
     }
 
     pub async fn get(&self, key: &str) -> Option<V> {
         let hit = self.inner.get(key).await.map(|t| t.value);
-        self.metrics
-            .cache(self.name, if hit.is_some() { "hit" } else { "miss" });
+        self.metrics.cache(self.name, if hit.is_some() { "hit" } else { "miss" });
         hit
     }
 
@@ -84,8 +71,7 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
             .await;
         match entry {
             Ok(e) => {
-                self.metrics
-                    .cache(self.name, if e.is_fresh() { "miss" } else { "hit" });
+                self.metrics.cache(self.name, if e.is_fresh() { "miss" } else { "hit" });
                 Ok(e.into_value().value)
             }
             Err(e) => {
@@ -133,15 +119,8 @@ mod tests {
     #[tokio::test]
     async fn failed_loads_are_not_cached() {
         let cache: TtlCache<u32> = TtlCache::new("t", 100, Metrics::new());
-        assert!(
-            cache
-                .get_or_load("k".into(), async { Err::<(u32, Duration), _>("down") })
-                .await
-                .is_err()
-        );
-        let v = cache
-            .get_or_load::<&str, _>("k".into(), async { Ok((1, Duration::from_secs(60))) })
-            .await;
+        assert!(cache.get_or_load("k".into(), async { Err::<(u32, Duration), _>("down") }).await.is_err());
+        let v = cache.get_or_load::<&str, _>("k".into(), async { Ok((1, Duration::from_secs(60))) }).await;
         assert_eq!(v.unwrap(), 1);
     }
 }

@@ -11,11 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, FileChecks, LogFormat, ProcessEnv, SigningAlgorithm};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "entra-gateway",
-    version,
-    about = "Token-exchange gateway for Microsoft Entra ID"
-)]
+#[command(name = "entra-gateway", version, about = "Token-exchange gateway for Microsoft Entra ID")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -90,26 +86,19 @@ impl From<AlgorithmArg> for SigningAlgorithm {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig {
-            config,
-            syntax_only,
-        } => check_config(&config, syntax_only),
-        Command::Keys {
-            command: KeysCommand::Generate { algorithm, out },
-        } => match crate::issuer::keys::generate_to_file(algorithm.into(), &out) {
-            Ok(()) => {
-                println!(
-                    "wrote a new {:?} signing key to {}",
-                    SigningAlgorithm::from(algorithm),
-                    out.display()
-                );
-                ExitCode::SUCCESS
+        Command::CheckConfig { config, syntax_only } => check_config(&config, syntax_only),
+        Command::Keys { command: KeysCommand::Generate { algorithm, out } } => {
+            match crate::issuer::keys::generate_to_file(algorithm.into(), &out) {
+                Ok(()) => {
+                    println!("wrote a new {:?} signing key to {}", SigningAlgorithm::from(algorithm), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Serve { config } => with_runtime(serve(config)),
         Command::Demo { port, admin_port } => {
             init_logging("info", LogFormat::Pretty);
@@ -119,22 +108,11 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
-    let files = if syntax_only {
-        FileChecks::Skip
-    } else {
-        FileChecks::Read
-    };
+    let files = if syntax_only { FileChecks::Skip } else { FileChecks::Read };
     match Config::load(path, &ProcessEnv, files) {
         Ok(config) => {
             print!("{}", config.redacted_yaml());
-            eprintln!(
-                "configuration is valid{}",
-                if syntax_only {
-                    " (key and secret files not read)"
-                } else {
-                    ""
-                }
-            );
+            eprintln!("configuration is valid{}", if syntax_only { " (key and secret files not read)" } else { "" });
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -147,20 +125,15 @@ fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
 async fn serve(path: PathBuf) -> Result<(), String> {
     let config = Config::load(&path, &ProcessEnv, FileChecks::Read).map_err(|e| e.to_string())?;
     init_logging(&config.logging.level, config.logging.format);
-    let listeners = crate::server::Listeners::bind(&config)
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(listen = %config.server.listen, admin = %config.server.admin_listen, "entra-gateway starting");
-    crate::server::run(config, listeners, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let listeners = crate::server::Listeners::bind(&config).await.map_err(|e| e.to_string())?;
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (public, admin) = (addr(&listeners.public), addr(&listeners.admin));
+    tracing::info!(public = %public, admin = %admin, version = env!("CARGO_PKG_VERSION"), "entra-gateway listening");
+    crate::server::run(config, listeners, shutdown_signal()).await.map_err(|e| e.to_string())
 }
 
 fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -181,10 +154,7 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},
@@ -212,12 +182,6 @@ pub fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

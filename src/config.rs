@@ -43,11 +43,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "invalid configuration ({} problem(s)):",
-            self.problems.len()
-        )?;
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -57,12 +53,7 @@ impl fmt::Display for ConfigError {
 
 impl ConfigError {
     fn one(path: &str, message: impl Into<String>) -> Self {
-        ConfigError {
-            problems: vec![Problem {
-                path: path.into(),
-                message: message.into(),
-            }],
-        }
+        ConfigError { problems: vec![Problem { path: path.into(), message: message.into() }] }
     }
 }
 
@@ -462,20 +453,13 @@ impl Default for CacheConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig {
-            identity_header_prefix: default_identity_prefix(),
-            forward_token: true,
-            routes: Vec::new(),
-        }
+        ProxyConfig { identity_header_prefix: default_identity_prefix(), forward_token: true, routes: Vec::new() }
     }
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig {
-            level: default_log_level(),
-            format: default_log_format(),
-        }
+        LoggingConfig { level: default_log_level(), format: default_log_format() }
     }
 }
 
@@ -492,18 +476,13 @@ pub struct ProcessEnv;
 
 impl EnvSource for ProcessEnv {
     fn overrides(&self) -> Vec<(String, String)> {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .collect()
+        std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect()
     }
 }
 
 impl EnvSource for Vec<(String, String)> {
     fn overrides(&self) -> Vec<(String, String)> {
-        self.iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-            .cloned()
-            .collect()
+        self.iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).cloned().collect()
     }
 }
 
@@ -518,31 +497,21 @@ pub enum FileChecks {
 
 impl Config {
     /// Reads, overlays, parses and validates the config at `path`.
-    pub fn load(
-        path: &Path,
-        env: &dyn EnvSource,
-        files: FileChecks,
-    ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::one("<file>", format!("cannot read {}: {e}", path.display()))
-        })?;
+    pub fn load(path: &Path, env: &dyn EnvSource, files: FileChecks) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one("<file>", format!("cannot read {}: {e}", path.display())))?;
         Config::from_yaml(&text, env, files)
     }
 
     /// Parses and validates YAML text (with env overrides).
-    pub fn from_yaml(
-        text: &str,
-        env: &dyn EnvSource,
-        files: FileChecks,
-    ) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, env: &dyn EnvSource, files: FileChecks) -> Result<Config, ConfigError> {
         let mut tree: Value = if text.trim().is_empty() {
             Value::Object(Default::default())
         } else {
-            serde_saphyr::from_str(text)
-                .map_err(|e| ConfigError::one("<yaml>", format!("not valid YAML: {e}")))?
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::one("<yaml>", format!("not valid YAML: {e}")))?
         };
         let mut problems = Vec::new();
-        if tree.pointer("/entra/client_secret").is_some() {
+        if tree.pointer("/entra/client_secret").is_some_and(|v| !v.is_null()) {
             problems.push(Problem {
                 path: "entra.client_secret".into(),
                 message: "secrets never go in the YAML file: use entra.client_secret_file or \
@@ -558,28 +527,18 @@ impl Config {
             serde_path_to_error::deserialize(de)
         };
         for path in unknown {
-            problems.push(Problem {
-                path,
-                message: "unknown key".into(),
-            });
+            problems.push(Problem { path, message: "unknown key".into() });
         }
         let config = match parsed {
             Ok(c) => c,
             Err(e) => {
                 let path = e.path().to_string();
-                problems.push(Problem {
-                    path,
-                    message: e.into_inner().to_string(),
-                });
+                problems.push(Problem { path, message: e.into_inner().to_string() });
                 return Err(ConfigError { problems });
             }
         };
         problems.extend(config.validate(files));
-        if problems.is_empty() {
-            Ok(config.with_defaults())
-        } else {
-            Err(ConfigError { problems })
-        }
+        if problems.is_empty() { Ok(config.with_defaults()) } else { Err(ConfigError { problems }) }
     }
 
     /// Fills values whose default depends on other keys.
@@ -593,11 +552,7 @@ impl Config {
 
     /// The home tenant (first of `entra.tenants`).
     pub fn home_tenant(&self) -> &str {
-        self.entra
-            .tenants
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default()
+        self.entra.tenants.first().map(String::as_str).unwrap_or_default()
     }
 
     /// Every group id the config mentions: the set Graph is asked about.
@@ -653,10 +608,7 @@ impl Config {
             v.guid(&format!("entra.tenants[{i}]"), t);
         }
         if e.client_id.is_empty() {
-            v.push(
-                "entra.client_id",
-                "required: the app (client) id of the gateway's registration",
-            );
+            v.push("entra.client_id", "required: the app (client) id of the gateway's registration");
         } else {
             v.guid("entra.client_id", &e.client_id);
         }
@@ -670,10 +622,7 @@ impl Config {
         }
         for (i, ver) in e.accepted_token_versions.iter().enumerate() {
             if !matches!(ver, 1 | 2) {
-                v.push(
-                    &format!("entra.accepted_token_versions[{i}]"),
-                    "must be 1 or 2",
-                );
+                v.push(&format!("entra.accepted_token_versions[{i}]"), "must be 1 or 2");
             }
         }
         if e.clock_skew > Duration::from_secs(600) {
@@ -693,9 +642,7 @@ impl Config {
                 "graph_mode app/obo needs a client secret: set client_secret_file or \
                  ENTRA_GATEWAY__ENTRA__CLIENT_SECRET (or use graph_mode: claims)",
             ),
-            (Some(path), None) if files == FileChecks::Read => {
-                v.readable_nonempty("entra.client_secret_file", path)
-            }
+            (Some(path), None) if files == FileChecks::Read => v.readable_nonempty("entra.client_secret_file", path),
             _ => {}
         }
     }
@@ -727,10 +674,7 @@ impl Config {
     fn validate_issuer(&self, v: &mut Validator, files: FileChecks) {
         let i = &self.issuer;
         if i.issuer.is_empty() {
-            v.push(
-                "issuer.issuer",
-                "required: the `iss` of the gateway's tokens (a URL)",
-            );
+            v.push("issuer.issuer", "required: the `iss` of the gateway's tokens (a URL)");
         } else if url::Url::parse(&i.issuer).is_err() {
             v.push("issuer.issuer", "must be an absolute URL");
         }
@@ -741,10 +685,7 @@ impl Config {
             v.push("issuer.token_ttl", "must be between 30s and 24h");
         }
         if i.signing_keys.is_empty() {
-            v.push(
-                "issuer.signing_keys",
-                "at least one key is required (the first signs)",
-            );
+            v.push("issuer.signing_keys", "at least one key is required (the first signs)");
         }
         let mut seen = BTreeSet::new();
         for (n, k) in i.signing_keys.iter().enumerate() {
@@ -771,23 +712,15 @@ impl Config {
             }
         }
         if c.jwks_ttl < Duration::from_secs(300) {
-            v.push(
-                "cache.jwks_ttl",
-                "at least 5m (Entra rotates keys over days)",
-            );
+            v.push("cache.jwks_ttl", "at least 5m (Entra rotates keys over days)");
         }
     }
 
     fn validate_proxy(&self, v: &mut Validator) {
         let p = &self.proxy;
         let prefix = &p.identity_header_prefix;
-        if prefix.len() < 2
-            || http::HeaderName::from_bytes(format!("{prefix}x").as_bytes()).is_err()
-        {
-            v.push(
-                "proxy.identity_header_prefix",
-                "must be a valid header-name prefix such as X-Auth-",
-            );
+        if prefix.len() < 2 || http::HeaderName::from_bytes(format!("{prefix}x").as_bytes()).is_err() {
+            v.push("proxy.identity_header_prefix", "must be a valid header-name prefix such as X-Auth-");
         }
         let mut seen = BTreeSet::new();
         for (n, r) in p.routes.iter().enumerate() {
@@ -798,17 +731,11 @@ impl Config {
                 v.push(&format!("{path}.path_prefix"), "duplicate path_prefix");
             }
             if r.path_prefix.starts_with("/auth/") || r.path_prefix.starts_with("/.well-known/") {
-                v.push(
-                    &format!("{path}.path_prefix"),
-                    "/auth/ and /.well-known/ belong to the gateway",
-                );
+                v.push(&format!("{path}.path_prefix"), "/auth/ and /.well-known/ belong to the gateway");
             }
             match url::Url::parse(&r.upstream) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                _ => v.push(
-                    &format!("{path}.upstream"),
-                    "must be an http:// or https:// URL",
-                ),
+                _ => v.push(&format!("{path}.upstream"), "must be an http:// or https:// URL"),
             }
             if r.timeout.is_zero() {
                 v.push(&format!("{path}.timeout"), "must be greater than zero");
@@ -831,27 +758,18 @@ struct Validator {
 
 impl Validator {
     fn push(&mut self, path: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.problems.push(Problem { path: path.into(), message: message.into() });
     }
 
     fn guid(&mut self, path: &str, value: &str) {
         if uuid::Uuid::parse_str(value).is_err() || value.len() != 36 {
-            self.push(
-                path,
-                format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
-            );
+            self.push(path, format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
         }
     }
 
     fn socket_addr(&mut self, path: &str, value: &str) {
         if value.parse::<SocketAddr>().is_err() {
-            self.push(
-                path,
-                format!("`{value}` is not an address:port such as 0.0.0.0:8080"),
-            );
+            self.push(path, format!("`{value}` is not an address:port such as 0.0.0.0:8080"));
         }
     }
 
@@ -903,23 +821,14 @@ fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Vec<Problem>)
     let mut vars = env.overrides();
     vars.sort();
     for (name, raw) in vars {
-        let segments: Vec<String> = name[ENV_PREFIX.len()..]
-            .split("__")
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        let segments: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
         if segments.iter().any(String::is_empty) {
-            problems.push(Problem {
-                path: name,
-                message: "malformed override name".into(),
-            });
+            problems.push(Problem { path: name, message: "malformed override name".into() });
             continue;
         }
         let value = parse_env_value(&raw);
         if let Err(msg) = set_path(tree, &segments, value) {
-            problems.push(Problem {
-                path: name,
-                message: msg,
-            });
+            problems.push(Problem { path: name, message: msg });
         }
     }
 }
@@ -947,17 +856,12 @@ fn set_path(tree: &mut Value, segments: &[String], value: Value) -> Result<(), S
                     map.insert(seg.clone(), value);
                     return Ok(());
                 }
-                map.entry(seg.clone())
-                    .or_insert_with(|| Value::Object(Default::default()))
+                map.entry(seg.clone()).or_insert_with(|| Value::Object(Default::default()))
             }
             Value::Array(items) => {
-                let idx: usize = seg
-                    .parse()
-                    .map_err(|_| format!("`{seg}` is not a list index"))?;
+                let idx: usize = seg.parse().map_err(|_| format!("`{seg}` is not a list index"))?;
                 let len = items.len();
-                let slot = items
-                    .get_mut(idx)
-                    .ok_or(format!("index {idx} out of range (list has {len})"))?;
+                let slot = items.get_mut(idx).ok_or(format!("index {idx} out of range (list has {len})"))?;
                 if last {
                     *slot = value;
                     return Ok(());
@@ -997,10 +901,7 @@ mod tests {
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::from_yaml(&minimal(), &no_env(), FileChecks::Skip).unwrap();
-        assert_eq!(
-            c.entra.audiences,
-            vec![format!("api://{CLIENT}"), CLIENT.to_string()]
-        );
+        assert_eq!(c.entra.audiences, vec![format!("api://{CLIENT}"), CLIENT.to_string()]);
         assert_eq!(c.issuer.token_ttl, Duration::from_secs(900));
         assert_eq!(c.cache.group_ttl, Duration::from_secs(300));
         assert_eq!(c.server.listen, "0.0.0.0:8080");
@@ -1036,25 +937,12 @@ mod tests {
 
     #[test]
     fn env_overrides_scalars_lists_and_list_items() {
-        let yaml = minimal()
-            + "proxy:\n  routes:\n    - { path_prefix: /api/, upstream: \"http://127.0.0.1:1\" }\n";
+        let yaml = minimal() + "proxy:\n  routes:\n    - { path_prefix: /api/, upstream: \"http://127.0.0.1:1\" }\n";
         let env = vec![
-            (
-                "ENTRA_GATEWAY__CACHE__GROUP_TTL".to_string(),
-                "2m".to_string(),
-            ),
-            (
-                "ENTRA_GATEWAY__ENTRA__ACCEPTED_TOKEN_VERSIONS".to_string(),
-                "[2]".to_string(),
-            ),
-            (
-                "ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT".to_string(),
-                "5s".to_string(),
-            ),
-            (
-                "ENTRA_GATEWAY__PROXY__FORWARD_TOKEN".to_string(),
-                "false".to_string(),
-            ),
+            ("ENTRA_GATEWAY__CACHE__GROUP_TTL".to_string(), "2m".to_string()),
+            ("ENTRA_GATEWAY__ENTRA__ACCEPTED_TOKEN_VERSIONS".to_string(), "[2]".to_string()),
+            ("ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT".to_string(), "5s".to_string()),
+            ("ENTRA_GATEWAY__PROXY__FORWARD_TOKEN".to_string(), "false".to_string()),
             ("ENTRA_GATEWAY_CONFIG".to_string(), "/ignored".to_string()),
         ];
         let c = Config::from_yaml(&yaml, &env, FileChecks::Skip).unwrap();
@@ -1066,17 +954,11 @@ mod tests {
 
     #[test]
     fn client_secret_in_yaml_is_refused_but_accepted_from_env() {
-        let yaml = minimal().replace(
-            "graph_mode: claims",
-            "graph_mode: app\n  client_secret: s3cr3t",
-        );
+        let yaml = minimal().replace("graph_mode: claims", "graph_mode: app\n  client_secret: s3cr3t");
         let err = Config::from_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
         assert!(err.problems.iter().any(|p| p.path == "entra.client_secret"));
         let yaml = minimal().replace("graph_mode: claims", "graph_mode: app");
-        let env = vec![(
-            "ENTRA_GATEWAY__ENTRA__CLIENT_SECRET".to_string(),
-            "s3cr3t".to_string(),
-        )];
+        let env = vec![("ENTRA_GATEWAY__ENTRA__CLIENT_SECRET".to_string(), "s3cr3t".to_string())];
         let c = Config::from_yaml(&yaml, &env, FileChecks::Skip).unwrap();
         assert_eq!(c.entra.client_secret.as_ref().unwrap().expose(), "s3cr3t");
         assert!(!format!("{c:?}").contains("s3cr3t"));
@@ -1085,35 +967,24 @@ mod tests {
 
     #[test]
     fn redis_password_is_redacted_when_printed() {
-        let env = vec![(
-            "ENTRA_GATEWAY__CACHE__REDIS_URL".to_string(),
-            "redis://user:hunter2@127.0.0.1:6379/0".to_string(),
-        )];
+        let env =
+            vec![("ENTRA_GATEWAY__CACHE__REDIS_URL".to_string(), "redis://user:hunter2@127.0.0.1:6379/0".to_string())];
         let c = Config::from_yaml(&minimal(), &env, FileChecks::Skip).unwrap();
         let shown = c.redacted_yaml();
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(
-            shown.contains("redis://user:redacted@127.0.0.1:6379/0"),
-            "{shown}"
-        );
+        assert!(shown.contains("redis://user:redacted@127.0.0.1:6379/0"), "{shown}");
     }
 
     #[test]
     fn missing_key_file_is_reported_unless_syntax_only() {
         assert!(Config::from_yaml(&minimal(), &no_env(), FileChecks::Skip).is_ok());
         let err = Config::from_yaml(&minimal(), &no_env(), FileChecks::Read).unwrap_err();
-        assert_eq!(
-            err.problems[0].path,
-            "issuer.signing_keys[0].private_key_file"
-        );
+        assert_eq!(err.problems[0].path, "issuer.signing_keys[0].private_key_file");
     }
 
     #[test]
     fn empty_allowed_groups_needs_explicit_allow_any() {
-        let yaml = minimal().replace(
-            &format!("allowed_groups: [\"{GROUP}\"]"),
-            "allow_any_tenant_user: true",
-        );
+        let yaml = minimal().replace(&format!("allowed_groups: [\"{GROUP}\"]"), "allow_any_tenant_user: true");
         assert!(Config::from_yaml(&yaml, &no_env(), FileChecks::Skip).is_ok());
     }
 }

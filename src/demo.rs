@@ -27,36 +27,22 @@ const ADMINS: &str = "0a1b2c3d-0000-4000-8000-00000000a001";
 const SALES: &str = "0a1b2c3d-0000-4000-8000-00000000c001";
 
 /// Runs the demo until `shutdown` completes.
-pub async fn run(
-    port: u16,
-    admin_port: u16,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
-    let mock = MockEntra::start(MockSettings::default())
-        .await
-        .map_err(|e| format!("mock Entra: {e}"))?;
+pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let mock = MockEntra::start(MockSettings::default()).await.map_err(|e| format!("mock Entra: {e}"))?;
     seed_users(&mock);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let echo = start_echo(stop_rx)
-        .await
-        .map_err(|e| format!("echo upstream: {e}"))?;
+    let echo = start_echo(stop_rx).await.map_err(|e| format!("echo upstream: {e}"))?;
     let public = bind_or_any(port).await?;
     let admin = bind_or_any(admin_port).await?;
-    let (gw, admin_addr) = (
-        public.local_addr().map_err(|e| e.to_string())?,
-        admin.local_addr().map_err(|e| e.to_string())?,
-    );
+    let (gw, admin_addr) =
+        (public.local_addr().map_err(|e| e.to_string())?, admin.local_addr().map_err(|e| e.to_string())?);
     let files = DemoFiles::create(&mock)?;
     let config = demo_config(&mock, echo, gw, admin_addr, &files)?;
     let state = AppState::build(config).map_err(|e| e.to_string())?;
     let (gw_stop_tx, mut gw_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::server::run_with_state(
-        state,
-        Listeners { public, admin },
-        async move {
-            let _ = gw_stop_rx.wait_for(|s| *s).await;
-        },
-    ));
+    let server = tokio::spawn(crate::server::run_with_state(state, Listeners { public, admin }, async move {
+        let _ = gw_stop_rx.wait_for(|s| *s).await;
+    }));
     self_check(&mock, gw).await;
     print_instructions(&mock, gw, admin_addr);
     shutdown.await;
@@ -79,34 +65,17 @@ fn seed_users(mock: &MockEntra) {
         groups: groups.iter().map(|g| g.to_string()).collect(),
         photo: None,
     };
-    s.add_user(user(
-        "alice",
-        "a11ce000-0000-4000-8000-000000000001",
-        "Alice Jørgensen",
-        &[ENGINEERING, ADMINS],
-    ));
+    s.add_user(user("alice", "a11ce000-0000-4000-8000-000000000001", "Alice Jørgensen", &[ENGINEERING, ADMINS]));
     // Bob is in Platform, which is nested in Engineering: only Graph knows (token overage).
-    s.add_user(user(
-        "bob",
-        "b0b00000-0000-4000-8000-000000000002",
-        "Bob Builder",
-        &[PLATFORM],
-    ));
-    s.add_user(user(
-        "carol",
-        "ca401000-0000-4000-8000-000000000003",
-        "Carol Seller",
-        &[SALES],
-    ));
+    s.add_user(user("bob", "b0b00000-0000-4000-8000-000000000002", "Bob Builder", &[PLATFORM]));
+    s.add_user(user("carol", "ca401000-0000-4000-8000-000000000003", "Carol Seller", &[SALES]));
     s.nest_group(PLATFORM, ENGINEERING);
 }
 
 async fn bind_or_any(port: u16) -> Result<TcpListener, String> {
     match TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| format!("cannot listen: {e}")),
+        Err(_) => TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot listen: {e}")),
     }
 }
 
@@ -121,10 +90,8 @@ impl DemoFiles {
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         let files = DemoFiles { dir };
         let _ = std::fs::remove_file(files.key());
-        crate::issuer::keys::generate_to_file(SigningAlgorithm::ES256, &files.key())
-            .map_err(|e| e.to_string())?;
-        std::fs::write(files.secret(), &mock.settings().client_secret)
-            .map_err(|e| format!("secret file: {e}"))?;
+        crate::issuer::keys::generate_to_file(SigningAlgorithm::ES256, &files.key()).map_err(|e| e.to_string())?;
+        std::fs::write(files.secret(), &mock.settings().client_secret).map_err(|e| format!("secret file: {e}"))?;
         Ok(files)
     }
     fn key(&self) -> PathBuf {
@@ -155,15 +122,9 @@ fn demo_config(
         set("SERVER__ADMIN_LISTEN", admin.to_string()),
         set("ENTRA__AUTHORITY_HOST", mock.authority_host()),
         set("ENTRA__GRAPH_URL", mock.graph_url()),
-        set(
-            "ENTRA__CLIENT_SECRET_FILE",
-            files.secret().display().to_string(),
-        ),
+        set("ENTRA__CLIENT_SECRET_FILE", files.secret().display().to_string()),
         set("ISSUER__ISSUER", format!("http://{gw}")),
-        set(
-            "ISSUER__SIGNING_KEYS__0__PRIVATE_KEY_FILE",
-            files.key().display().to_string(),
-        ),
+        set("ISSUER__SIGNING_KEYS__0__PRIVATE_KEY_FILE", files.key().display().to_string()),
         set("PROXY__ROUTES__0__UPSTREAM", echo_url.clone()),
         set("PROXY__ROUTES__1__UPSTREAM", echo_url.clone()),
         set("PROXY__ROUTES__2__UPSTREAM", echo_url),
@@ -175,28 +136,9 @@ fn demo_config(
 async fn self_check(mock: &MockEntra, gw: SocketAddr) {
     let client = reqwest::Client::new();
     for (login, spec) in [
-        (
-            "alice",
-            TokenSpec {
-                user: Some("alice".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "bob",
-            TokenSpec {
-                user: Some("bob".into()),
-                overage: true,
-                ..Default::default()
-            },
-        ),
-        (
-            "carol",
-            TokenSpec {
-                user: Some("carol".into()),
-                ..Default::default()
-            },
-        ),
+        ("alice", TokenSpec { user: Some("alice".into()), ..Default::default() }),
+        ("bob", TokenSpec { user: Some("bob".into()), overage: true, ..Default::default() }),
+        ("carol", TokenSpec { user: Some("carol".into()), ..Default::default() }),
     ] {
         let token = mock.mint(&spec);
         let result = client
@@ -210,10 +152,7 @@ async fn self_check(mock: &MockEntra, gw: SocketAddr) {
                 let status = r.status();
                 let body: serde_json::Value = r.json().await.unwrap_or_default();
                 let detail = match status {
-                    StatusCode::OK => format!(
-                        "groups={} roles={}",
-                        body["user"]["groups"], body["user"]["roles"]
-                    ),
+                    StatusCode::OK => format!("groups={} roles={}", body["user"]["groups"], body["user"]["roles"]),
                     _ => format!("{}", body["error_description"]),
                 };
                 tracing::info!("self-check: {login} exchange -> {status} {detail}");
@@ -264,12 +203,7 @@ curl -s http://{admin}/metrics | grep '^entra_gateway_exchange_total'
 pub async fn start_echo(stop: watch::Receiver<bool>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(crate::server::serve(
-        listener,
-        stop,
-        Duration::from_secs(1),
-        |req, _| echo(req),
-    ));
+    tokio::spawn(crate::server::serve(listener, stop, Duration::from_secs(1), |req, _| echo(req)));
     Ok(addr)
 }
 
@@ -279,10 +213,7 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
         .iter()
         .filter(|(name, _)| *name != header::AUTHORIZATION)
         .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            )
+            (n.as_str().to_string(), serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
         })
         .collect();
     json(

@@ -12,8 +12,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 /// Namespace of the stable user id: `uuid_v5(NAMESPACE, "{tid}:{oid}")`.
-const USER_ID_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x6f1c_2b8e_4a3d_4f0e_9c57_2d1e_8b6a_0c33);
+const USER_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_2b8e_4a3d_4f0e_9c57_2d1e_8b6a_0c33);
 
 /// The stable internal id of a user: the same for (tid, oid) on every replica and after every
 /// restart, and never derived from mutable attributes such as email or UPN.
@@ -77,11 +76,7 @@ impl UserRecord {
         };
         set("mail", &mut self.email, &profile.mail);
         set("displayName", &mut self.display_name, &profile.display_name);
-        set(
-            "userPrincipalName",
-            &mut self.user_principal_name,
-            &profile.user_principal_name,
-        );
+        set("userPrincipalName", &mut self.user_principal_name, &profile.user_principal_name);
         set("givenName", &mut self.given_name, &profile.given_name);
         set("surname", &mut self.surname, &profile.surname);
         changed
@@ -115,22 +110,13 @@ pub struct MemoryUserStore {
 #[async_trait::async_trait]
 impl UserStore for MemoryUserStore {
     async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
-        let map = self
-            .records
-            .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
+        let map = self.records.lock().map_err(|_| StoreError("poisoned".into()))?;
         Ok(map.get(&(tid.to_string(), oid.to_string())).cloned())
     }
 
     async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
-        let mut map = self
-            .records
-            .lock()
-            .map_err(|_| StoreError("poisoned".into()))?;
-        map.insert(
-            (record.tenant_id.clone(), record.oid.clone()),
-            record.clone(),
-        );
+        let mut map = self.records.lock().map_err(|_| StoreError("poisoned".into()))?;
+        map.insert((record.tenant_id.clone(), record.oid.clone()), record.clone());
         Ok(())
     }
 }
@@ -167,10 +153,7 @@ impl Directory {
     ) -> Result<(UserRecord, SyncOutcome), StoreError> {
         let now = now_rfc3339();
         let (record, outcome) = match self.store.get(tid, oid).await? {
-            None => (
-                UserRecord::new(tid, oid, profile, &now),
-                SyncOutcome::Created,
-            ),
+            None => (UserRecord::new(tid, oid, profile, &now), SyncOutcome::Created),
             Some(mut rec) => {
                 let changed = rec.apply(profile);
                 rec.last_login_at.clone_from(&now);
@@ -206,11 +189,7 @@ mod tests {
     use super::*;
 
     fn profile(name: &str) -> Profile {
-        Profile {
-            display_name: Some(name.into()),
-            mail: Some("a@b.c".into()),
-            ..Default::default()
-        }
+        Profile { display_name: Some(name.into()), mail: Some("a@b.c".into()), ..Default::default() }
     }
 
     #[test]

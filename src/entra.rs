@@ -22,11 +22,8 @@ use crate::config::EntraConfig;
 use jwks::{JwksCache, JwksError};
 
 /// Audiences of Microsoft Graph tokens (the classic mistake: sending MSAL's `User.Read` token).
-const GRAPH_AUDIENCES: &[&str] = &[
-    "https://graph.microsoft.com",
-    "https://graph.microsoft.com/",
-    "00000003-0000-0000-c000-000000000000",
-];
+const GRAPH_AUDIENCES: &[&str] =
+    &["https://graph.microsoft.com", "https://graph.microsoft.com/", "00000003-0000-0000-c000-000000000000"];
 
 /// Why an Entra token was refused. Every variant but `KeysUnavailable` is the caller's fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,9 +38,7 @@ pub enum EntraError {
     UnknownKid,
     #[error("the token signature is invalid")]
     BadSignature,
-    #[error(
-        "the token is a Microsoft Graph token; request a token for the gateway's own API scope"
-    )]
+    #[error("the token is a Microsoft Graph token; request a token for the gateway's own API scope")]
     GraphToken,
     #[error("the token's tenant is not accepted by this gateway")]
     TenantNotAllowed,
@@ -128,23 +123,17 @@ struct EntraClaims {
 
 impl EntraClaims {
     fn groups_claim(&self) -> GroupsClaim {
-        let overage = self.hasgroups == Some(true)
-            || self
-                .claim_names
-                .as_ref()
-                .is_some_and(|m| m.contains_key("groups"));
+        let overage =
+            self.hasgroups == Some(true) || self.claim_names.as_ref().is_some_and(|m| m.contains_key("groups"));
         match (&self.groups, overage) {
             (_, true) => GroupsClaim::Overage,
-            (Some(g), false) => {
-                GroupsClaim::Complete(g.iter().map(|g| g.to_ascii_lowercase()).collect())
-            }
+            (Some(g), false) => GroupsClaim::Complete(g.iter().map(|g| g.to_ascii_lowercase()).collect()),
             (None, false) => GroupsClaim::Absent,
         }
     }
 
     fn is_graph_audience(&self) -> bool {
-        let is_graph =
-            |v: &serde_json::Value| v.as_str().is_some_and(|s| GRAPH_AUDIENCES.contains(&s));
+        let is_graph = |v: &serde_json::Value| v.as_str().is_some_and(|s| GRAPH_AUDIENCES.contains(&s));
         match &self.aud {
             Some(serde_json::Value::Array(list)) => list.iter().any(is_graph),
             Some(v) => is_graph(v),
@@ -194,16 +183,12 @@ impl EntraValidator {
     /// Validates `token` and returns the user it identifies.
     pub async fn validate(&self, token: &str) -> Result<EntraIdentity, EntraError> {
         let kid = check_header(token)?;
-        let unverified: EntraClaims = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| EntraError::Malformed)?;
+        let unverified: EntraClaims =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| EntraError::Malformed)?;
         if unverified.is_graph_audience() {
             return Err(EntraError::GraphToken);
         }
-        let tid = unverified
-            .tid
-            .as_deref()
-            .ok_or(EntraError::MissingClaim("tid"))?
-            .to_ascii_lowercase();
+        let tid = unverified.tid.as_deref().ok_or(EntraError::MissingClaim("tid"))?.to_ascii_lowercase();
         if !self.tenants.contains(&tid) {
             return Err(EntraError::TenantNotAllowed);
         }
@@ -220,9 +205,8 @@ impl EntraValidator {
             JwksError::Unavailable(why) => EntraError::KeysUnavailable(why),
         })?;
         let validation = self.validation(version, &tid);
-        let claims = jsonwebtoken::decode::<EntraClaims>(token, &key, &validation)
-            .map_err(|e| map_error(e.kind()))?
-            .claims;
+        let claims =
+            jsonwebtoken::decode::<EntraClaims>(token, &key, &validation).map_err(|e| map_error(e.kind()))?.claims;
         identity(claims, tid, version)
     }
 
@@ -240,16 +224,11 @@ impl EntraValidator {
 /// Checks the header by hand (so that `alg: none` and HS* get their own error) and returns `kid`.
 fn check_header(token: &str) -> Result<String, EntraError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(EntraError::Malformed);
     };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(h)
-        .map_err(|_| EntraError::Malformed)?;
-    let header: serde_json::Value =
-        serde_json::from_slice(&raw).map_err(|_| EntraError::Malformed)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).map_err(|_| EntraError::Malformed)?;
+    let header: serde_json::Value = serde_json::from_slice(&raw).map_err(|_| EntraError::Malformed)?;
     if header.get("alg").and_then(|a| a.as_str()) != Some("RS256") {
         return Err(EntraError::UnsupportedAlgorithm);
     }
@@ -278,14 +257,8 @@ fn identity(claims: EntraClaims, tid: String, version: u8) -> Result<EntraIdenti
         return Err(EntraError::AppOnlyToken);
     }
     let groups = claims.groups_claim();
-    let oid = claims
-        .oid
-        .filter(|o| !o.is_empty())
-        .ok_or(EntraError::MissingClaim("oid"))?;
-    let username = claims
-        .preferred_username
-        .or(claims.upn)
-        .or(claims.unique_name);
+    let oid = claims.oid.filter(|o| !o.is_empty()).ok_or(EntraError::MissingClaim("oid"))?;
+    let username = claims.preferred_username.or(claims.upn).or(claims.unique_name);
     Ok(EntraIdentity {
         tid,
         oid: oid.to_ascii_lowercase(),
@@ -319,33 +292,17 @@ mod tests {
             check_header(&tok(serde_json::json!({"alg":"HS256","kid":"k"}))),
             Err(EntraError::UnsupportedAlgorithm)
         );
-        assert_eq!(
-            check_header(&tok(serde_json::json!({"alg":"RS256"}))),
-            Err(EntraError::MissingKid)
-        );
-        assert_eq!(
-            check_header(&tok(serde_json::json!({"alg":"RS256","kid":"k"}))),
-            Ok("k".into())
-        );
+        assert_eq!(check_header(&tok(serde_json::json!({"alg":"RS256"}))), Err(EntraError::MissingKid));
+        assert_eq!(check_header(&tok(serde_json::json!({"alg":"RS256","kid":"k"}))), Ok("k".into()));
         assert_eq!(check_header("a.b"), Err(EntraError::Malformed));
         assert_eq!(check_header("!!.b.c"), Err(EntraError::Malformed));
     }
 
     #[test]
     fn overage_is_detected_from_claim_names_and_hasgroups() {
-        let parse = |v: serde_json::Value| {
-            serde_json::from_value::<EntraClaims>(v)
-                .unwrap()
-                .groups_claim()
-        };
-        assert_eq!(
-            parse(serde_json::json!({"_claim_names": {"groups": "src1"}})),
-            GroupsClaim::Overage
-        );
-        assert_eq!(
-            parse(serde_json::json!({"hasgroups": true})),
-            GroupsClaim::Overage
-        );
+        let parse = |v: serde_json::Value| serde_json::from_value::<EntraClaims>(v).unwrap().groups_claim();
+        assert_eq!(parse(serde_json::json!({"_claim_names": {"groups": "src1"}})), GroupsClaim::Overage);
+        assert_eq!(parse(serde_json::json!({"hasgroups": true})), GroupsClaim::Overage);
         assert_eq!(parse(serde_json::json!({})), GroupsClaim::Absent);
         assert_eq!(
             parse(serde_json::json!({"groups": ["A"]})),
@@ -355,10 +312,8 @@ mod tests {
 
     #[test]
     fn graph_audiences_are_recognised() {
-        let c: EntraClaims = serde_json::from_value(
-            serde_json::json!({"aud": "00000003-0000-0000-c000-000000000000"}),
-        )
-        .unwrap();
+        let c: EntraClaims =
+            serde_json::from_value(serde_json::json!({"aud": "00000003-0000-0000-c000-000000000000"})).unwrap();
         assert!(c.is_graph_audience());
         let c: EntraClaims = serde_json::from_value(serde_json::json!({"aud": "api://x"})).unwrap();
         assert!(!c.is_graph_audience());

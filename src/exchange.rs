@@ -104,11 +104,7 @@ impl ExchangeService {
             profiles: TtlCache::new("profile", 100_000, p.metrics),
             directory: p.directory,
             issuer: p.issuer,
-            ttls: Ttls {
-                group: p.cache.group_ttl,
-                negative: p.cache.negative_ttl,
-                profile: p.cache.profile_ttl,
-            },
+            ttls: Ttls { group: p.cache.group_ttl, negative: p.cache.negative_ttl, profile: p.cache.profile_ttl },
         }
     }
 
@@ -127,10 +123,7 @@ impl ExchangeService {
             Decision::Deny => return Err(ExchangeError::NotInAllowedGroup),
         };
         let profile = self.profile(&id, session.as_ref()).await?;
-        let (user, _) = self
-            .directory
-            .sync_login(&id.tid, &id.oid, &profile)
-            .await?;
+        let (user, _) = self.directory.sync_login(&id.tid, &id.oid, &profile).await?;
         let minted = self.issuer.mint(&user, groups, roles)?;
         Ok(Exchanged { minted, user })
     }
@@ -168,39 +161,24 @@ impl ExchangeService {
         };
         let key = format!("{}:{}:{}", id.tid, id.oid, policy.fingerprint());
         let load = async {
-            let found = session
-                .member_groups(&id.oid, policy.configured_groups())
-                .await?;
+            let found = session.member_groups(&id.oid, policy.configured_groups()).await?;
             let ttl = match policy.decide(&found) {
                 Decision::Allow { .. } => self.ttls.group,
                 Decision::Deny => self.ttls.negative,
             };
             Ok::<_, GraphError>((Arc::new(found), ttl))
         };
-        let found = self
-            .memberships
-            .get_or_load(key, load)
-            .await
-            .map_err(|e| (*e).clone())?;
+        let found = self.memberships.get_or_load(key, load).await.map_err(|e| (*e).clone())?;
         Ok((*found).clone())
     }
 
-    async fn profile(
-        &self,
-        id: &EntraIdentity,
-        session: Option<&GraphSession<'_>>,
-    ) -> Result<Profile, ExchangeError> {
+    async fn profile(&self, id: &EntraIdentity, session: Option<&GraphSession<'_>>) -> Result<Profile, ExchangeError> {
         let Some(session) = session else {
             return Ok(profile_from_claims(id));
         };
         let key = format!("{}:{}", id.tid, id.oid);
-        let load =
-            async { Ok::<_, GraphError>((session.profile(&id.oid).await?, self.ttls.profile)) };
-        Ok(self
-            .profiles
-            .get_or_load(key, load)
-            .await
-            .map_err(|e| (*e).clone())?)
+        let load = async { Ok::<_, GraphError>((session.profile(&id.oid).await?, self.ttls.profile)) };
+        Ok(self.profiles.get_or_load(key, load).await.map_err(|e| (*e).clone())?)
     }
 }
 

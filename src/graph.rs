@@ -26,11 +26,7 @@ const MAX_PAGES: usize = 100;
 /// Refresh the app token this long before it expires.
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
 /// Graph or the token endpoint could not give an answer. The exchange fails closed (503).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,10 +40,7 @@ pub struct GraphError {
 
 impl GraphError {
     fn new(reason: impl Into<String>) -> GraphError {
-        GraphError {
-            reason: reason.into(),
-            retry_after: None,
-        }
+        GraphError { reason: reason.into(), retry_after: None }
     }
 }
 
@@ -137,18 +130,9 @@ pub struct GraphClient {
 }
 
 impl GraphClient {
-    pub fn new(
-        cfg: &EntraConfig,
-        secret: Secret,
-        http: reqwest::Client,
-        metrics: Metrics,
-    ) -> GraphClient {
+    pub fn new(cfg: &EntraConfig, secret: Secret, http: reqwest::Client, metrics: Metrics) -> GraphClient {
         let authority = cfg.authority_host.trim_end_matches('/');
-        let home = cfg
-            .tenants
-            .first()
-            .map(String::as_str)
-            .unwrap_or("organizations");
+        let home = cfg.tenants.first().map(String::as_str).unwrap_or("organizations");
         let graph_base = cfg.graph_url.trim_end_matches('/').to_string();
         GraphClient {
             http,
@@ -167,20 +151,14 @@ impl GraphClient {
 
     /// A session that acquires its token on first use and reuses it for every call.
     pub fn session<'a>(&'a self, auth: GraphAuth<'a>) -> GraphSession<'a> {
-        GraphSession {
-            client: self,
-            auth,
-            token: tokio::sync::OnceCell::new(),
-        }
+        GraphSession { client: self, auth, token: tokio::sync::OnceCell::new() }
     }
 
     /// The user's photo (app token), `None` when the user has none.
     pub async fn photo(&self, oid: &str) -> Result<Option<Photo>, GraphError> {
         let token = self.app_token().await?;
         let url = format!("{}/users/{}/photo/$value", self.graph_base, seg(oid));
-        let resp = self
-            .send("photo", || self.http.get(&url).bearer_auth(&token))
-            .await?;
+        let resp = self.send("photo", || self.http.get(&url).bearer_auth(&token)).await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
@@ -190,14 +168,8 @@ impl GraphClient {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("application/octet-stream")
                     .to_string();
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| GraphError::new(format!("photo body: {e}")))?;
-                Ok(Some(Photo {
-                    content_type,
-                    bytes,
-                }))
+                let bytes = resp.bytes().await.map_err(|e| GraphError::new(format!("photo body: {e}")))?;
+                Ok(Some(Photo { content_type, bytes }))
             }
             s => Err(GraphError::new(format!("photo: HTTP {s}"))),
         }
@@ -235,44 +207,23 @@ impl GraphClient {
         Ok(self.request_token("token_obo", &form).await?.token)
     }
 
-    async fn request_token(
-        &self,
-        endpoint: &'static str,
-        form: &[(&str, &str)],
-    ) -> Result<CachedToken, GraphError> {
-        let resp = self
-            .send(endpoint, || self.http.post(&self.token_url).form(form))
-            .await?;
+    async fn request_token(&self, endpoint: &'static str, form: &[(&str, &str)]) -> Result<CachedToken, GraphError> {
+        let resp = self.send(endpoint, || self.http.post(&self.token_url).form(form)).await?;
         let status = resp.status();
         if !status.is_success() {
             let body: TokenErrorBody = resp.json().await.unwrap_or_default();
             tracing::error!(endpoint, %status, error = %body.error, codes = ?body.error_codes, "Entra token endpoint refused the gateway's request");
-            return Err(GraphError::new(format!(
-                "token endpoint: HTTP {status} {}",
-                body.error
-            )));
+            return Err(GraphError::new(format!("token endpoint: HTTP {status} {}", body.error)));
         }
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(|e| GraphError::new(format!("token endpoint answer: {e}")))?;
+        let body: TokenResponse =
+            resp.json().await.map_err(|e| GraphError::new(format!("token endpoint answer: {e}")))?;
         let life = Duration::from_secs(body.expires_in.unwrap_or(3600));
-        let expires_at = Instant::now()
-            + life
-                .saturating_sub(TOKEN_REFRESH_MARGIN)
-                .max(Duration::from_secs(30));
-        Ok(CachedToken {
-            token: body.access_token,
-            expires_at,
-        })
+        let expires_at = Instant::now() + life.saturating_sub(TOKEN_REFRESH_MARGIN).max(Duration::from_secs(30));
+        Ok(CachedToken { token: body.access_token, expires_at })
     }
 
     /// Sends a request, waiting out 429/503/504 `Retry-After` up to the configured bounds.
-    async fn send<F>(
-        &self,
-        endpoint: &'static str,
-        build: F,
-    ) -> Result<reqwest::Response, GraphError>
+    async fn send<F>(&self, endpoint: &'static str, build: F) -> Result<reqwest::Response, GraphError>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
@@ -280,23 +231,15 @@ impl GraphClient {
         loop {
             let result = build().send().await;
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
-            self.metrics
-                .graph_requests_total
-                .with_label_values(&[endpoint, status_label(status)])
-                .inc();
-            let resp =
-                result.map_err(|e| GraphError::new(format!("{endpoint}: {}", without_url(&e))))?;
+            self.metrics.graph_requests_total.with_label_values(&[endpoint, status_label(status)]).inc();
+            let resp = result.map_err(|e| GraphError::new(format!("{endpoint}: {}", without_url(&e))))?;
             if !matches!(resp.status().as_u16(), 429 | 503 | 504) {
                 return Ok(resp);
             }
             let wait = retry_after(&resp).unwrap_or(Duration::from_secs(1));
             if attempt >= self.max_retries || wait > self.max_wait {
                 return Err(GraphError {
-                    reason: format!(
-                        "{endpoint}: HTTP {} after {} attempt(s)",
-                        resp.status(),
-                        attempt + 1
-                    ),
+                    reason: format!("{endpoint}: HTTP {} after {} attempt(s)", resp.status(), attempt + 1),
                     retry_after: Some(wait.max(Duration::from_secs(1))),
                 });
             }
@@ -370,9 +313,7 @@ impl GraphSession<'_> {
             let body = serde_json::json!({ "groupIds": batch });
             let resp = self
                 .client
-                .send("checkMemberGroups", || {
-                    self.client.http.post(&url).bearer_auth(token).json(&body)
-                })
+                .send("checkMemberGroups", || self.client.http.post(&url).bearer_auth(token).json(&body))
                 .await?;
             let list: IdList = ok_json(resp, "checkMemberGroups").await?;
             found.extend(list.value.into_iter().map(|g| g.to_ascii_lowercase()));
@@ -382,29 +323,17 @@ impl GraphSession<'_> {
 
     async fn transitive_member_of(&self, oid: &str) -> Result<BTreeSet<String>, GraphError> {
         let token = self.token().await?;
-        let mut url = format!(
-            "{}/transitiveMemberOf?$select=id&$top=999",
-            self.user_path(oid)
-        );
+        let mut url = format!("{}/transitiveMemberOf?$select=id&$top=999", self.user_path(oid));
         let mut ids = BTreeSet::new();
         for _ in 0..MAX_PAGES {
-            let resp = self
-                .client
-                .send("transitiveMemberOf", || {
-                    self.client.http.get(&url).bearer_auth(token)
-                })
-                .await?;
+            let resp = self.client.send("transitiveMemberOf", || self.client.http.get(&url).bearer_auth(token)).await?;
             let page: ObjectPage = ok_json(resp, "transitiveMemberOf").await?;
             ids.extend(page.value.into_iter().map(|o| o.id.to_ascii_lowercase()));
             match page.next_link {
                 None => return Ok(ids),
-                Some(next) if next.starts_with(&format!("{}/", self.client.graph_base)) => {
-                    url = next
-                }
+                Some(next) if next.starts_with(&format!("{}/", self.client.graph_base)) => url = next,
                 Some(_) => {
-                    return Err(GraphError::new(
-                        "transitiveMemberOf: nextLink outside graph_url",
-                    ));
+                    return Err(GraphError::new("transitiveMemberOf: nextLink outside graph_url"));
                 }
             }
         }
@@ -414,14 +343,8 @@ impl GraphSession<'_> {
     /// The user's profile.
     pub async fn profile(&self, oid: &str) -> Result<Profile, GraphError> {
         let token = self.token().await?;
-        let url = format!(
-            "{}?$select=id,mail,displayName,userPrincipalName,givenName,surname",
-            self.user_path(oid)
-        );
-        let resp = self
-            .client
-            .send("profile", || self.client.http.get(&url).bearer_auth(token))
-            .await?;
+        let url = format!("{}?$select=id,mail,displayName,userPrincipalName,givenName,surname", self.user_path(oid));
+        let resp = self.client.send("profile", || self.client.http.get(&url).bearer_auth(token)).await?;
         let u: GraphUser = ok_json(resp, "profile").await?;
         Ok(Profile {
             mail: u.mail,
@@ -433,25 +356,16 @@ impl GraphSession<'_> {
     }
 }
 
-async fn ok_json<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-    what: &str,
-) -> Result<T, GraphError> {
+async fn ok_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response, what: &str) -> Result<T, GraphError> {
     let status = resp.status();
     if !status.is_success() {
         return Err(GraphError::new(format!("{what}: HTTP {status}")));
     }
-    resp.json()
-        .await
-        .map_err(|e| GraphError::new(format!("{what}: unreadable answer: {}", without_url(&e))))
+    resp.json().await.map_err(|e| GraphError::new(format!("{what}: unreadable answer: {}", without_url(&e))))
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
+    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
@@ -487,14 +401,8 @@ mod tests {
 
     #[test]
     fn scope_is_the_graph_origin_default_scope() {
-        assert_eq!(
-            origin("https://graph.microsoft.com/v1.0"),
-            "https://graph.microsoft.com"
-        );
-        assert_eq!(
-            origin("http://127.0.0.1:4000/graph/v1.0"),
-            "http://127.0.0.1:4000"
-        );
+        assert_eq!(origin("https://graph.microsoft.com/v1.0"), "https://graph.microsoft.com");
+        assert_eq!(origin("http://127.0.0.1:4000/graph/v1.0"), "http://127.0.0.1:4000");
     }
 
     #[test]

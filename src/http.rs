@@ -8,8 +8,12 @@
 
 pub mod admin;
 pub mod exchange;
+pub mod forward;
+pub mod session;
+pub mod verify;
 pub mod wellknown;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +23,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 
+use crate::access::AccessError;
 use crate::entra::EntraError;
 use crate::exchange::ExchangeError;
+use crate::proxy::ProxyError;
 use crate::server::AppState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -29,9 +35,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// A JSON response; `Cache-Control: no-store` unless the caller sets its own.
@@ -39,10 +43,7 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -58,86 +59,66 @@ pub enum Rejection {
     InvalidToken(String),
     /// 403.
     AccessDenied(String),
-    /// 404.
-    NotFound,
+    /// 404 with a description.
+    NotFound(&'static str),
     /// 405 with `Allow`.
     MethodNotAllowed(&'static str),
     /// 429 with `Retry-After`.
     RateLimited(Duration),
     /// 503 with `Retry-After`.
-    Unavailable {
-        description: &'static str,
-        retry_after: Duration,
-    },
+    Unavailable { description: &'static str, retry_after: Duration },
     /// 500: a bug or a broken key; details only in the log.
     Internal,
+    /// 502: the upstream is unreachable or broke the connection.
+    BadGateway,
+    /// 504: the upstream did not answer within the route's timeout.
+    GatewayTimeout,
 }
 
 impl Rejection {
     pub fn into_response(self) -> Response<Body> {
         let (status, code, description, retry_after) = match self {
             Rejection::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d, None),
-            Rejection::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                "the request body is too large".into(),
-                None,
-            ),
+            Rejection::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body is too large".into(), None)
+            }
             Rejection::InvalidToken(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d, None),
             Rejection::AccessDenied(d) => (StatusCode::FORBIDDEN, "access_denied", d, None),
-            Rejection::NotFound => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no route for this path".into(),
-                None,
-            ),
+            Rejection::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d.into(), None),
             Rejection::MethodNotAllowed(allow) => {
                 let mut r = json(
                     StatusCode::METHOD_NOT_ALLOWED,
                     &serde_json::json!({"error": "invalid_request", "error_description": format!("use {allow}")}),
                 );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
                 return r;
             }
-            Rejection::RateLimited(after) => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; retry later".into(),
-                Some(after),
-            ),
-            Rejection::Unavailable {
-                description,
-                retry_after,
-            } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                description.into(),
-                Some(retry_after),
-            ),
-            Rejection::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal error; see the gateway log".into(),
+            Rejection::RateLimited(after) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later".into(), Some(after))
+            }
+            Rejection::Unavailable { description, retry_after } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description.into(), Some(retry_after))
+            }
+            Rejection::Internal => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; see the gateway log".into(), None)
+            }
+            Rejection::BadGateway => {
+                (StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unavailable".into(), None)
+            }
+            Rejection::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway_timeout",
+                "the upstream service did not answer in time".into(),
                 None,
             ),
         };
-        let mut resp = json(
-            status,
-            &serde_json::json!({"error": code, "error_description": description}),
-        );
+        let mut resp = json(status, &serde_json::json!({"error": code, "error_description": description}));
         let h = resp.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
-            h.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
         if let Some(after) = retry_after {
-            h.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
-            );
+            h.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
         }
         resp
     }
@@ -183,23 +164,67 @@ impl From<ExchangeError> for Rejection {
     }
 }
 
+impl From<AccessError> for Rejection {
+    fn from(e: AccessError) -> Rejection {
+        match e {
+            AccessError::MissingToken | AccessError::InvalidToken(_) | AccessError::Revoked => {
+                tracing::debug!(reason = %e, "request refused: no valid gateway token");
+                Rejection::InvalidToken(e.to_string())
+            }
+            AccessError::RouteForbidden => {
+                tracing::debug!(reason = %e, "request refused by route policy");
+                Rejection::AccessDenied(e.to_string())
+            }
+            AccessError::Unavailable(s) => {
+                tracing::warn!(reason = %s, "revocation store unavailable");
+                Rejection::Unavailable {
+                    description: "the session store is unavailable; try again later",
+                    retry_after: Duration::from_secs(5),
+                }
+            }
+        }
+    }
+}
+
+impl From<ProxyError> for Rejection {
+    fn from(e: ProxyError) -> Rejection {
+        tracing::info!(reason = %e, "upstream failure");
+        match e {
+            ProxyError::BadGateway => Rejection::BadGateway,
+            ProxyError::Timeout => Rejection::GatewayTimeout,
+        }
+    }
+}
+
 /// Entry point of the public listener.
-pub async fn public(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
-    match route_public(&state, req).await {
+pub async fn public(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match route_public(&state, req, peer).await {
         Ok(resp) => resp,
         Err(rejection) => rejection.into_response(),
     }
 }
 
-async fn route_public(
-    state: &AppState,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Rejection> {
+async fn route_public(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Rejection> {
     match req.uri().path() {
         "/auth/exchange" => exchange::handle(state, req).await,
+        "/auth/logout" => session::logout(state, req).await,
+        "/auth/me" => session::me(state, req).await,
+        "/auth/me/photo" => session::photo(state, req).await,
+        "/auth/verify" => verify::handle(state, req).await,
         "/.well-known/jwks.json" => wellknown::jwks(state, &req),
         "/.well-known/openid-configuration" => wellknown::discovery(state, &req),
-        _ => Err(Rejection::NotFound),
+        p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => {
+            Err(Rejection::NotFound("no such gateway endpoint"))
+        }
+        _ => forward::handle(state, req, peer).await,
+    }
+}
+
+/// GET and HEAD only.
+pub fn only_get<B>(req: &Request<B>) -> Result<(), Rejection> {
+    match *req.method() {
+        http::Method::GET | http::Method::HEAD => Ok(()),
+        _ => Err(Rejection::MethodNotAllowed("GET, HEAD")),
     }
 }
 
@@ -224,23 +249,13 @@ mod tests {
     async fn invalid_token_is_401_with_www_authenticate() {
         let r = Rejection::InvalidToken("expired".into()).into_response();
         assert_eq!(r.status(), 401);
-        assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
-            "Bearer error=\"invalid_token\""
-        );
-        assert_eq!(
-            body_json(r).await,
-            serde_json::json!({"error": "invalid_token", "error_description": "expired"})
-        );
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer error=\"invalid_token\"");
+        assert_eq!(body_json(r).await, serde_json::json!({"error": "invalid_token", "error_description": "expired"}));
     }
 
     #[tokio::test]
     async fn unavailable_is_503_with_retry_after() {
-        let r = Rejection::Unavailable {
-            description: "x",
-            retry_after: Duration::from_secs(7),
-        }
-        .into_response();
+        let r = Rejection::Unavailable { description: "x", retry_after: Duration::from_secs(7) }.into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
         assert_eq!(body_json(r).await["error"], "temporarily_unavailable");
@@ -249,10 +264,7 @@ mod tests {
     #[test]
     fn bearer_parsing_is_case_insensitive_and_refuses_other_schemes() {
         let mut h = http::HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("bearer abc"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
         assert_eq!(bearer(&h), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);

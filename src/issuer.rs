@@ -103,16 +103,8 @@ impl Issuer {
     }
 
     /// Signs a token for `user` with the active key.
-    pub fn mint(
-        &self,
-        user: &UserRecord,
-        groups: Vec<String>,
-        roles: Vec<String>,
-    ) -> Result<Minted, MintError> {
-        let key = self
-            .keys
-            .active()
-            .ok_or_else(|| MintError("no signing key".into()))?;
+    pub fn mint(&self, user: &UserRecord, groups: Vec<String>, roles: Vec<String>) -> Result<Minted, MintError> {
+        let key = self.keys.active().ok_or_else(|| MintError("no signing key".into()))?;
         let now = unix_now();
         let ttl = self.ttl.as_secs();
         let claims = InternalClaims {
@@ -133,23 +125,14 @@ impl Issuer {
         };
         let mut header = Header::new(key.algorithm);
         header.kid = Some(key.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| MintError(e.to_string()))?;
-        Ok(Minted {
-            token,
-            claims,
-            expires_in: ttl,
-        })
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| MintError(e.to_string()))?;
+        Ok(Minted { token, claims, expires_in: ttl })
     }
 
     /// Verifies signature (algorithm pinned by `kid`), `iss`, `aud`, `exp`, `nbf`.
     pub fn verify(&self, token: &str) -> Result<InternalClaims, InternalTokenError> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| InternalTokenError::Malformed)?;
-        let kid = header
-            .kid
-            .as_deref()
-            .ok_or(InternalTokenError::UnknownKey)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| InternalTokenError::Malformed)?;
+        let kid = header.kid.as_deref().ok_or(InternalTokenError::UnknownKey)?;
         let key = self.keys.get(kid).ok_or(InternalTokenError::UnknownKey)?;
         if header.alg != key.algorithm {
             return Err(InternalTokenError::BadSignature);
@@ -173,11 +156,7 @@ impl Issuer {
     /// `/.well-known/openid-configuration` for a gateway reachable at `base_url`.
     pub fn discovery_document(&self, base_url: &str) -> serde_json::Value {
         let algs: Vec<_> = {
-            let mut a: Vec<String> = self
-                .keys
-                .iter()
-                .map(|k| format!("{:?}", k.algorithm))
-                .collect();
+            let mut a: Vec<String> = self.keys.iter().map(|k| format!("{:?}", k.algorithm)).collect();
             a.dedup();
             a
         };
@@ -201,19 +180,14 @@ fn map_jwt_error(kind: &ErrorKind) -> InternalTokenError {
         ErrorKind::ImmatureSignature => InternalTokenError::NotYetValid,
         ErrorKind::InvalidIssuer => InternalTokenError::WrongIssuer,
         ErrorKind::InvalidAudience => InternalTokenError::WrongAudience,
-        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
-            InternalTokenError::BadSignature
-        }
+        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => InternalTokenError::BadSignature,
         _ => InternalTokenError::Malformed,
     }
 }
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -226,10 +200,7 @@ mod tests {
         let keys = algs
             .iter()
             .enumerate()
-            .map(|(i, a)| {
-                SigningKey::from_pem(&format!("k{i}"), *a, generate_pem(*a).unwrap().as_bytes())
-                    .unwrap()
-            })
+            .map(|(i, a)| SigningKey::from_pem(&format!("k{i}"), *a, generate_pem(*a).unwrap().as_bytes()).unwrap())
             .collect();
         let cfg = IssuerConfig {
             issuer: "https://gw.test".into(),
@@ -247,20 +218,12 @@ mod tests {
     #[test]
     fn minted_token_verifies_with_the_contract_claims() {
         let iss = issuer(&[SigningAlgorithm::ES256]);
-        let m = iss
-            .mint(&user(), vec!["g".into()], vec!["admin".into()])
-            .unwrap();
+        let m = iss.mint(&user(), vec!["g".into()], vec!["admin".into()]).unwrap();
         let c = iss.verify(&m.token).unwrap();
         assert_eq!(c, m.claims);
         assert_eq!(c.exp - c.iat, 900);
         assert_eq!(c.sub, user().id);
-        assert_eq!(
-            jsonwebtoken::decode_header(&m.token)
-                .unwrap()
-                .kid
-                .as_deref(),
-            Some("k0")
-        );
+        assert_eq!(jsonwebtoken::decode_header(&m.token).unwrap().kid.as_deref(), Some("k0"));
     }
 
     #[test]
@@ -293,10 +256,7 @@ mod tests {
         let rotated = Issuer::new(&cfg, KeyRing::from_keys(vec![new_key, old_key]));
         assert!(rotated.verify(&token).is_ok());
         let fresh = rotated.mint(&user(), vec![], vec![]).unwrap().token;
-        assert_eq!(
-            jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(),
-            Some("k9")
-        );
+        assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("k9"));
         let jwks: serde_json::Value = serde_json::from_slice(&rotated.jwks_json()).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     }

@@ -13,6 +13,10 @@
 //! - [`issuer`]: the internal JWT (mint, verify, JWKS, discovery); [`issuer::keys`] the key ring.
 //! - [`cache`]: in-process TTL caches with single-flight loading.
 //! - [`exchange`]: the token-exchange steps, from Entra token to internal token.
+//! - [`access`]: the internal-token check on the hot path (verified-token cache, revocation,
+//!   route groups); [`revocation`] the logout store.
+//! - [`proxy`]: the reverse proxy; [`proxy::routes`] the route table, [`proxy::headers`] the
+//!   strip-then-set header rules shared with forward-auth.
 //! - [`http`]: routing and the one place errors become responses; one file per endpoint.
 //! - [`metrics`]: Prometheus families with bounded labels.
 //! - [`server`]: wiring, listeners, background tasks, graceful shutdown.
@@ -22,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -35,4 +40,6 @@ pub mod issuer;
 pub mod metrics;
 pub mod mock;
 pub mod policy;
+pub mod proxy;
+pub mod revocation;
 pub mod server;

@@ -4,15 +4,11 @@
 //! of their values. Must not: take label values from requests (raw paths, user ids, tokens):
 //! callers pass `&'static str` outcomes or route names that come from the config.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Buckets from 100µs to 30s, so that sub-millisecond proxy overhead is visible.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Every metric family of the gateway, registered in its own registry (no global state).
 #[derive(Clone)]
@@ -29,18 +25,14 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
     c
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
     let h = HistogramVec::new(opts, labels).expect("static metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
     h
 }
 
@@ -48,12 +40,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
-            exchange_total: counter(
-                &r,
-                "entra_gateway_exchange_total",
-                "Token exchanges by outcome.",
-                &["outcome"],
-            ),
+            exchange_total: counter(&r, "entra_gateway_exchange_total", "Token exchanges by outcome.", &["outcome"]),
             exchange_duration: histogram(
                 &r,
                 "entra_gateway_exchange_duration_seconds",
@@ -109,9 +96,7 @@ impl Metrics {
     }
 
     pub fn cache(&self, cache: &'static str, result: &'static str) {
-        self.cache_requests_total
-            .with_label_values(&[cache, result])
-            .inc();
+        self.cache_requests_total.with_label_values(&[cache, result]).inc();
     }
 }
 
@@ -153,16 +138,8 @@ mod tests {
         m.exchange_total.with_label_values(&["success"]).inc();
         m.cache("groups", "hit");
         let text = m.render();
-        assert!(
-            text.contains("entra_gateway_exchange_total{outcome=\"success\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "entra_gateway_cache_requests_total{cache=\"groups\",result=\"hit\"} 1\n"
-            ),
-            "{text}"
-        );
+        assert!(text.contains("entra_gateway_exchange_total{outcome=\"success\"} 1\n"), "{text}");
+        assert!(text.contains("entra_gateway_cache_requests_total{cache=\"groups\",result=\"hit\"} 1\n"), "{text}");
     }
 
     #[test]

@@ -170,15 +170,10 @@ impl MockEntra {
         let state = Arc::new(MockState::new(settings, format!("http://{addr}")));
         let (stop, stop_rx) = watch::channel(false);
         let handler_state = state.clone();
-        tokio::spawn(crate::server::serve(
-            listener,
-            stop_rx,
-            Duration::from_secs(1),
-            move |req, _| {
-                let state = handler_state.clone();
-                async move { state.handle(req).await }
-            },
-        ));
+        tokio::spawn(crate::server::serve(listener, stop_rx, Duration::from_secs(1), move |req, _| {
+            let state = handler_state.clone();
+            async move { state.handle(req).await }
+        }));
         Ok(MockEntra { addr, state, stop })
     }
 
@@ -215,22 +210,11 @@ fn load_keys() -> Vec<MockKey> {
         .iter()
         .enumerate()
         .map(|(i, pem)| {
-            let encoding =
-                EncodingKey::from_rsa_pem(pem.as_bytes()).expect("embedded mock key is valid");
-            let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256)
-                .expect("embedded mock key is RSA");
-            let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else {
-                unreachable!("RSA key")
-            };
-            let decoding =
-                DecodingKey::from_rsa_components(&rsa.n, &rsa.e).expect("valid components");
-            MockKey {
-                kid: format!("mock-key-{}", i + 1),
-                encoding,
-                decoding,
-                n: rsa.n.clone(),
-                e: rsa.e.clone(),
-            }
+            let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("embedded mock key is valid");
+            let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("embedded mock key is RSA");
+            let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { unreachable!("RSA key") };
+            let decoding = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).expect("valid components");
+            MockKey { kid: format!("mock-key-{}", i + 1), encoding, decoding, n: rsa.n.clone(), e: rsa.e.clone() }
         })
         .collect()
 }
@@ -246,11 +230,7 @@ impl MockState {
         MockState {
             settings,
             base: Mutex::new(base),
-            keys: Mutex::new(KeyState {
-                keys: load_keys(),
-                signing: 0,
-                published: 1,
-            }),
+            keys: Mutex::new(KeyState { keys: load_keys(), signing: 0, published: 1 }),
             users: Mutex::default(),
             nesting: Mutex::default(),
             faults: Mutex::default(),
@@ -277,10 +257,7 @@ impl MockState {
 
     /// Makes `child` a member of `parent` (nested groups).
     pub fn nest_group(&self, child: &str, parent: &str) {
-        lock(&self.nesting)
-            .entry(child.to_ascii_lowercase())
-            .or_default()
-            .push(parent.to_ascii_lowercase());
+        lock(&self.nesting).entry(child.to_ascii_lowercase()).or_default().push(parent.to_ascii_lowercase());
     }
 
     /// Publishes the next key and signs with it from now on; returns its kid.
@@ -347,12 +324,7 @@ impl MockState {
     /// Mints an access token as Entra would.
     pub fn mint(&self, spec: &TokenSpec) -> String {
         let s = &self.settings;
-        let user = spec.user.as_ref().and_then(|login| {
-            lock(&self.users)
-                .values()
-                .find(|u| &u.login == login)
-                .cloned()
-        });
+        let user = spec.user.as_ref().and_then(|login| lock(&self.users).values().find(|u| &u.login == login).cloned());
         let oid = spec
             .oid
             .clone()
@@ -366,14 +338,7 @@ impl MockState {
             1 => format!("https://sts.windows.net/{tid}/"),
             _ => format!("{}/{tid}/v2.0", self.base()),
         });
-        c.insert(
-            "aud".into(),
-            json!(
-                spec.aud
-                    .clone()
-                    .unwrap_or_else(|| format!("api://{}", s.client_id))
-            ),
-        );
+        c.insert("aud".into(), json!(spec.aud.clone().unwrap_or_else(|| format!("api://{}", s.client_id))));
         c.insert("iss".into(), json!(iss));
         c.insert("iat".into(), json!(now));
         c.insert("nbf".into(), json!(now + spec.not_before_in.unwrap_or(0)));
@@ -381,19 +346,10 @@ impl MockState {
         c.insert("tid".into(), json!(tid));
         c.insert("oid".into(), json!(oid));
         c.insert("sub".into(), json!(format!("sub-{oid}")));
-        c.insert(
-            "ver".into(),
-            json!(if version == 1 { "1.0" } else { "2.0" }),
-        );
+        c.insert("ver".into(), json!(if version == 1 { "1.0" } else { "2.0" }));
         c.insert("scp".into(), json!("access_as_user"));
-        let name = spec
-            .name
-            .clone()
-            .or_else(|| user.as_ref().and_then(|u| u.display_name.clone()));
-        let username = spec
-            .username
-            .clone()
-            .or_else(|| user.as_ref().and_then(|u| u.user_principal_name.clone()));
+        let name = spec.name.clone().or_else(|| user.as_ref().and_then(|u| u.display_name.clone()));
+        let username = spec.username.clone().or_else(|| user.as_ref().and_then(|u| u.user_principal_name.clone()));
         if let Some(n) = name {
             c.insert("name".into(), json!(n));
         }
@@ -405,11 +361,7 @@ impl MockState {
                 c.insert("preferred_username".into(), json!(u));
             }
         }
-        if let Some(e) = spec
-            .email
-            .clone()
-            .or_else(|| user.as_ref().and_then(|u| u.mail.clone()))
-        {
+        if let Some(e) = spec.email.clone().or_else(|| user.as_ref().and_then(|u| u.mail.clone())) {
             c.insert("email".into(), json!(e));
         }
         let user_groups = match (&user, spec.overage || spec.hasgroups) {
@@ -421,7 +373,10 @@ impl MockState {
         }
         if spec.overage {
             c.insert("_claim_names".into(), json!({"groups": "src1"}));
-            c.insert("_claim_sources".into(), json!({"src1": {"endpoint": format!("https://graph.windows.net/{tid}/users/{oid}/getMemberObjects")}}));
+            c.insert(
+                "_claim_sources".into(),
+                json!({"src1": {"endpoint": format!("https://graph.windows.net/{tid}/users/{oid}/getMemberObjects")}}),
+            );
         }
         if spec.hasgroups {
             c.insert("hasgroups".into(), json!(true));
@@ -442,10 +397,7 @@ impl MockState {
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
     let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
 }
 
@@ -454,9 +406,7 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> Response<Body> 
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+    url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 impl MockState {
@@ -464,12 +414,8 @@ impl MockState {
         let path = req.uri().path().to_string();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segs.as_slice()) {
-            (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => {
-                self.openid(tenant)
-            }
-            (Method::GET, [_, "discovery", "v2.0", "keys"] | [_, "discovery", "keys"]) => {
-                self.jwks()
-            }
+            (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => self.openid(tenant),
+            (Method::GET, [_, "discovery", "v2.0", "keys"] | [_, "discovery", "keys"]) => self.jwks(),
             (Method::POST, [_, "oauth2", "v2.0", "token"]) => self.token(req).await,
             (_, ["graph", "v1.0", rest @ ..]) => {
                 let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
@@ -516,31 +462,18 @@ impl MockState {
             Ok(b) => b.to_bytes(),
             Err(_) => return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"})),
         };
-        let form: HashMap<String, String> =
-            url::form_urlencoded::parse(&body).into_owned().collect();
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
-        self.count(if grant == "client_credentials" {
-            "token_app"
-        } else {
-            "token_obo"
-        });
+        self.count(if grant == "client_credentials" { "token_app" } else { "token_obo" });
         let s = &self.settings;
-        if form.get("client_id") != Some(&s.client_id)
-            || form.get("client_secret") != Some(&s.client_secret)
-        {
+        if form.get("client_id") != Some(&s.client_id) || form.get("client_secret") != Some(&s.client_secret) {
             return reply(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}),
             );
         }
-        if !form
-            .get("scope")
-            .is_some_and(|sc| sc.ends_with("/.default"))
-        {
-            return reply(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "invalid_scope", "error_codes": [70011]}),
-            );
+        if !form.get("scope").is_some_and(|sc| sc.ends_with("/.default")) {
+            return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_scope", "error_codes": [70011]}));
         }
         let principal = match grant {
             "client_credentials" => Principal::App,
@@ -548,8 +481,7 @@ impl MockState {
                 if form.get("requested_token_use").map(String::as_str) != Some("on_behalf_of") {
                     return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
                 }
-                match self.check_assertion(form.get("assertion").map(String::as_str).unwrap_or(""))
-                {
+                match self.check_assertion(form.get("assertion").map(String::as_str).unwrap_or("")) {
                     Some(oid) => Principal::User(oid),
                     None => {
                         return reply(
@@ -560,10 +492,7 @@ impl MockState {
                 }
             }
             _ => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": "unsupported_grant_type"}),
-                );
+                return reply(StatusCode::BAD_REQUEST, json!({"error": "unsupported_grant_type"}));
             }
         };
         let token = format!("mock-graph-{}", uuid::Uuid::new_v4());
@@ -583,10 +512,7 @@ impl MockState {
         let id = &self.settings.client_id;
         v.set_audience(&[format!("api://{id}"), id.clone()]);
         let data = jsonwebtoken::decode::<Value>(assertion, &key.decoding, &v).ok()?;
-        data.claims
-            .get("oid")
-            .and_then(|o| o.as_str())
-            .map(str::to_ascii_lowercase)
+        data.claims.get("oid").and_then(|o| o.as_str()).map(str::to_ascii_lowercase)
     }
 
     async fn mint_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
@@ -600,10 +526,7 @@ impl MockState {
             match serde_json::from_slice(&body) {
                 Ok(s) => s,
                 Err(e) => {
-                    return reply(
-                        StatusCode::BAD_REQUEST,
-                        json!({"error": format!("bad token spec: {e}")}),
-                    );
+                    return reply(StatusCode::BAD_REQUEST, json!({"error": format!("bad token spec: {e}")}));
                 }
             }
         };
@@ -643,42 +566,29 @@ impl MockState {
                     "/me request is only valid with delegated authentication flow.",
                 );
             }
-            (Some("users"), _) if rest.len() >= 2 => (
-                rest[1].to_ascii_lowercase(),
-                format!("users/{}", rest[1]),
-                &rest[2..],
-            ),
+            (Some("users"), _) if rest.len() >= 2 => {
+                (rest[1].to_ascii_lowercase(), format!("users/{}", rest[1]), &rest[2..])
+            }
             _ => return graph_error(StatusCode::NOT_FOUND, "NotFound", "unsupported Graph path"),
         };
         let Some(user) = lock(&self.users).get(&oid).cloned() else {
-            return graph_error(
-                StatusCode::NOT_FOUND,
-                "Request_ResourceNotFound",
-                "Resource does not exist.",
-            );
+            return graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", "Resource does not exist.");
         };
         let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
         match (req.method().clone(), tail.as_slice()) {
             (Method::GET, []) => self.profile(&user),
             (Method::POST, ["checkMemberGroups"]) => self.check_member_groups(&user, req).await,
-            (Method::GET, ["transitiveMemberOf"]) => {
-                self.transitive_member_of(&user, &prefix, &query(&req))
-            }
+            (Method::GET, ["transitiveMemberOf"]) => self.transitive_member_of(&user, &prefix, &query(&req)),
             (Method::GET, ["photo", "$value"]) => match &user.photo {
                 Some((ct, bytes)) => {
                     let mut r = Response::new(full(bytes.clone()));
                     r.headers_mut().insert(
                         header::CONTENT_TYPE,
-                        header::HeaderValue::from_str(ct)
-                            .unwrap_or(header::HeaderValue::from_static("image/jpeg")),
+                        header::HeaderValue::from_str(ct).unwrap_or(header::HeaderValue::from_static("image/jpeg")),
                     );
                     r
                 }
-                None => graph_error(
-                    StatusCode::NOT_FOUND,
-                    "ImageNotFound",
-                    "The photo wasn't found.",
-                ),
+                None => graph_error(StatusCode::NOT_FOUND, "ImageNotFound", "The photo wasn't found."),
             },
             _ => graph_error(StatusCode::NOT_FOUND, "NotFound", "unsupported Graph path"),
         }
@@ -692,15 +602,8 @@ impl MockState {
         let mut f = lock(&self.faults);
         if f.throttle_remaining > 0 {
             f.throttle_remaining -= 1;
-            let mut r = graph_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "Too many requests.",
-            );
-            r.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from(f.retry_after_secs),
-            );
+            let mut r = graph_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests.");
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(f.retry_after_secs));
             return Some(r);
         }
         if let Some(s) = f.graph_status {
@@ -757,38 +660,18 @@ impl MockState {
             return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "groupIds missing");
         };
         if ask.group_ids.len() > 20 {
-            return graph_error(
-                StatusCode::BAD_REQUEST,
-                "Request_BadRequest",
-                "at most 20 groupIds",
-            );
+            return graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", "at most 20 groupIds");
         }
         let member = self.transitive_groups(u);
-        let found: Vec<&String> = ask
-            .group_ids
-            .iter()
-            .filter(|g| member.contains(&g.to_ascii_lowercase()))
-            .collect();
+        let found: Vec<&String> = ask.group_ids.iter().filter(|g| member.contains(&g.to_ascii_lowercase())).collect();
         reply(StatusCode::OK, json!({"value": found}))
     }
 
-    fn transitive_member_of(
-        &self,
-        u: &MockUser,
-        prefix: &str,
-        q: &HashMap<String, String>,
-    ) -> Response<Body> {
+    fn transitive_member_of(&self, u: &MockUser, prefix: &str, q: &HashMap<String, String>) -> Response<Body> {
         let all: Vec<String> = self.transitive_groups(u).into_iter().collect();
         let size = *lock(&self.page_size);
-        let top: usize = q
-            .get("$top")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(100)
-            .min(size);
-        let skip: usize = q
-            .get("$skiptoken")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
+        let top: usize = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(100).min(size);
+        let skip: usize = q.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
         let page: Vec<Value> = all
             .iter()
             .skip(skip)
@@ -810,14 +693,7 @@ impl MockState {
 
 fn query_page(req: &Request<Incoming>) -> usize {
     let q = query(req);
-    let skip: usize = q
-        .get("$skiptoken")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
-    let top: usize = q
-        .get("$top")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1)
-        .max(1);
+    let skip: usize = q.get("$skiptoken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let top: usize = q.get("$top").and_then(|t| t.parse().ok()).unwrap_or(1).max(1);
     skip / top
 }

@@ -22,10 +22,7 @@ pub struct Policy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// In: the configured groups the user is in, and the roles they grant.
-    Allow {
-        groups: Vec<String>,
-        roles: Vec<String>,
-    },
+    Allow { groups: Vec<String>, roles: Vec<String> },
     /// Not in any allowed group.
     Deny,
 }
@@ -34,16 +31,8 @@ impl Policy {
     pub fn from_config(config: &Config) -> Policy {
         let a = &config.authorization;
         Policy {
-            allowed: a
-                .allowed_groups
-                .iter()
-                .map(|g| g.to_ascii_lowercase())
-                .collect(),
-            group_roles: a
-                .group_roles
-                .iter()
-                .map(|(g, r)| (g.to_ascii_lowercase(), r.clone()))
-                .collect(),
+            allowed: a.allowed_groups.iter().map(|g| g.to_ascii_lowercase()).collect(),
+            group_roles: a.group_roles.iter().map(|(g, r)| (g.to_ascii_lowercase(), r.clone())).collect(),
             allow_any_tenant_user: a.allow_any_tenant_user,
             fingerprint: fingerprint(&config.configured_groups()),
             configured: config.configured_groups(),
@@ -62,15 +51,8 @@ impl Policy {
     }
 
     /// Keeps only the configured groups of a membership list (lowercased, sorted, deduplicated).
-    pub fn relevant<'a>(
-        &self,
-        member_of: impl IntoIterator<Item = &'a String>,
-    ) -> BTreeSet<String> {
-        member_of
-            .into_iter()
-            .map(|g| g.to_ascii_lowercase())
-            .filter(|g| self.configured.contains(g))
-            .collect()
+    pub fn relevant<'a>(&self, member_of: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
+        member_of.into_iter().map(|g| g.to_ascii_lowercase()).filter(|g| self.configured.contains(g)).collect()
     }
 
     /// Decides for a user who is in `member_of` (any groups; irrelevant ones are ignored).
@@ -80,16 +62,9 @@ impl Policy {
         if !allowed {
             return Decision::Deny;
         }
-        let roles: BTreeSet<String> = groups
-            .iter()
-            .filter_map(|g| self.group_roles.get(g))
-            .flatten()
-            .cloned()
-            .collect();
-        Decision::Allow {
-            groups: groups.into_iter().collect(),
-            roles: roles.into_iter().collect(),
-        }
+        let roles: BTreeSet<String> =
+            groups.iter().filter_map(|g| self.group_roles.get(g)).flatten().cloned().collect();
+        Decision::Allow { groups: groups.into_iter().collect(), roles: roles.into_iter().collect() }
     }
 }
 
@@ -100,11 +75,7 @@ fn fingerprint(groups: &BTreeSet<String>) -> String {
         h.update(g.as_bytes());
         h.update(b",");
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A route that names groups lets in members of any of them; a route without groups lets in
@@ -112,9 +83,7 @@ fn fingerprint(groups: &BTreeSet<String>) -> String {
 pub fn route_allows(route_groups: Option<&[String]>, token_groups: &[String]) -> bool {
     match route_groups {
         None => true,
-        Some(required) => required
-            .iter()
-            .any(|r| token_groups.iter().any(|g| g.eq_ignore_ascii_case(r))),
+        Some(required) => required.iter().any(|r| token_groups.iter().any(|g| g.eq_ignore_ascii_case(r))),
     }
 }
 
@@ -124,19 +93,11 @@ mod tests {
 
     fn policy(allowed: &[&str], roles: &[(&str, &[&str])], any: bool) -> Policy {
         let allowed: BTreeSet<String> = allowed.iter().map(|s| s.to_string()).collect();
-        let group_roles: BTreeMap<String, Vec<String>> = roles
-            .iter()
-            .map(|(g, r)| (g.to_string(), r.iter().map(|s| s.to_string()).collect()))
-            .collect();
+        let group_roles: BTreeMap<String, Vec<String>> =
+            roles.iter().map(|(g, r)| (g.to_string(), r.iter().map(|s| s.to_string()).collect())).collect();
         let mut configured = allowed.clone();
         configured.extend(group_roles.keys().cloned());
-        Policy {
-            allowed,
-            group_roles,
-            allow_any_tenant_user: any,
-            fingerprint: fingerprint(&configured),
-            configured,
-        }
+        Policy { allowed, group_roles, allow_any_tenant_user: any, fingerprint: fingerprint(&configured), configured }
     }
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -145,18 +106,11 @@ mod tests {
 
     #[test]
     fn member_of_an_allowed_group_gets_in_with_the_roles_of_all_its_configured_groups() {
-        let p = policy(
-            &["a", "b"],
-            &[("a", &["reader"]), ("c", &["admin", "reader"])],
-            false,
-        );
+        let p = policy(&["a", "b"], &[("a", &["reader"]), ("c", &["admin", "reader"])], false);
         let d = p.decide(&set(&["A", "c", "unrelated"]));
         assert_eq!(
             d,
-            Decision::Allow {
-                groups: vec!["a".into(), "c".into()],
-                roles: vec!["admin".into(), "reader".into()]
-            }
+            Decision::Allow { groups: vec!["a".into(), "c".into()], roles: vec!["admin".into(), "reader".into()] }
         );
     }
 
@@ -171,13 +125,7 @@ mod tests {
     #[test]
     fn allow_any_tenant_user_lets_in_users_without_groups() {
         let p = policy(&[], &[], true);
-        assert_eq!(
-            p.decide(&set(&[])),
-            Decision::Allow {
-                groups: vec![],
-                roles: vec![]
-            }
-        );
+        assert_eq!(p.decide(&set(&[])), Decision::Allow { groups: vec![], roles: vec![] });
     }
 
     #[test]

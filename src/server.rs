@@ -24,17 +24,23 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::access::Access;
+use crate::cache::TtlCache;
 use crate::config::{Config, GraphMode, Secret};
 use crate::directory::{Directory, MemoryUserStore};
 use crate::entra::EntraValidator;
 use crate::entra::jwks::JwksCache;
 use crate::exchange::{ExchangeParts, ExchangeService};
-use crate::graph::GraphClient;
+use crate::graph::{GraphClient, Photo};
 use crate::http::{self, Body};
 use crate::issuer::Issuer;
 use crate::issuer::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::proxy::headers::IdentityHeaders;
+use crate::proxy::routes::RouteTable;
+use crate::proxy::{Proxy, client_tls, upstream_client};
+use crate::revocation::MemoryRevocations;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,10 +59,7 @@ pub enum StartError {
     #[error("HTTP client: {0}")]
     HttpClient(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// One readiness check.
@@ -76,6 +79,10 @@ pub struct AppState {
     pub graph: Option<Arc<GraphClient>>,
     pub metrics: Metrics,
     pub policy: Arc<ArcSwap<Policy>>,
+    pub access: Access,
+    pub routes: ArcSwap<RouteTable>,
+    pub proxy: Proxy,
+    pub photos: TtlCache<Option<Arc<Photo>>>,
     shutting_down: AtomicBool,
 }
 
@@ -84,27 +91,14 @@ impl AppState {
     pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         let metrics = Metrics::new();
         let http = outbound_client(&config)?;
-        let issuer = Arc::new(Issuer::new(
-            &config.issuer,
-            KeyRing::load(&config.issuer.signing_keys)?,
-        ));
-        let jwks = JwksCache::new(
-            http.clone(),
-            &config.entra.authority_host,
-            config.cache.jwks_ttl,
-            metrics.clone(),
-        );
+        let issuer = Arc::new(Issuer::new(&config.issuer, KeyRing::load(&config.issuer.signing_keys)?));
+        let jwks = JwksCache::new(http.clone(), &config.entra.authority_host, config.cache.jwks_ttl, metrics.clone());
         let entra = EntraValidator::new(&config.entra, jwks);
         let graph = match config.entra.graph_mode {
             GraphMode::Claims => None,
             GraphMode::App | GraphMode::Obo => {
                 let secret = client_secret(&config)?;
-                Some(Arc::new(GraphClient::new(
-                    &config.entra,
-                    secret,
-                    http.clone(),
-                    metrics.clone(),
-                )))
+                Some(Arc::new(GraphClient::new(&config.entra, secret, http.clone(), metrics.clone())))
             }
         };
         let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config)));
@@ -119,7 +113,17 @@ impl AppState {
             cache: config.cache.clone(),
             metrics: metrics.clone(),
         });
+        let access = Access::new(
+            issuer.clone(),
+            Arc::new(MemoryRevocations::default()),
+            IdentityHeaders::new(&config.proxy.identity_header_prefix),
+        );
+        let tls = client_tls(&[]).map_err(StartError::HttpClient)?;
+        let proto = if config.server.tls.is_some() { "https" } else { "http" };
+        let proxy = Proxy::new(upstream_client(tls), config.proxy.forward_token, proto);
         Ok(Arc::new(AppState {
+            routes: ArcSwap::from_pointee(RouteTable::from_config(&config.proxy)),
+            photos: TtlCache::new("photo", 10_000, metrics.clone()),
             config: Arc::new(config),
             exchange,
             issuer,
@@ -127,25 +131,19 @@ impl AppState {
             graph,
             metrics,
             policy,
+            access,
+            proxy,
             shutting_down: AtomicBool::new(false),
         }))
     }
 
     /// Signing keys loaded (always, once built), each tenant's JWKS present, not shutting down.
     pub fn readiness_checks(&self) -> Vec<Check> {
-        let mut checks = vec![Check {
-            name: "signing_keys".into(),
-            ok: true,
-            detail: "loaded".into(),
-        }];
+        let mut checks = vec![Check { name: "signing_keys".into(), ok: true, detail: "loaded".into() }];
         for tid in self.exchange.entra().tenants() {
             let ok = self.exchange.entra().jwks().has_keys(tid);
             let detail = if ok { "fetched" } else { "not fetched yet" };
-            checks.push(Check {
-                name: format!("jwks:{tid}"),
-                ok,
-                detail: detail.into(),
-            });
+            checks.push(Check { name: format!("jwks:{tid}"), ok, detail: detail.into() });
         }
         let stopping = self.shutting_down.load(Ordering::SeqCst);
         checks.push(Check {
@@ -171,11 +169,7 @@ fn client_secret(config: &Config) -> Result<Secret, StartError> {
     if let Some(s) = &config.entra.client_secret {
         return Ok(s.clone());
     }
-    let path = config
-        .entra
-        .client_secret_file
-        .as_ref()
-        .ok_or_else(|| StartError::Secret("not configured".into()))?;
+    let path = config.entra.client_secret_file.as_ref().ok_or_else(|| StartError::Secret("not configured".into()))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| StartError::Secret(format!("cannot read {}: {e}", path.display())))?;
     let secret = text.trim();
@@ -193,39 +187,23 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
-        Ok(Listeners {
-            public: bind(&config.server.listen).await?,
-            admin: bind(&config.server.admin_listen).await?,
-        })
+        Ok(Listeners { public: bind(&config.server.listen).await?, admin: bind(&config.server.admin_listen).await? })
     }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_string(), source })
 }
 
 /// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`.
-pub async fn run(
-    config: Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), StartError> {
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let state = AppState::build(config)?;
     run_with_state(state, listeners, shutdown).await;
     Ok(())
 }
 
 /// Runs a built gateway (tests and `demo` build the state themselves).
-pub async fn run_with_state(
-    state: Arc<AppState>,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn run_with_state(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut background = JoinSet::new();
     for tid in state.exchange.entra().tenants().to_vec() {
@@ -234,22 +212,13 @@ pub async fn run_with_state(
     }
     let grace = state.config.server.shutdown_grace;
     let public_state = state.clone();
-    let public = serve(
-        listeners.public,
-        stop_rx.clone(),
-        grace,
-        move |req, _peer| http::public(public_state.clone(), req),
-    );
+    let public =
+        serve(listeners.public, stop_rx.clone(), grace, move |req, peer| http::public(public_state.clone(), req, peer));
     let admin_state = state.clone();
-    let admin = serve(listeners.admin, stop_rx, grace, move |req, _peer| {
-        http::admin::handle(admin_state.clone(), req)
-    });
+    let admin = serve(listeners.admin, stop_rx, grace, move |req, _peer| http::admin::handle(admin_state.clone(), req));
     let servers = tokio::spawn(async move { tokio::join!(public, admin) });
     shutdown.await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: not ready, draining in-flight requests"
-    );
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: not ready, draining in-flight requests");
     state.shutting_down.store(true, Ordering::SeqCst);
     background.abort_all();
     let _ = stop_tx.send(true);
@@ -282,25 +251,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 /// Accepts connections on `listener` and serves them with `handler` until `stop` turns true;
 /// then stops accepting and waits up to `grace` for open connections to finish.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    handler: H,
-) where
+pub async fn serve<H, F>(listener: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration, handler: H)
+where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -320,9 +278,7 @@ pub async fn serve<H, F>(
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -331,10 +287,7 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
 }

@@ -40,18 +40,13 @@ pub struct KeySet {
 impl KeySet {
     /// Parses a JWKS document, keeping the RSA signature keys.
     pub fn parse(body: &[u8]) -> Result<KeySet, String> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-        let list = doc
-            .get("keys")
-            .and_then(|k| k.as_array())
-            .ok_or("no `keys` array")?;
+        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let list = doc.get("keys").and_then(|k| k.as_array()).ok_or("no `keys` array")?;
         let mut keys = HashMap::new();
         for k in list {
             let field = |name: &str| k.get(name).and_then(|v| v.as_str());
             let usable = field("kty") == Some("RSA") && matches!(field("use"), None | Some("sig"));
-            if let (true, Some(kid), Some(n), Some(e)) =
-                (usable, field("kid"), field("n"), field("e"))
+            if let (true, Some(kid), Some(n), Some(e)) = (usable, field("kid"), field("n"), field("e"))
                 && let Ok(key) = DecodingKey::from_rsa_components(n, e)
             {
                 keys.insert(kid.to_string(), key);
@@ -97,12 +92,7 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(
-        http: reqwest::Client,
-        authority_host: &str,
-        ttl: Duration,
-        metrics: Metrics,
-    ) -> JwksCache {
+    pub fn new(http: reqwest::Client, authority_host: &str, ttl: Duration, metrics: Metrics) -> JwksCache {
         JwksCache {
             http,
             authority: authority_host.trim_end_matches('/').to_string(),
@@ -130,10 +120,7 @@ impl JwksCache {
 
     /// Whether keys for `tid` are loaded (readiness).
     pub fn has_keys(&self, tid: &str) -> bool {
-        self.tenants
-            .read()
-            .map(|t| t.contains_key(tid))
-            .unwrap_or(false)
+        self.tenants.read().map(|t| t.contains_key(tid)).unwrap_or(false)
     }
 
     /// Makes sure `tid`'s keys are loaded (start-up warm-up); no fetch when they already are.
@@ -175,17 +162,10 @@ impl JwksCache {
     /// Fetches `tid`'s keys; concurrent callers share one request.
     async fn refresh(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
         let flight = {
-            let mut inflight = self
-                .inflight
-                .lock()
-                .map_err(|_| JwksError::Unavailable("lock".into()))?;
+            let mut inflight = self.inflight.lock().map_err(|_| JwksError::Unavailable("lock".into()))?;
             inflight
                 .entry(tid.to_string())
-                .or_insert_with(|| {
-                    fetch(self.http.clone(), self.url(tid), self.metrics.clone())
-                        .boxed()
-                        .shared()
-                })
+                .or_insert_with(|| fetch(self.http.clone(), self.url(tid), self.metrics.clone()).boxed().shared())
                 .clone()
         };
         let result = flight.clone().await;
@@ -196,13 +176,7 @@ impl JwksCache {
         {
             let replace = tenants.get(tid).is_none_or(|t| !Arc::ptr_eq(&t.set, set));
             if replace {
-                tenants.insert(
-                    tid.to_string(),
-                    TenantKeys {
-                        set: set.clone(),
-                        fetched_at: Instant::now(),
-                    },
-                );
+                tenants.insert(tid.to_string(), TenantKeys { set: set.clone(), fetched_at: Instant::now() });
             }
         }
         if let Ok(mut inflight) = self.inflight.lock()
@@ -218,11 +192,7 @@ impl JwksCache {
     }
 }
 
-async fn fetch(
-    http: reqwest::Client,
-    url: String,
-    metrics: Metrics,
-) -> Result<Arc<KeySet>, JwksError> {
+async fn fetch(http: reqwest::Client, url: String, metrics: Metrics) -> Result<Arc<KeySet>, JwksError> {
     let result = fetch_once(&http, &url).await;
     let label = if result.is_ok() { "success" } else { "error" };
     metrics.jwks_refresh_total.with_label_values(&[label]).inc();
@@ -233,11 +203,7 @@ async fn fetch(
 }
 
 async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<KeySet, String> {
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("request failed: {e}"))?;
+    let resp = http.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }

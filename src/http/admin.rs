@@ -33,22 +33,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
 fn readyz(state: &AppState) -> Response<Body> {
     let checks = state.readiness_checks();
     let ready = checks.iter().all(|c| c.ok);
-    let failing: Vec<&str> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "failing": failing,
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
     });
-    json(
-        if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        &body,
-    )
+    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)
 }

@@ -39,16 +39,8 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
         Ok(_) => "success",
         Err(e) => e.outcome(),
     };
-    state
-        .metrics
-        .exchange_total
-        .with_label_values(&[outcome])
-        .inc();
-    state
-        .metrics
-        .exchange_duration
-        .with_label_values::<&str>(&[])
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.exchange_total.with_label_values(&[outcome]).inc();
+    state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
     let exchanged = result?;
     tracing::info!(user_id = %exchanged.user.id, tid = %exchanged.user.tenant_id, "exchange succeeded");
     Ok(json(StatusCode::OK, &response_body(&exchanged)))
@@ -83,9 +75,7 @@ async fn read_token(req: Request<Incoming>, limit: usize) -> Result<String, Reje
     let (parts, body) = req.into_parts();
     let header_token = bearer(&parts.headers).map(str::to_owned);
     if header_token.is_none() && parts.headers.contains_key(header::AUTHORIZATION) {
-        return Err(Rejection::InvalidRequest(
-            "the Authorization header must be `Bearer <Entra access token>`".into(),
-        ));
+        return Err(Rejection::InvalidRequest("the Authorization header must be `Bearer <Entra access token>`".into()));
     }
     let body = match Limited::new(body, limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -93,30 +83,24 @@ async fn read_token(req: Request<Incoming>, limit: usize) -> Result<String, Reje
             return Err(Rejection::PayloadTooLarge);
         }
         Err(_) => {
-            return Err(Rejection::InvalidRequest(
-                "the request body could not be read".into(),
-            ));
+            return Err(Rejection::InvalidRequest("the request body could not be read".into()));
         }
     };
-    let is_form = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.split(';').next().is_some_and(|m| {
-                m.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
+    let is_form = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    });
     match (header_token, is_form) {
-        (Some(_), true) => Err(Rejection::InvalidRequest("send the token either in Authorization or in the form, not both".into())),
+        (Some(_), true) => {
+            Err(Rejection::InvalidRequest("send the token either in Authorization or in the form, not both".into()))
+        }
         (Some(token), false) => {
             check_empty_body(&body)?;
             Ok(token)
         }
         (None, true) => token_from_form(&body),
         (None, false) => Err(Rejection::InvalidRequest(
-            "missing token: send `Authorization: Bearer <Entra access token>` or an RFC 8693 token-exchange form".into(),
+            "missing token: send `Authorization: Bearer <Entra access token>` or an RFC 8693 token-exchange form"
+                .into(),
         )),
     }
 }
@@ -128,9 +112,7 @@ fn check_empty_body(body: &[u8]) -> Result<(), Rejection> {
     }
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(m)) if m.is_empty() => Ok(()),
-        _ => Err(Rejection::InvalidRequest(
-            "with a Bearer token the body must be empty or {}".into(),
-        )),
+        _ => Err(Rejection::InvalidRequest("with a Bearer token the body must be empty or {}".into())),
     }
 }
 
@@ -140,9 +122,7 @@ fn token_from_form(body: &[u8]) -> Result<String, Rejection> {
     match form.grant_type.as_deref() {
         Some(GRANT_TOKEN_EXCHANGE) => {}
         Some(_) => {
-            return Err(Rejection::InvalidRequest(format!(
-                "unsupported grant_type; use {GRANT_TOKEN_EXCHANGE}"
-            )));
+            return Err(Rejection::InvalidRequest(format!("unsupported grant_type; use {GRANT_TOKEN_EXCHANGE}")));
         }
         None => return Err(Rejection::InvalidRequest("missing grant_type".into())),
     }
@@ -154,9 +134,7 @@ fn token_from_form(body: &[u8]) -> Result<String, Rejection> {
             )));
         }
         None => {
-            return Err(Rejection::InvalidRequest(
-                "missing subject_token_type".into(),
-            ));
+            return Err(Rejection::InvalidRequest("missing subject_token_type".into()));
         }
     }
     match form.subject_token {
@@ -171,28 +149,14 @@ mod tests {
 
     #[test]
     fn form_needs_the_token_exchange_grant_and_a_supported_token_type() {
-        let ok = format!(
-            "grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}"
-        );
+        let ok = format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}");
         assert_eq!(token_from_form(ok.as_bytes()).unwrap(), "abc");
-        let bad_grant =
-            format!("grant_type=password&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}");
-        assert!(matches!(
-            token_from_form(bad_grant.as_bytes()),
-            Err(Rejection::InvalidRequest(_))
-        ));
-        let bad_type =
-            format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type=urn:x");
-        assert!(matches!(
-            token_from_form(bad_type.as_bytes()),
-            Err(Rejection::InvalidRequest(_))
-        ));
-        let no_token =
-            format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token_type={TOKEN_TYPE_JWT}");
-        assert!(matches!(
-            token_from_form(no_token.as_bytes()),
-            Err(Rejection::InvalidRequest(_))
-        ));
+        let bad_grant = format!("grant_type=password&subject_token=abc&subject_token_type={TOKEN_TYPE_JWT}");
+        assert!(matches!(token_from_form(bad_grant.as_bytes()), Err(Rejection::InvalidRequest(_))));
+        let bad_type = format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token=abc&subject_token_type=urn:x");
+        assert!(matches!(token_from_form(bad_type.as_bytes()), Err(Rejection::InvalidRequest(_))));
+        let no_token = format!("grant_type={GRANT_TOKEN_EXCHANGE}&subject_token_type={TOKEN_TYPE_JWT}");
+        assert!(matches!(token_from_form(no_token.as_bytes()), Err(Rejection::InvalidRequest(_))));
     }
 
     #[test]

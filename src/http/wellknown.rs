@@ -4,30 +4,17 @@
 //! Owns: the caching headers of these public documents. Must not: publish private key parts
 //! (the issuer renders only public JWKs).
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 
-use super::{Body, Rejection, full, json};
+use super::{Body, Rejection, full, json, only_get};
 use crate::server::AppState;
-
-fn only_get<B>(req: &Request<B>) -> Result<(), Rejection> {
-    match *req.method() {
-        Method::GET | Method::HEAD => Ok(()),
-        _ => Err(Rejection::MethodNotAllowed("GET, HEAD")),
-    }
-}
 
 pub fn jwks<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Rejection> {
     only_get(req)?;
     let mut resp = Response::new(full(state.issuer.jwks_json()));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/jwk-set+json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("public, max-age=300"),
-    );
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/jwk-set+json"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
     Ok(resp)
 }
 
@@ -35,9 +22,6 @@ pub fn discovery<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>
     only_get(req)?;
     let base = state.issuer.issuer().trim_end_matches('/');
     let mut resp = json(StatusCode::OK, &state.issuer.discovery_document(base));
-    resp.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("public, max-age=300"),
-    );
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
     Ok(resp)
 }

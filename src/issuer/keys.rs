@@ -20,16 +20,9 @@ use crate::config::{SigningAlgorithm, SigningKeyConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path} is not a valid {alg:?} private key in PEM form ({reason})")]
-    Parse {
-        path: String,
-        alg: SigningAlgorithm,
-        reason: String,
-    },
+    Parse { path: String, alg: SigningAlgorithm, reason: String },
     #[error("cannot generate a key: {0}")]
     Generate(String),
 }
@@ -46,10 +39,7 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .finish()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("algorithm", &self.algorithm).finish()
     }
 }
 
@@ -65,10 +55,8 @@ impl SigningKey {
     /// Reads and checks the key file of a config entry.
     pub fn load(cfg: &SigningKeyConfig) -> Result<SigningKey, KeyError> {
         let path = cfg.private_key_file.display().to_string();
-        let pem = std::fs::read(&cfg.private_key_file).map_err(|source| KeyError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let pem =
+            std::fs::read(&cfg.private_key_file).map_err(|source| KeyError::Read { path: path.clone(), source })?;
         SigningKey::from_pem(&cfg.kid, cfg.algorithm, &pem).map_err(|reason| KeyError::Parse {
             path,
             alg: cfg.algorithm,
@@ -89,13 +77,7 @@ impl SigningKey {
         jwk.common.key_id = Some(kid.to_string());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
-        let key = SigningKey {
-            kid: kid.to_string(),
-            algorithm,
-            encoding,
-            decoding,
-            jwk,
-        };
+        let key = SigningKey { kid: kid.to_string(), algorithm, encoding, decoding, jwk };
         key.self_test()?;
         Ok(key)
     }
@@ -105,8 +87,7 @@ impl SigningKey {
         let mut header = jsonwebtoken::Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         let claims = serde_json::json!({"exp": u64::MAX / 2, "sub": "self-test"});
-        let token =
-            jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
         let mut v = jsonwebtoken::Validation::new(self.algorithm);
         v.validate_aud = false;
         jsonwebtoken::decode::<serde_json::Value>(&token, &self.decoding, &v)
@@ -124,19 +105,12 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn load(configs: &[SigningKeyConfig]) -> Result<KeyRing, KeyError> {
-        let keys = configs
-            .iter()
-            .map(SigningKey::load)
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = configs.iter().map(SigningKey::load).collect::<Result<Vec<_>, _>>()?;
         Ok(KeyRing::from_keys(keys))
     }
 
     pub fn from_keys(keys: Vec<SigningKey>) -> KeyRing {
-        let by_kid = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.kid.clone(), i))
-            .collect();
+        let by_kid = keys.iter().enumerate().map(|(i, k)| (k.kid.clone(), i)).collect();
         KeyRing { keys, by_kid }
     }
 
@@ -164,18 +138,11 @@ pub fn generate_pem(alg: SigningAlgorithm) -> Result<String, KeyError> {
     let rng = SystemRandom::new();
     let der: Vec<u8> = match alg {
         SigningAlgorithm::ES256 => {
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(gen_err)?
-                .as_ref()
-                .to_vec()
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).map_err(gen_err)?.as_ref().to_vec()
         }
-        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng)
-            .map_err(gen_err)?
-            .as_ref()
-            .to_vec(),
+        SigningAlgorithm::EdDSA => Ed25519KeyPair::generate_pkcs8v1(&rng).map_err(gen_err)?.as_ref().to_vec(),
         SigningAlgorithm::RS256 => {
-            let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                .map_err(gen_err)?;
+            let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(gen_err)?;
             let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> = kp.as_der().map_err(gen_err)?;
             der.as_ref().to_vec()
         }
@@ -195,12 +162,8 @@ pub fn generate_to_file(alg: SigningAlgorithm, out: &Path) -> Result<(), KeyErro
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut file = opts.open(out).map_err(|source| KeyError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    file.write_all(pem.as_bytes())
-        .map_err(|source| KeyError::Read { path, source })
+    let mut file = opts.open(out).map_err(|source| KeyError::Read { path: path.clone(), source })?;
+    file.write_all(pem.as_bytes()).map_err(|source| KeyError::Read { path, source })
 }
 
 #[cfg(test)]
@@ -209,11 +172,7 @@ mod tests {
 
     #[test]
     fn generated_keys_of_every_algorithm_load_and_publish_a_public_jwk() {
-        for alg in [
-            SigningAlgorithm::ES256,
-            SigningAlgorithm::EdDSA,
-            SigningAlgorithm::RS256,
-        ] {
+        for alg in [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA, SigningAlgorithm::RS256] {
             let pem = generate_pem(alg).unwrap();
             let key = SigningKey::from_pem("k", alg, pem.as_bytes()).unwrap();
             let jwk = serde_json::to_value(&key.jwk).unwrap();

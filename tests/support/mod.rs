@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+pub mod upstream;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,9 +27,7 @@ pub const DAVE: &str = "da7e0000-0000-4000-8000-000000000004"; // many groups, A
 
 /// A mock with alice, bob, carol and dave.
 pub async fn mock() -> MockEntra {
-    let mock = MockEntra::start(MockSettings::default())
-        .await
-        .expect("mock starts");
+    let mock = MockEntra::start(MockSettings::default()).await.expect("mock starts");
     let s = mock.state();
     let user = |login: &str, oid: &str, name: &str, groups: Vec<String>| MockUser {
         login: login.into(),
@@ -39,17 +40,10 @@ pub async fn mock() -> MockEntra {
         groups,
         photo: None,
     };
-    s.add_user(user(
-        "alice",
-        ALICE,
-        "Alice Jørgensen",
-        vec![ALLOWED.into(), ADMINS.into()],
-    ));
+    s.add_user(user("alice", ALICE, "Alice Jørgensen", vec![ALLOWED.into(), ADMINS.into()]));
     s.add_user(user("bob", BOB, "Bob Builder", vec![NESTED_CHILD.into()]));
     s.add_user(user("carol", CAROL, "Carol Seller", vec![OTHER.into()]));
-    let mut many: Vec<String> = (0..7)
-        .map(|i| format!("22222222-bbbb-4000-8000-00000000000{i}"))
-        .collect();
+    let mut many: Vec<String> = (0..7).map(|i| format!("22222222-bbbb-4000-8000-00000000000{i}")).collect();
     many.push(ALLOWED.into());
     s.add_user(user("dave", DAVE, "Dave Many", many));
     s.nest_group(NESTED_CHILD, ALLOWED);
@@ -58,18 +52,11 @@ pub async fn mock() -> MockEntra {
 
 /// A token for a mock user (`groups` claim filled from the directory unless overage is set).
 pub fn token_for(mock: &MockEntra, login: &str) -> String {
-    mock.mint(&TokenSpec {
-        user: Some(login.into()),
-        ..Default::default()
-    })
+    mock.mint(&TokenSpec { user: Some(login.into()), ..Default::default() })
 }
 
 pub fn overage_token_for(mock: &MockEntra, login: &str) -> String {
-    mock.mint(&TokenSpec {
-        user: Some(login.into()),
-        overage: true,
-        ..Default::default()
-    })
+    mock.mint(&TokenSpec { user: Some(login.into()), overage: true, ..Default::default() })
 }
 
 /// The base YAML of a test gateway; tests change it with `ENTRA_GATEWAY__...` overrides.
@@ -163,8 +150,7 @@ impl<'a> GatewayBuilder<'a> {
 
     /// `set("ENTRA__GRAPH_MODE", "obo")` = `ENTRA_GATEWAY__ENTRA__GRAPH_MODE=obo`.
     pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.overrides
-            .push((format!("ENTRA_GATEWAY__{key}"), value.into()));
+        self.overrides.push((format!("ENTRA_GATEWAY__{key}"), value.into()));
         self
     }
 
@@ -186,16 +172,12 @@ impl<'a> GatewayBuilder<'a> {
         }
         let secret = self.dir.path().join("client-secret");
         std::fs::write(&secret, &self.mock.settings().client_secret).unwrap();
-        let mut overrides = vec![(
-            "ENTRA_GATEWAY__ENTRA__CLIENT_SECRET_FILE".to_string(),
-            secret.display().to_string(),
-        )];
+        let mut overrides =
+            vec![("ENTRA_GATEWAY__ENTRA__CLIENT_SECRET_FILE".to_string(), secret.display().to_string())];
         let mut keys_yaml = String::from("[");
         for (kid, alg, pem) in &self.keys {
             let path = self.dir.path().join(format!("{kid}.pem"));
-            let pem = pem
-                .clone()
-                .unwrap_or_else(|| entra_gateway::issuer::keys::generate_pem(*alg).unwrap());
+            let pem = pem.clone().unwrap_or_else(|| entra_gateway::issuer::keys::generate_pem(*alg).unwrap());
             std::fs::write(&path, pem).unwrap();
             keys_yaml.push_str(&format!(
                 "{{kid: \"{kid}\", algorithm: {alg:?}, private_key_file: \"{}\"}},",
@@ -205,8 +187,7 @@ impl<'a> GatewayBuilder<'a> {
         keys_yaml.push(']');
         overrides.push(("ENTRA_GATEWAY__ISSUER__SIGNING_KEYS".into(), keys_yaml));
         overrides.extend(self.overrides);
-        let config = Config::from_yaml(&self.yaml, &overrides, FileChecks::Read)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::from_yaml(&self.yaml, &overrides, FileChecks::Read).unwrap_or_else(|e| panic!("{e}"));
         (config, self.dir)
     }
 
@@ -223,44 +204,36 @@ pub async fn start_with(config: Config, dir: tempfile::TempDir) -> Gateway {
     let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     let state = AppState::build(config).unwrap_or_else(|e| panic!("{e}"));
     let (stop, mut rx) = watch::channel(false);
-    let task = tokio::spawn(entra_gateway::server::run_with_state(
-        state.clone(),
-        Listeners { public, admin },
-        async move {
+    let task =
+        tokio::spawn(entra_gateway::server::run_with_state(state.clone(), Listeners { public, admin }, async move {
             let _ = rx.wait_for(|s| *s).await;
-        },
-    ));
-    Gateway {
-        addr,
-        admin: admin_addr,
-        state,
-        dir,
-        stop,
-        task: Some(task),
-    }
+        }));
+    Gateway { addr, admin: admin_addr, state, dir, stop, task: Some(task) }
 }
 
 /// An HTTP client that never reuses a connection across tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap()
 }
 
 /// POST /auth/exchange with a Bearer token; returns status, headers and JSON body.
-pub async fn exchange(
-    gw: &Gateway,
-    token: &str,
-) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-    let r = client()
-        .post(gw.url("/auth/exchange"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+pub async fn exchange(gw: &Gateway, token: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client().post(gw.url("/auth/exchange")).bearer_auth(token).send().await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
     let body = r.json().await.unwrap_or(serde_json::Value::Null);
     (status, headers, body)
+}
+
+/// Sends a request line exactly as given (clients normalise `..` away) and returns the status.
+pub async fn raw_get_status(addr: SocketAddr, target: &str, token: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req =
+        format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf);
+    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {head}"))
 }

@@ -1,0 +1,107 @@
+//! The internal-token check on the hot path: who is calling, and may they use this route.
+//!
+//! Owns: verifying the gateway's own token (signature, `iss`, `aud`, `exp`, `nbf`), a bounded
+//! cache of already-verified tokens keyed by the token's SHA-256 and expiring with the token (so
+//! the signature is not re-verified on every request), the revocation check (always, cached or
+//! not), route group checks, logout, and the identity header values of each caller (computed
+//! once per token). Must not: read HTTP bodies or build responses.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderName, HeaderValue};
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+
+use crate::directory::StoreError;
+use crate::issuer::{InternalClaims, InternalTokenError, Issuer, unix_now};
+use crate::policy::route_allows;
+use crate::proxy::headers::IdentityHeaders;
+use crate::revocation::RevocationStore;
+
+/// A verified caller.
+#[derive(Debug)]
+pub struct Principal {
+    pub claims: InternalClaims,
+    /// The identity headers to inject, rendered once.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+    key: [u8; 32],
+}
+
+/// Why a caller was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(#[from] InternalTokenError),
+    #[error("the token has been revoked (logged out)")]
+    Revoked,
+    #[error("the user is not in a group allowed on this route")]
+    RouteForbidden,
+    #[error("the revocation store is unavailable")]
+    Unavailable(#[from] StoreError),
+}
+
+struct UntilTokenExpiry;
+
+impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
+    fn expire_after_create(&self, _key: &[u8; 32], p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(p.claims.exp.saturating_sub(unix_now())))
+    }
+}
+
+pub struct Access {
+    issuer: Arc<Issuer>,
+    revocations: Arc<dyn RevocationStore>,
+    verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    headers: IdentityHeaders,
+}
+
+impl Access {
+    pub fn new(issuer: Arc<Issuer>, revocations: Arc<dyn RevocationStore>, headers: IdentityHeaders) -> Access {
+        let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(UntilTokenExpiry).build();
+        Access { issuer, revocations, verified, headers }
+    }
+
+    pub fn identity_headers(&self) -> &IdentityHeaders {
+        &self.headers
+    }
+
+    /// Verifies `token` (from the cache when seen before) and checks it is not revoked.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Arc<Principal>, AccessError> {
+        let token = token.ok_or(AccessError::MissingToken)?;
+        let principal = self.verify(token)?;
+        if self.revocations.is_revoked(&principal.claims.jti).await? {
+            return Err(AccessError::Revoked);
+        }
+        Ok(principal)
+    }
+
+    fn verify(&self, token: &str) -> Result<Arc<Principal>, AccessError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.verified.get(&key)
+            && p.claims.exp > unix_now()
+        {
+            return Ok(p);
+        }
+        let claims = self.issuer.verify(token)?;
+        let identity = self.headers.values(&claims);
+        let principal = Arc::new(Principal { claims, identity, key });
+        self.verified.insert(key, principal.clone());
+        Ok(principal)
+    }
+
+    /// Checks a route's groups (`None`: any authenticated user).
+    pub fn authorize(&self, principal: &Principal, route_groups: Option<&[String]>) -> Result<(), AccessError> {
+        if route_allows(route_groups, &principal.claims.groups) { Ok(()) } else { Err(AccessError::RouteForbidden) }
+    }
+
+    /// Revokes the caller's token until it expires, on every replica sharing the store.
+    pub async fn revoke(&self, principal: &Principal) -> Result<(), StoreError> {
+        let ttl = Duration::from_secs(principal.claims.exp.saturating_sub(unix_now()) + 1);
+        self.revocations.revoke(&principal.claims.jti, ttl).await?;
+        self.verified.invalidate(&principal.key);
+        Ok(())
+    }
+}

@@ -1,0 +1,59 @@
+//! Every path that is not a gateway endpoint: route, check the caller, forward.
+//!
+//! Owns: the order of the proxy steps (route match, dot-segment refusal, authentication and
+//! route groups for `auth: required`, forwarding) and the proxy metrics. Must not: forward
+//! anything the checks refused; the upstream sees nothing of a refused request.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::{Body, Rejection, bearer};
+use crate::config::RouteAuth;
+use crate::metrics::status_label;
+use crate::proxy::routes::check_path;
+use crate::server::AppState;
+
+pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Rejection> {
+    let started = Instant::now();
+    let routes = state.routes.load();
+    let Some(route) = routes.find(req.uri().path()).cloned() else {
+        state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
+        return Err(Rejection::NotFound("no route for this path"));
+    };
+    let result = forward(state, &route, req, peer).await;
+    let status = match &result {
+        Ok(r) => r.status().as_u16(),
+        Err(Rejection::InvalidToken(_)) => 401,
+        Err(Rejection::AccessDenied(_)) => 403,
+        Err(Rejection::InvalidRequest(_)) => 400,
+        Err(Rejection::BadGateway) => 502,
+        Err(Rejection::GatewayTimeout) => 504,
+        Err(_) => 503,
+    };
+    let m = &state.metrics;
+    m.proxy_requests_total.with_label_values(&[route.label.as_str(), status_label(Some(status))]).inc();
+    m.proxy_duration.with_label_values(&[route.label.as_str()]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn forward(
+    state: &AppState,
+    route: &crate::proxy::routes::Route,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Rejection> {
+    check_path(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
+    let principal = match route.auth {
+        RouteAuth::None => None,
+        RouteAuth::Required => {
+            let p = state.access.authenticate(bearer(req.headers())).await?;
+            state.access.authorize(&p, route.groups.as_deref())?;
+            Some(p)
+        }
+    };
+    let ids = state.access.identity_headers();
+    Ok(state.proxy.forward(route, principal.as_deref(), ids, req, peer).await?)
+}

@@ -1,0 +1,88 @@
+//! The caller's own session: `POST /auth/logout`, `GET /auth/me`, `GET /auth/me/photo`.
+//!
+//! Owns: revoking the presented token, showing the caller's user record, and serving the
+//! caller's Graph photo (cached for `profile_ttl`), so a frontend needs no Graph token at all.
+//! Must not: show another user's data: everything is keyed by the verified token's (tid, oid).
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::{Body, Rejection, bearer, exchange::user_json, full, json, only_get};
+use crate::access::AccessError;
+use crate::server::AppState;
+
+pub async fn logout(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    if req.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed("POST"));
+    }
+    let principal = match state.access.authenticate(bearer(req.headers())).await {
+        Ok(p) => p,
+        // Logging out twice is fine.
+        Err(AccessError::Revoked) => return Ok(no_content()),
+        Err(e) => return Err(e.into()),
+    };
+    state.access.revoke(&principal).await.map_err(AccessError::from)?;
+    tracing::info!(user_id = %principal.claims.sub, "logout: token revoked");
+    Ok(no_content())
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+pub async fn me(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    only_get(&req)?;
+    let p = state.access.authenticate(bearer(req.headers())).await?;
+    let c = &p.claims;
+    let record = state.directory.find(&c.tid, &c.oid).await.map_err(|e| {
+        tracing::warn!(reason = %e, "user store unavailable");
+        Rejection::Unavailable {
+            description: "the user store is unavailable; try again later",
+            retry_after: Duration::from_secs(5),
+        }
+    })?;
+    let Some(user) = record else {
+        return Err(Rejection::NotFound("no user record for this token; exchange an Entra token again"));
+    };
+    let mut body = user_json(&user, &c.groups, &c.roles);
+    body["created_at"] = user.created_at.clone().into();
+    body["updated_at"] = user.updated_at.clone().into();
+    body["last_login_at"] = user.last_login_at.clone().into();
+    Ok(json(StatusCode::OK, &body))
+}
+
+pub async fn photo(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    only_get(&req)?;
+    let p = state.access.authenticate(bearer(req.headers())).await?;
+    let Some(graph) = state.graph.clone() else {
+        return Err(Rejection::NotFound("photos need graph_mode app or obo"));
+    };
+    let oid = p.claims.oid.clone();
+    let ttl = state.config.cache.profile_ttl;
+    let key = format!("{}:{oid}", p.claims.tid);
+    let load = async move { graph.photo(&oid).await.map(|photo| (photo.map(std::sync::Arc::new), ttl)) };
+    let photo = state.photos.get_or_load(key, load).await.map_err(|e| {
+        tracing::warn!(reason = %e, "photo: Graph unavailable");
+        Rejection::Unavailable {
+            description: "Microsoft Graph is unavailable; try again later",
+            retry_after: e.retry_after.unwrap_or(Duration::from_secs(5)),
+        }
+    })?;
+    let Some(photo) = photo else {
+        return Err(Rejection::NotFound("the user has no photo"));
+    };
+    let mut r = Response::new(full(photo.bytes.clone()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_str(&photo.content_type)
+            .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=300"));
+    Ok(r)
+}

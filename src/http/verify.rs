@@ -1,0 +1,61 @@
+//! `GET|HEAD /auth/verify`: forward-auth for ingress-nginx (`auth-url`), Traefik ForwardAuth and
+//! Envoy ext_authz (HTTP).
+//!
+//! Owns: reading the original path from `X-Original-URI` / `X-Forwarded-Uri`, applying that
+//! route's policy (no matching route: any valid token), and answering 200 with the identity
+//! headers, or 401/403. Must not: forward anything; the ingress does.
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{Body, Rejection, bearer, full, only_get};
+use crate::config::RouteAuth;
+use crate::proxy::routes::check_path;
+use crate::server::AppState;
+
+/// The path part of the original request URI the ingress passes on.
+fn original_path(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get("x-original-uri").or_else(|| headers.get("x-forwarded-uri"))?.to_str().ok()?;
+    let path = match raw.find("://") {
+        // A full URL: skip scheme and authority.
+        Some(i) => raw[i + 3..].find('/').map(|j| &raw[i + 3 + j..]).unwrap_or("/"),
+        None => raw,
+    };
+    Some(path.split(['?', '#']).next().unwrap_or("/").to_string())
+}
+
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+    only_get(&req)?;
+    let path = original_path(req.headers());
+    if let Some(p) = &path {
+        check_path(p).map_err(|e| Rejection::AccessDenied(e.to_string()))?;
+    }
+    let routes = state.routes.load();
+    let route = path.as_deref().and_then(|p| routes.find(p));
+    if route.is_some_and(|r| r.auth == RouteAuth::None) {
+        return Ok(Response::new(full("")));
+    }
+    let principal = state.access.authenticate(bearer(req.headers())).await?;
+    state.access.authorize(&principal, route.and_then(|r| r.groups.as_deref()))?;
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::OK;
+    for (name, value) in &principal.identity {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_path_comes_from_either_header_without_query() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-uri", "/admin/x?y=1".parse().unwrap());
+        assert_eq!(original_path(&h).as_deref(), Some("/admin/x"));
+        h.insert("x-original-uri", "https://app.example/api/a?b".parse().unwrap());
+        assert_eq!(original_path(&h).as_deref(), Some("/api/a"));
+        assert_eq!(original_path(&HeaderMap::new()), None);
+    }
+}

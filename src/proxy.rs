@@ -1,0 +1,154 @@
+//! The reverse proxy: forwards a request whose caller is already checked to its upstream.
+//!
+//! Owns: the pooled upstream client (HTTP/1.1 keep-alive, HTTP/2 to https upstreams that
+//! offer it through ALPN, rustls), request and response header rewriting (see [`headers`]),
+//! streaming bodies both ways without buffering, WebSocket upgrades, and the upstream timeout
+//! (time to response headers). Must not: authenticate (see `access`) or decide routes (see
+//! [`routes`]); it is given both.
+
+pub mod headers;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::access::Principal;
+use crate::config::RouteAuth;
+use crate::http::{Body, BoxError};
+use headers::IdentityHeaders;
+use routes::Route;
+
+/// How long a TCP (and TLS) connect to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle pooled upstream connections are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// Why forwarding failed: both are the upstream's fault, never the client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the upstream is unreachable or broke the connection")]
+    BadGateway,
+    #[error("the upstream did not answer in time")]
+    Timeout,
+}
+
+/// The TLS client configuration for outbound connections: the system roots plus `extra_ca`.
+pub fn client_tls(extra_ca: &[rustls::pki_types::CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    for cert in extra_ca {
+        roots.add(cert.clone()).map_err(|e| format!("extra CA: {e}"))?;
+    }
+    tracing::debug!(system_roots = added, extra = extra_ca.len(), "outbound TLS roots loaded");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The pooled upstream client.
+pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https)
+}
+
+/// Forwards requests.
+pub struct Proxy {
+    client: UpstreamClient,
+    forward_token: bool,
+    /// `X-Forwarded-Proto` of the public listener.
+    proto: &'static str,
+}
+
+impl Proxy {
+    pub fn new(client: UpstreamClient, forward_token: bool, proto: &'static str) -> Proxy {
+        Proxy { client, forward_token, proto }
+    }
+
+    /// Rewrites the request for `route` and streams it to the upstream.
+    pub async fn forward(
+        &self,
+        route: &Route,
+        principal: Option<&Principal>,
+        ids: &IdentityHeaders,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upgrade = headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        parts.uri = route.upstream_uri(&parts.uri).map_err(|_| ProxyError::BadGateway)?;
+        parts.version = Version::HTTP_11;
+        let h = &mut parts.headers;
+        ids.strip(h);
+        headers::strip_hop_by_hop(h, upgrade);
+        headers::set_forwarded(h, peer.ip(), self.proto);
+        h.remove(header::HOST);
+        if route.auth == RouteAuth::Required && !self.forward_token {
+            h.remove(header::AUTHORIZATION);
+        }
+        if let Some(p) = principal {
+            for (name, value) in &p.identity {
+                h.insert(name.clone(), value.clone());
+            }
+        }
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut resp = match tokio::time::timeout(route.timeout, sent).await {
+            Err(_) => return Err(ProxyError::Timeout),
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.label, error = %e, "upstream request failed");
+                return Err(ProxyError::BadGateway);
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(client_side)) = (switching, client_upgrade) {
+            bridge_upgrade(client_side, hyper::upgrade::on(&mut resp));
+        }
+        headers::strip_hop_by_hop(resp.headers_mut(), switching);
+        resp.headers_mut().entry(header::VIA).or_insert(HeaderValue::from_static("1.1 entra-gateway"));
+        Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed()))
+    }
+}
+
+/// After a 101, copies bytes both ways between the client and the upstream until either closes.
+fn bridge_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection closed with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}

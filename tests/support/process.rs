@@ -1,0 +1,77 @@
+//! Runs the real `entra-gateway` binary as a child process (for what only a process shows:
+//! memory, signals, exit codes). The addresses are read from its "listening" log line.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+pub struct GatewayProcess {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    /// Every stdout line after the "listening" one.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl GatewayProcess {
+    /// `serve --config path` with JSON logs; waits for the "listening" line.
+    pub fn spawn(config: &Path) -> GatewayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("gateway binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let (public, admin) = loop {
+            let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the gateway logs that it listens");
+            if !line.contains("entra-gateway listening") {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            let addr = |k: &str| -> SocketAddr { v[k].as_str().unwrap().parse().unwrap() };
+            break (addr("public"), addr("admin"));
+        };
+        GatewayProcess { child, public, admin, lines: rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok =
+            Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,171 @@
+//! A real upstream service for the proxy tests: counts requests, echoes what it received, and
+//! can stream, stall, and speak WebSocket. Nothing about it is mocked: it is a hyper server on
+//! a loopback socket.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: http::HeaderMap,
+}
+
+#[derive(Default)]
+pub struct UpstreamState {
+    pub requests: AtomicU64,
+    pub last: Mutex<Option<Seen>>,
+    /// `/chunks`: each notification releases the next chunk.
+    pub release_chunk: Notify,
+    /// `/stall` waits on this forever (unless notified).
+    pub unstall: Notify,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+    pub fn last(&self) -> Seen {
+        self.state.last.lock().unwrap().clone().expect("the upstream saw a request")
+    }
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into()).boxed()
+}
+
+/// Starts the upstream on a free loopback port.
+pub async fn start() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(UpstreamState::default());
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let st = st.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(st.clone(), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, state }
+}
+
+async fn handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    st.requests.fetch_add(1, Ordering::SeqCst);
+    *st.last.lock().unwrap() =
+        Some(Seen { method: req.method().to_string(), uri: req.uri().to_string(), headers: req.headers().clone() });
+    let path = req.uri().path().to_string();
+    let resp = if path.ends_with("/ws") {
+        websocket_echo(&mut req)
+    } else if path.ends_with("/upload") {
+        // Count the bytes as they stream in, never holding the whole body.
+        let mut body = req.into_body();
+        let mut n: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map(|f| f.into_data()) {
+                n += data.map(|d| d.len() as u64).unwrap_or(0);
+            }
+        }
+        Response::new(full(n.to_string()))
+    } else if path.ends_with("/download") {
+        let size: usize =
+            req.uri().query().and_then(|q| q.strip_prefix("size=")).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let mut left = size;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
+    } else if path.ends_with("/chunks") {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let st = st.clone();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                if tx.send(Ok(Frame::data(Bytes::from(format!("chunk-{i};"))))).await.is_err() {
+                    return;
+                }
+                st.release_chunk.notified().await;
+            }
+        });
+        Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
+    } else if path.ends_with("/stall") {
+        st.unstall.notified().await;
+        Response::new(full("late"))
+    } else {
+        Response::new(full("ok"))
+    };
+    Ok(resp)
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn websocket_echo(req: &mut Request<Incoming>) -> Response<Body> {
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        let mut r = Response::new(full("not a websocket request"));
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+        return r;
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    return;
+                }
+            } else if msg.is_close() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert("connection", "upgrade".parse().unwrap());
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("sec-websocket-accept", key.parse().unwrap());
+    r
+}
