@@ -98,7 +98,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn from_config(c: &ProxyConfig) -> RouteTable {
         let mut routes: Vec<Arc<Route>> = c.routes.iter().filter_map(Route::from_config).map(Arc::new).collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         RouteTable { routes }
     }
 
