@@ -9,7 +9,8 @@ log() { printf '\n== %s\n' "$*"; }
 
 # --- system packages the tests start for real (they are never mocked) ---------------------
 missing=()
-need() { command -v "$1" >/dev/null 2>&1 || missing+=("$2"); }   # need COMMAND DEBIAN_PACKAGE
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing+=("$2"); }   # need COMMAND DEBIAN_PACKAGE
+need nginx nginx                 # tests/nginx.rs: auth_request against /auth/verify
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

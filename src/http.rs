@@ -210,7 +210,7 @@ async fn route_public(state: &AppState, req: Request<Incoming>, peer: SocketAddr
         "/auth/logout" => session::logout(state, req).await,
         "/auth/me" => session::me(state, req).await,
         "/auth/me/photo" => session::photo(state, req).await,
-        "/auth/verify" => verify::handle(state, req).await,
+        p if p == "/auth/verify" || p.starts_with("/auth/verify/") => verify::handle(state, req).await,
         "/.well-known/jwks.json" => wellknown::jwks(state, &req),
         "/.well-known/openid-configuration" => wellknown::discovery(state, &req),
         p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => {

@@ -268,6 +268,13 @@ async fn forward_auth_verify_answers_with_identity_headers_and_applies_route_gro
         client().get(gw.url("/auth/verify")).bearer_auth(&bob).header("X-Forwarded-Uri", "/admin/panel").send().await;
     assert_eq!(r.unwrap().status(), 403);
     assert_eq!(verify(None, Some("/public/page"), false).await.unwrap().status(), 200);
+    // Envoy ext_authz style: the original path appended to /auth/verify.
+    assert_eq!(client().get(gw.url("/auth/verify/admin/panel")).bearer_auth(&bob).send().await.unwrap().status(), 403);
+    assert_eq!(
+        client().get(gw.url("/auth/verify/admin/panel")).bearer_auth(&alice).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(client().get(gw.url("/auth/verify/api/x")).bearer_auth(&bob).send().await.unwrap().status(), 200);
     let r = client().post(gw.url("/auth/logout")).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(verify(Some(&bob), Some("/api/x"), false).await.unwrap().status(), 401);
@@ -361,4 +368,17 @@ async fn gateway_memory_stays_bounded_while_20_mib_stream_each_way() {
 /// Renders a loaded config back to YAML for a child process (secrets come from files here).
 fn config_to_yaml(c: &entra_gateway::config::Config) -> String {
     serde_saphyr::to_string(&serde_json::to_value(c).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused_before_reaching_the_upstream() {
+    let (_mock, up, gw) = setup().await;
+    let r = client().get(gw.url("/public/x")).header("x-padding", "a".repeat(100 * 1024)).send().await;
+    match r {
+        Ok(resp) => assert_eq!(resp.status(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.is_body(), "{e}"),
+    }
+    assert_eq!(up.requests(), 0);
+    // The gateway still serves afterwards.
+    assert_eq!(get(&gw, "/public/x", None).await.status(), 200);
 }

@@ -1,8 +1,9 @@
 //! `GET|HEAD /auth/verify`: forward-auth for ingress-nginx (`auth-url`), Traefik ForwardAuth and
 //! Envoy ext_authz (HTTP).
 //!
-//! Owns: reading the original path from `X-Original-URI` / `X-Forwarded-Uri`, applying that
-//! route's policy (no matching route: any valid token), and answering 200 with the identity
+//! Owns: reading the original path from `X-Original-URI` / `X-Forwarded-Uri`, or from the
+//! request path itself (`/auth/verify/<original path>`, what Envoy's ext_authz `path_prefix`
+//! sends), applying that route's policy (no matching route: any valid token), and answering 200 with the identity
 //! headers, or 401/403. Must not: forward anything; the ingress does.
 
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -13,9 +14,12 @@ use crate::config::RouteAuth;
 use crate::proxy::routes::check_path;
 use crate::server::AppState;
 
-/// The path part of the original request URI the ingress passes on.
-fn original_path(headers: &HeaderMap) -> Option<String> {
-    let raw = headers.get("x-original-uri").or_else(|| headers.get("x-forwarded-uri"))?.to_str().ok()?;
+/// The original path: from the ingress headers, else appended to `/auth/verify` (Envoy).
+fn original_path(headers: &HeaderMap, own_path: &str) -> Option<String> {
+    let Some(raw) = headers.get("x-original-uri").or_else(|| headers.get("x-forwarded-uri")) else {
+        return own_path.strip_prefix("/auth/verify").filter(|p| p.starts_with('/')).map(str::to_string);
+    };
+    let raw = raw.to_str().ok()?;
     let path = match raw.find("://") {
         // A full URL: skip scheme and authority.
         Some(i) => raw[i + 3..].find('/').map(|j| &raw[i + 3 + j..]).unwrap_or("/"),
@@ -26,7 +30,7 @@ fn original_path(headers: &HeaderMap) -> Option<String> {
 
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
-    let path = original_path(req.headers());
+    let path = original_path(req.headers(), req.uri().path());
     if let Some(p) = &path {
         check_path(p).map_err(|e| Rejection::AccessDenied(e.to_string()))?;
     }
@@ -53,9 +57,11 @@ mod tests {
     fn original_path_comes_from_either_header_without_query() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-uri", "/admin/x?y=1".parse().unwrap());
-        assert_eq!(original_path(&h).as_deref(), Some("/admin/x"));
+        assert_eq!(original_path(&h, "/auth/verify").as_deref(), Some("/admin/x"));
         h.insert("x-original-uri", "https://app.example/api/a?b".parse().unwrap());
-        assert_eq!(original_path(&h).as_deref(), Some("/api/a"));
-        assert_eq!(original_path(&HeaderMap::new()), None);
+        assert_eq!(original_path(&h, "/auth/verify").as_deref(), Some("/api/a"));
+        assert_eq!(original_path(&HeaderMap::new(), "/auth/verify"), None);
+        assert_eq!(original_path(&HeaderMap::new(), "/auth/verify/admin/x").as_deref(), Some("/admin/x"));
+        assert_eq!(original_path(&HeaderMap::new(), "/auth/verifyx"), None);
     }
 }
