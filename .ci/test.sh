@@ -11,6 +11,8 @@ log() { printf '\n== %s\n' "$*"; }
 missing=()
 need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing+=("$2"); }   # need COMMAND DEBIAN_PACKAGE
 need nginx nginx                 # tests/nginx.rs: auth_request against /auth/verify
+need redis-server redis-server   # tests/redis*.rs: shared state, TLS, ACL, cluster (redis-cli comes along)
+need redis-cli redis-tools
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

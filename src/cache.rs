@@ -1,17 +1,27 @@
-//! Caches: in-process TTL caches with single-flight loading.
+//! Caches: in-process TTL caches with single-flight loading, and the tiered cache that puts
+//! Redis (shared by the replicas) behind them.
 //!
 //! Owns: expiry per entry (positive and negative answers live for different times), collapsing
-//! concurrent loads of one key into one load, and the `cache_requests_total` hit/miss counts.
-//! Must not: decide what is cached or for how long (callers pass the TTL with the value), or
-//! cache errors (a failed load is retried by the next request).
+//! concurrent loads of one key into one load (in process, and across replicas with a short
+//! Redis lock), degrading to direct loads when Redis fails, and the `cache_requests_total`
+//! counts. Must not: decide what is cached or for how long (callers pass the TTL with the
+//! value), or cache errors (a failed load is retried by the next request).
+
+pub mod redis;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::metrics::Metrics;
+use redis::RedisStore;
+
+/// How long a replica may hold the load lock of a key before others stop waiting for it.
+const LOCK_TTL: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct Timed<V> {
@@ -79,6 +89,100 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
                 Err(e)
             }
         }
+    }
+}
+
+/// An in-process cache in front of Redis: L1 (short TTL) -> Redis -> one loader per key across
+/// the replicas -> the source. Without Redis it is the in-process cache alone.
+pub struct TieredCache<V: Clone + Send + Sync + 'static> {
+    name: &'static str,
+    l1: TtlCache<V>,
+    redis: Option<Arc<RedisStore>>,
+    l1_ttl: Duration,
+}
+
+impl<V> TieredCache<V>
+where
+    V: Clone + Send + Sync + Serialize + DeserializeOwned + 'static,
+{
+    /// `name` is the metrics label and the Redis key namespace (`{prefix}{name}:{key}`).
+    pub fn new(
+        name: &'static str,
+        capacity: u64,
+        metrics: Metrics,
+        redis: Option<Arc<RedisStore>>,
+        l1_ttl: Duration,
+    ) -> Self {
+        TieredCache { name, l1: TtlCache::new(name, capacity, metrics), redis, l1_ttl }
+    }
+
+    /// The cached value, or `load`'s (run once per key in this process and, with Redis, once
+    /// across the replicas while the others wait for its answer).
+    pub async fn get_or_load<E, F>(&self, key: String, load: F) -> Result<V, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<(V, Duration), E>>,
+    {
+        let Some(redis) = self.redis.clone() else {
+            return self.l1.get_or_load(key, load).await;
+        };
+        let rkey = redis.key(&format!("{}:{key}", self.name));
+        let (name, l1_ttl) = (self.name, self.l1_ttl);
+        self.l1
+            .get_or_load(key, async move {
+                match redis.get_json::<V>(name, &rkey).await {
+                    Ok(Some(v)) => Ok((v, l1_ttl)),
+                    Ok(None) => load_with_lock(&redis, name, &rkey, l1_ttl, load).await,
+                    // Redis is down: straight to the source, and keep the answer in process.
+                    Err(_) => load.await,
+                }
+            })
+            .await
+    }
+}
+
+/// Loads under a Redis lock so that one replica asks the source; the others wait for its
+/// answer, or load themselves when the holder's lock expires or Redis fails.
+async fn load_with_lock<V, E, F>(
+    redis: &RedisStore,
+    name: &'static str,
+    rkey: &str,
+    l1_ttl: Duration,
+    load: F,
+) -> Result<(V, Duration), E>
+where
+    V: Serialize + DeserializeOwned,
+    F: Future<Output = Result<(V, Duration), E>>,
+{
+    let lock_key = format!("{rkey}:lock");
+    let token = uuid::Uuid::new_v4().to_string();
+    match redis.set_nx(&lock_key, &token, LOCK_TTL).await {
+        Ok(true) => {
+            let result = load.await;
+            if let Ok((v, ttl)) = &result
+                && !ttl.is_zero()
+            {
+                let _ = redis.set_json(name, rkey, v, Some(*ttl)).await;
+            }
+            let _ = redis.del_if(&lock_key, &token).await;
+            result.map(|(v, ttl)| (v, ttl.min(l1_ttl)))
+        }
+        Ok(false) => {
+            let deadline = Instant::now() + LOCK_TTL;
+            let mut delay = Duration::from_millis(5);
+            while Instant::now() < deadline {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+                match redis.get_json::<V>(name, rkey).await {
+                    Ok(Some(v)) => return Ok((v, l1_ttl)),
+                    Ok(None) if matches!(redis.exists(&lock_key).await, Ok(true)) => continue,
+                    _ => break,
+                }
+            }
+            tracing::debug!(key = rkey, "lock holder gave no answer; loading directly");
+            load.await.map(|(v, ttl)| (v, ttl.min(l1_ttl)))
+        }
+        Err(_) => load.await,
     }
 }
 

@@ -256,9 +256,27 @@ pub struct IssuerConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CacheConfig {
-    /// Redis URL; absent means in-process memory only. Its password is redacted when printed.
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS); absent (and no
+    /// `cluster_urls`) means in-process memory only. Its password is redacted when printed.
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    /// Redis Cluster seed nodes (instead of `redis_url`). Defaults to none.
+    #[serde(default)]
+    pub cluster_urls: Vec<Secret>,
+    /// PEM CA bundle trusted for `rediss://` (besides the system roots). Defaults to none.
+    #[serde(default)]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Timeout of each Redis command; a slower Redis counts as down. Defaults to `250ms`.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// How long a value read from Redis is reused in process before Redis is asked again (so
+    /// that other replicas' changes are seen quickly). Defaults to `10s`.
+    #[serde(default = "default_l1_ttl", with = "humantime_serde")]
+    pub l1_ttl: Duration,
+    /// With Redis down, refuse (503) requests whose revocation cannot be checked, instead of
+    /// trusting this replica's own revocations. Defaults to `false`.
+    #[serde(default)]
+    pub revocation_requires_redis: bool,
     /// Prefix of every Redis key. Defaults to `entra-gateway:`.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
@@ -392,6 +410,12 @@ fn default_internal_audience() -> String {
 fn default_token_ttl() -> Duration {
     Duration::from_secs(15 * 60)
 }
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_l1_ttl() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_key_prefix() -> String {
     "entra-gateway:".into()
 }
@@ -442,6 +466,11 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             redis_url: None,
+            cluster_urls: Vec::new(),
+            redis_ca_file: None,
+            redis_timeout: default_redis_timeout(),
+            l1_ttl: default_l1_ttl(),
+            revocation_requires_redis: false,
             key_prefix: default_key_prefix(),
             group_ttl: default_group_ttl(),
             negative_ttl: default_negative_ttl(),
@@ -574,6 +603,11 @@ impl Config {
         {
             *v = Value::String(redact_url(url.expose()));
         }
+        for (i, url) in self.cache.cluster_urls.iter().enumerate() {
+            if let Some(v) = value.pointer_mut(&format!("/cache/cluster_urls/{i}")) {
+                *v = Value::String(redact_url(url.expose()));
+            }
+        }
         serde_saphyr::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
@@ -584,7 +618,7 @@ impl Config {
         self.validate_entra(&mut v, files);
         self.validate_authorization(&mut v);
         self.validate_issuer(&mut v, files);
-        self.validate_cache(&mut v);
+        self.validate_cache(&mut v, files);
         self.validate_proxy(&mut v);
         v.problems
     }
@@ -703,13 +737,29 @@ impl Config {
         }
     }
 
-    fn validate_cache(&self, v: &mut Validator) {
+    fn validate_cache(&self, v: &mut Validator, files: FileChecks) {
         let c = &self.cache;
+        let redis_url = |v: &mut Validator, path: &str, url: &Secret| match url::Url::parse(url.expose()) {
+            Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
+            _ => v.push(path, "must be a redis:// or rediss:// URL"),
+        };
         if let Some(url) = &c.redis_url {
-            match url::Url::parse(url.expose()) {
-                Ok(u) if matches!(u.scheme(), "redis" | "rediss") => {}
-                _ => v.push("cache.redis_url", "must be a redis:// or rediss:// URL"),
-            }
+            redis_url(v, "cache.redis_url", url);
+        }
+        for (i, url) in c.cluster_urls.iter().enumerate() {
+            redis_url(v, &format!("cache.cluster_urls[{i}]"), url);
+        }
+        if c.redis_url.is_some() && !c.cluster_urls.is_empty() {
+            v.push("cache.cluster_urls", "set either redis_url or cluster_urls, not both");
+        }
+        if c.revocation_requires_redis && c.redis_url.is_none() && c.cluster_urls.is_empty() {
+            v.push("cache.revocation_requires_redis", "needs redis_url or cluster_urls");
+        }
+        if c.redis_timeout.is_zero() {
+            v.push("cache.redis_timeout", "must be greater than zero");
+        }
+        if let (Some(path), FileChecks::Read) = (&c.redis_ca_file, files) {
+            v.readable_nonempty("cache.redis_ca_file", path);
         }
         if c.jwks_ttl < Duration::from_secs(300) {
             v.push("cache.jwks_ttl", "at least 5m (Entra rotates keys over days)");
@@ -835,10 +885,10 @@ fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Vec<Problem>)
 
 fn parse_env_value(raw: &str) -> Value {
     let t = raw.trim();
-    if t.starts_with('[') || t.starts_with('{') || t == "true" || t == "false" {
-        if let Ok(v) = serde_saphyr::from_str::<Value>(t) {
-            return v;
-        }
+    if (t.starts_with('[') || t.starts_with('{') || t == "true" || t == "false")
+        && let Ok(v) = serde_saphyr::from_str::<Value>(t)
+    {
+        return v;
     }
     if let Ok(n) = t.parse::<u64>() {
         return Value::from(n);

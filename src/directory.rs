@@ -88,9 +88,9 @@ impl UserRecord {
     }
 }
 
-/// A storage failure (Redis down, a value that cannot be decoded).
+/// A storage failure (Redis down or slow); the message names the operation, never a value.
 #[derive(Debug, thiserror::Error)]
-#[error("user store: {0}")]
+#[error("{0}")]
 pub struct StoreError(pub String);
 
 /// Where user records live.
@@ -117,6 +117,46 @@ impl UserStore for MemoryUserStore {
     async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
         let mut map = self.records.lock().map_err(|_| StoreError("poisoned".into()))?;
         map.insert((record.tenant_id.clone(), record.oid.clone()), record.clone());
+        Ok(())
+    }
+}
+
+/// User records in Redis (durable, shared by the replicas), with this replica's own copies as
+/// the fallback while Redis is down. The id is derived from (tid, oid), so a record created
+/// while Redis is down has the same id; it is not written to Redis until Redis answers again,
+/// so that a degraded replica never overwrites the durable record.
+pub struct RedisUserStore {
+    redis: Arc<crate::cache::redis::RedisStore>,
+    local: MemoryUserStore,
+}
+
+impl RedisUserStore {
+    pub fn new(redis: Arc<crate::cache::redis::RedisStore>) -> RedisUserStore {
+        RedisUserStore { redis, local: MemoryUserStore::default() }
+    }
+
+    fn key(&self, tid: &str, oid: &str) -> String {
+        self.redis.key(&format!("user:{tid}:{oid}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl UserStore for RedisUserStore {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+        match self.redis.get_json::<UserRecord>("users", &self.key(tid, oid)).await {
+            Ok(found) => Ok(found),
+            Err(_) => self.local.get(tid, oid).await,
+        }
+    }
+
+    async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
+        self.local.put(record).await?;
+        if self.redis.is_healthy() {
+            let key = self.key(&record.tenant_id, &record.oid);
+            if let Err(e) = self.redis.set_json("users", &key, record, None).await {
+                tracing::warn!(error = %e, "user record kept in process only");
+            }
+        }
         Ok(())
     }
 }

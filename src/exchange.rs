@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::cache::TtlCache;
+use crate::cache::TieredCache;
+use crate::cache::redis::RedisStore;
 use crate::config::{CacheConfig, GraphMode};
 use crate::directory::{Directory, Profile, StoreError, UserRecord};
 use crate::entra::{EntraError, EntraIdentity, EntraValidator, GroupsClaim};
@@ -59,7 +60,7 @@ pub struct Exchanged {
 }
 
 /// The cached answer to "which configured groups is this user in".
-type Membership = Arc<BTreeSet<String>>;
+type Membership = BTreeSet<String>;
 
 /// Cache lifetimes used by the exchange.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +75,8 @@ pub struct ExchangeService {
     graph: Option<Arc<GraphClient>>,
     mode: GraphMode,
     policy: Arc<ArcSwap<Policy>>,
-    memberships: TtlCache<Membership>,
-    profiles: TtlCache<Profile>,
+    memberships: TieredCache<Membership>,
+    profiles: TieredCache<Profile>,
     directory: Directory,
     issuer: Arc<Issuer>,
     ttls: Ttls,
@@ -91,6 +92,7 @@ pub struct ExchangeParts {
     pub issuer: Arc<Issuer>,
     pub cache: CacheConfig,
     pub metrics: Metrics,
+    pub redis: Option<Arc<RedisStore>>,
 }
 
 impl ExchangeService {
@@ -100,8 +102,8 @@ impl ExchangeService {
             graph: p.graph,
             mode: p.mode,
             policy: p.policy,
-            memberships: TtlCache::new("groups", 100_000, p.metrics.clone()),
-            profiles: TtlCache::new("profile", 100_000, p.metrics),
+            memberships: TieredCache::new("groups", 100_000, p.metrics.clone(), p.redis.clone(), p.cache.l1_ttl),
+            profiles: TieredCache::new("profile", 100_000, p.metrics, p.redis, p.cache.l1_ttl),
             directory: p.directory,
             issuer: p.issuer,
             ttls: Ttls { group: p.cache.group_ttl, negative: p.cache.negative_ttl, profile: p.cache.profile_ttl },
@@ -166,10 +168,9 @@ impl ExchangeService {
                 Decision::Allow { .. } => self.ttls.group,
                 Decision::Deny => self.ttls.negative,
             };
-            Ok::<_, GraphError>((Arc::new(found), ttl))
+            Ok::<_, GraphError>((found, ttl))
         };
-        let found = self.memberships.get_or_load(key, load).await.map_err(|e| (*e).clone())?;
-        Ok((*found).clone())
+        Ok(self.memberships.get_or_load(key, load).await.map_err(|e| (*e).clone())?)
     }
 
     async fn profile(&self, id: &EntraIdentity, session: Option<&GraphSession<'_>>) -> Result<Profile, ExchangeError> {

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub cache_requests_total: IntCounterVec,
     pub graph_requests_total: IntCounterVec,
     pub jwks_refresh_total: IntCounterVec,
+    pub redis_latency: HistogramVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -76,6 +77,12 @@ impl Metrics {
                 "entra_gateway_jwks_refresh_total",
                 "Entra JWKS fetches by result.",
                 &["result"],
+            ),
+            redis_latency: histogram(
+                &r,
+                "entra_gateway_redis_command_duration_seconds",
+                "Redis command latency by command.",
+                &["command"],
             ),
             registry: r,
         }

@@ -1,10 +1,15 @@
 //! Revoked internal tokens (logout).
 //!
 //! Owns: remembering a revoked `jti` until the token would have expired anyway, behind
-//! [`RevocationStore`] (in-process here; Redis shares it between replicas). Must not: verify
+//! [`RevocationStore`]: in-process, or in Redis so that a logout on one replica is honoured by
+//! all. With Redis down, a replica still honours the revocations it made itself, and refuses
+//! (503) what it cannot check only when `revocation_requires_redis` is set. Must not: verify
 //! tokens (see `access`) or keep an entry longer than the token's remaining life.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::cache::redis::RedisStore;
 
 use moka::Expiry;
 
@@ -50,6 +55,49 @@ impl RevocationStore for MemoryRevocations {
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         Ok(self.revoked.contains_key(jti))
+    }
+}
+
+/// Revocations shared through Redis (`{prefix}revoked:{jti}`, expiring with the token).
+pub struct RedisRevocations {
+    redis: Arc<RedisStore>,
+    local: MemoryRevocations,
+    requires_redis: bool,
+}
+
+impl RedisRevocations {
+    pub fn new(redis: Arc<RedisStore>, requires_redis: bool) -> RedisRevocations {
+        RedisRevocations { redis, local: MemoryRevocations::default(), requires_redis }
+    }
+
+    fn key(&self, jti: &str) -> String {
+        self.redis.key(&format!("revoked:{jti}"))
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationStore for RedisRevocations {
+    async fn revoke(&self, jti: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.local.revoke(jti, ttl).await?;
+        match self.redis.set_raw(&self.key(jti), b"1", Some(ttl)).await {
+            Ok(()) => Ok(()),
+            Err(e) if self.requires_redis => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "logout recorded on this replica only (redis unavailable)");
+                Ok(())
+            }
+        }
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        if self.local.is_revoked(jti).await? {
+            return Ok(true);
+        }
+        match self.redis.exists(&self.key(jti)).await {
+            Ok(revoked) => Ok(revoked),
+            Err(e) if self.requires_redis => Err(e),
+            Err(_) => Ok(false),
+        }
     }
 }
 

@@ -26,8 +26,9 @@ use tokio::task::JoinSet;
 
 use crate::access::Access;
 use crate::cache::TtlCache;
+use crate::cache::redis::RedisStore;
 use crate::config::{Config, GraphMode, Secret};
-use crate::directory::{Directory, MemoryUserStore};
+use crate::directory::{Directory, MemoryUserStore, RedisUserStore, UserStore};
 use crate::entra::EntraValidator;
 use crate::entra::jwks::JwksCache;
 use crate::exchange::{ExchangeParts, ExchangeService};
@@ -40,7 +41,7 @@ use crate::policy::Policy;
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{Proxy, client_tls, upstream_client};
-use crate::revocation::MemoryRevocations;
+use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +59,8 @@ pub enum StartError {
     Secret(String),
     #[error("HTTP client: {0}")]
     HttpClient(String),
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -83,6 +86,7 @@ pub struct AppState {
     pub routes: ArcSwap<RouteTable>,
     pub proxy: Proxy,
     pub photos: TtlCache<Option<Arc<Photo>>>,
+    pub redis: Option<Arc<RedisStore>>,
     shutting_down: AtomicBool,
 }
 
@@ -92,7 +96,14 @@ impl AppState {
         let metrics = Metrics::new();
         let http = outbound_client(&config)?;
         let issuer = Arc::new(Issuer::new(&config.issuer, KeyRing::load(&config.issuer.signing_keys)?));
-        let jwks = JwksCache::new(http.clone(), &config.entra.authority_host, config.cache.jwks_ttl, metrics.clone());
+        let redis = RedisStore::connect(&config.cache, metrics.clone()).map_err(StartError::Redis)?;
+        let jwks = JwksCache::new(
+            http.clone(),
+            &config.entra.authority_host,
+            config.cache.jwks_ttl,
+            metrics.clone(),
+            redis.clone(),
+        );
         let entra = EntraValidator::new(&config.entra, jwks);
         let graph = match config.entra.graph_mode {
             GraphMode::Claims => None,
@@ -102,7 +113,14 @@ impl AppState {
             }
         };
         let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config)));
-        let directory = Directory::new(Arc::new(MemoryUserStore::default()));
+        let (users, revocations): (Arc<dyn UserStore>, Arc<dyn RevocationStore>) = match &redis {
+            Some(r) => (
+                Arc::new(RedisUserStore::new(r.clone())),
+                Arc::new(RedisRevocations::new(r.clone(), config.cache.revocation_requires_redis)),
+            ),
+            None => (Arc::new(MemoryUserStore::default()), Arc::new(MemoryRevocations::default())),
+        };
+        let directory = Directory::new(users);
         let exchange = ExchangeService::new(ExchangeParts {
             entra,
             graph: graph.clone(),
@@ -112,12 +130,10 @@ impl AppState {
             issuer: issuer.clone(),
             cache: config.cache.clone(),
             metrics: metrics.clone(),
+            redis: redis.clone(),
         });
-        let access = Access::new(
-            issuer.clone(),
-            Arc::new(MemoryRevocations::default()),
-            IdentityHeaders::new(&config.proxy.identity_header_prefix),
-        );
+        let access =
+            Access::new(issuer.clone(), revocations, IdentityHeaders::new(&config.proxy.identity_header_prefix));
         let tls = client_tls(&[]).map_err(StartError::HttpClient)?;
         let proto = if config.server.tls.is_some() { "https" } else { "http" };
         let proxy = Proxy::new(upstream_client(tls), config.proxy.forward_token, proto);
@@ -133,17 +149,36 @@ impl AppState {
             policy,
             access,
             proxy,
+            redis,
             shutting_down: AtomicBool::new(false),
         }))
     }
 
-    /// Signing keys loaded (always, once built), each tenant's JWKS present, not shutting down.
-    pub fn readiness_checks(&self) -> Vec<Check> {
+    /// Signing keys loaded (always, once built), each tenant's JWKS present, Redis answering (or
+    /// degraded but safe), not shutting down.
+    pub async fn readiness_checks(&self) -> Vec<Check> {
         let mut checks = vec![Check { name: "signing_keys".into(), ok: true, detail: "loaded".into() }];
         for tid in self.exchange.entra().tenants() {
             let ok = self.exchange.entra().jwks().has_keys(tid);
             let detail = if ok { "fetched" } else { "not fetched yet" };
             checks.push(Check { name: format!("jwks:{tid}"), ok, detail: detail.into() });
+        }
+        if let Some(redis) = &self.redis {
+            checks.push(match redis.ping().await {
+                Ok(()) => Check { name: "redis".into(), ok: true, detail: "reachable".into() },
+                // Without Redis the gateway still decides safely from its in-process state,
+                // unless revocations must be checked in Redis.
+                Err(e) if self.config.cache.revocation_requires_redis => Check {
+                    name: "redis".into(),
+                    ok: false,
+                    detail: format!("unreachable ({e}); revocations cannot be checked"),
+                },
+                Err(e) => Check {
+                    name: "redis".into(),
+                    ok: true,
+                    detail: format!("degraded: unreachable ({e}); serving from in-process caches"),
+                },
+            });
         }
         let stopping = self.shutting_down.load(Ordering::SeqCst);
         checks.push(Check {

@@ -3,7 +3,9 @@
 //! Owns: `{authority_host}/{tenant}/discovery/v2.0/keys`, the in-memory key snapshot per tenant
 //! (`jwks_ttl`), collapsing concurrent fetches of one tenant into one request, the refetch on an
 //! unknown `kid` (at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`] per tenant), and serving
-//! stale keys while a refresh fails. Must not: validate tokens (see `entra`), fetch keys for a
+//! stale keys while a refresh fails. With Redis, a tenant's JWKS document is shared: a replica
+//! reads it there before asking Entra, and an unknown `kid` that another replica already
+//! fetched is found there. Must not: validate tokens (see `entra`), fetch keys for a
 //! tenant that is not configured (the caller checks `tid` first), or fetch from a URL taken
 //! from a token.
 
@@ -14,7 +16,10 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use jsonwebtoken::DecodingKey;
+use serde::{Deserialize, Serialize};
 
+use crate::cache::redis::RedisStore;
+use crate::issuer::unix_now;
 use crate::metrics::Metrics;
 
 /// How often an unknown `kid` may trigger a refetch, per tenant.
@@ -79,12 +84,20 @@ struct TenantKeys {
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, JwksError>>>;
 
+/// A JWKS document as shared in Redis.
+#[derive(Serialize, Deserialize)]
+struct StoredJwks {
+    fetched_at: u64,
+    body: String,
+}
+
 /// The JWKS cache of every configured tenant.
 pub struct JwksCache {
     http: reqwest::Client,
     authority: String,
     ttl: Duration,
     metrics: Metrics,
+    redis: Option<Arc<RedisStore>>,
     // std locks: each critical section is a map look-up or insert, never held across an await.
     tenants: RwLock<HashMap<String, TenantKeys>>,
     last_forced: Mutex<HashMap<String, Instant>>,
@@ -92,12 +105,19 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(http: reqwest::Client, authority_host: &str, ttl: Duration, metrics: Metrics) -> JwksCache {
+    pub fn new(
+        http: reqwest::Client,
+        authority_host: &str,
+        ttl: Duration,
+        metrics: Metrics,
+        redis: Option<Arc<RedisStore>>,
+    ) -> JwksCache {
         JwksCache {
             http,
             authority: authority_host.trim_end_matches('/').to_string(),
             ttl,
             metrics,
+            redis,
             tenants: RwLock::default(),
             last_forced: Mutex::default(),
             inflight: Mutex::default(),
@@ -114,7 +134,7 @@ impl JwksCache {
             return Err(JwksError::UnknownKid);
         }
         tracing::info!(tid, "unknown kid: refetching the tenant's signing keys");
-        let set = self.refresh(tid).await?;
+        let set = self.refresh(tid, Some(kid)).await?;
         set.get(kid).cloned().ok_or(JwksError::UnknownKid)
     }
 
@@ -133,14 +153,14 @@ impl JwksCache {
         let cached = self.tenants.read().ok().and_then(|t| t.get(tid).cloned());
         match cached {
             Some(t) if t.fetched_at.elapsed() < self.ttl => Ok(t.set),
-            Some(stale) => match self.refresh(tid).await {
+            Some(stale) => match self.refresh(tid, None).await {
                 Ok(set) => Ok(set),
                 Err(e) => {
                     tracing::warn!(tid, error = %e, "JWKS refresh failed; serving the previous keys");
                     Ok(stale.set)
                 }
             },
-            None => self.refresh(tid).await,
+            None => self.refresh(tid, None).await,
         }
     }
 
@@ -159,13 +179,23 @@ impl JwksCache {
         }
     }
 
-    /// Fetches `tid`'s keys; concurrent callers share one request.
-    async fn refresh(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
+    /// Fetches `tid`'s keys (from Redis when it has them fresh, or with `want_kid`; else from
+    /// Entra); concurrent callers share one request.
+    async fn refresh(&self, tid: &str, want_kid: Option<&str>) -> Result<Arc<KeySet>, JwksError> {
         let flight = {
             let mut inflight = self.inflight.lock().map_err(|_| JwksError::Unavailable("lock".into()))?;
             inflight
                 .entry(tid.to_string())
-                .or_insert_with(|| fetch(self.http.clone(), self.url(tid), self.metrics.clone()).boxed().shared())
+                .or_insert_with(|| {
+                    let source = Source {
+                        http: self.http.clone(),
+                        url: self.url(tid),
+                        metrics: self.metrics.clone(),
+                        redis: self.redis.clone().map(|r| (r.key(&format!("jwks:{tid}")), r)),
+                        ttl: self.ttl,
+                    };
+                    source.fetch(want_kid.map(str::to_string)).boxed().shared()
+                })
                 .clone()
         };
         let result = flight.clone().await;
@@ -192,23 +222,54 @@ impl JwksCache {
     }
 }
 
-async fn fetch(http: reqwest::Client, url: String, metrics: Metrics) -> Result<Arc<KeySet>, JwksError> {
-    let result = fetch_once(&http, &url).await;
-    let label = if result.is_ok() { "success" } else { "error" };
-    metrics.jwks_refresh_total.with_label_values(&[label]).inc();
-    if let Err(e) = &result {
-        tracing::warn!(url, error = %e, "JWKS fetch failed");
-    }
-    result.map(Arc::new).map_err(JwksError::Unavailable)
+/// Where a tenant's keys come from.
+struct Source {
+    http: reqwest::Client,
+    url: String,
+    metrics: Metrics,
+    redis: Option<(String, Arc<RedisStore>)>,
+    ttl: Duration,
 }
 
-async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<KeySet, String> {
+impl Source {
+    async fn fetch(self, want_kid: Option<String>) -> Result<Arc<KeySet>, JwksError> {
+        if let Some(set) = self.shared_copy(want_kid.as_deref()).await {
+            return Ok(Arc::new(set));
+        }
+        let result = fetch_once(&self.http, &self.url).await;
+        let label = if result.is_ok() { "success" } else { "error" };
+        self.metrics.jwks_refresh_total.with_label_values(&[label]).inc();
+        let (set, body) = result.map_err(|e| {
+            tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed");
+            JwksError::Unavailable(e)
+        })?;
+        if let Some((key, redis)) = &self.redis {
+            let stored = StoredJwks { fetched_at: unix_now(), body };
+            let _ = redis.set_json("jwks", key, &stored, Some(self.ttl)).await;
+        }
+        Ok(Arc::new(set))
+    }
+
+    /// Keys another replica stored: fresh ones, or (for an unknown kid) ones that have it.
+    async fn shared_copy(&self, want_kid: Option<&str>) -> Option<KeySet> {
+        let (key, redis) = self.redis.as_ref()?;
+        let stored: StoredJwks = redis.get_json("jwks", key).await.ok()??;
+        let set = KeySet::parse(stored.body.as_bytes()).ok()?;
+        let usable = match want_kid {
+            Some(kid) => set.get(kid).is_some(),
+            None => unix_now().saturating_sub(stored.fetched_at) < self.ttl.as_secs(),
+        };
+        usable.then_some(set)
+    }
+}
+
+async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<(KeySet, String), String> {
     let resp = http.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }
-    let body = resp.bytes().await.map_err(|e| format!("body: {e}"))?;
-    KeySet::parse(&body)
+    let body = resp.text().await.map_err(|e| format!("body: {e}"))?;
+    Ok((KeySet::parse(body.as_bytes())?, body))
 }
 
 #[cfg(test)]

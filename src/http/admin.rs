@@ -22,7 +22,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
             r
         }
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => readyz(&state),
+        "/readyz" => readyz(&state).await,
         _ => json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "not_found", "error_description": "admin paths: /metrics, /healthz, /readyz"}),
@@ -30,12 +30,15 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
     }
 }
 
-fn readyz(state: &AppState) -> Response<Body> {
-    let checks = state.readiness_checks();
+async fn readyz(state: &AppState) -> Response<Body> {
+    let checks = state.readiness_checks().await;
     let ready = checks.iter().all(|c| c.ok);
     let failing: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name.as_str()).collect();
+    let degraded: Vec<&str> =
+        checks.iter().filter(|c| c.detail.starts_with("degraded")).map(|c| c.name.as_str()).collect();
     let body = serde_json::json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": if !ready { "not_ready" } else if degraded.is_empty() { "ready" } else { "degraded" },
+        "degraded": degraded,
         "failing": failing,
         "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
     });

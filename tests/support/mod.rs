@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

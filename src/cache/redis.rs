@@ -1,0 +1,273 @@
+//! The Redis connection shared by the replicas: single node or Redis Cluster, TLS, timeouts.
+//!
+//! Owns: connecting (lazily, so the gateway starts and serves while Redis is down), reconnects
+//! (the connection manager re-dials after a failure; the cluster connection is re-created),
+//! the timeout of every command, the health flag and latency histogram, key namespacing under
+//! `cache.key_prefix`, and the versioned value envelope (a value this version cannot read is a
+//! miss, never a crash). Must not: decide what is cached or what a failure means; callers fall
+//! back to their in-process state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::HistogramVec;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::CacheConfig;
+use crate::directory::StoreError;
+use crate::metrics::Metrics;
+
+/// Version of the value envelope `{"v": 1, "d": ...}`.
+const FORMAT_VERSION: u64 = 1;
+
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(Box<Cluster>),
+}
+
+struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::Mutex<Option<ClusterConnection>>,
+}
+
+/// A handle on Redis.
+pub struct RedisStore {
+    conn: Conn,
+    prefix: String,
+    timeout: Duration,
+    healthy: AtomicBool,
+    latency: HistogramVec,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.prefix).finish()
+    }
+}
+
+fn tls_certs(cfg: &CacheConfig) -> Result<Option<redis::TlsCertificates>, String> {
+    let Some(path) = &cfg.redis_ca_file else { return Ok(None) };
+    let pem = std::fs::read(path).map_err(|e| format!("cache.redis_ca_file {}: {e}", path.display()))?;
+    Ok(Some(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) }))
+}
+
+impl RedisStore {
+    /// Prepares the connection without dialing; `None` when no Redis is configured.
+    pub fn connect(cfg: &CacheConfig, metrics: Metrics) -> Result<Option<Arc<RedisStore>>, String> {
+        let certs = tls_certs(cfg)?;
+        let conn = if let Some(url) = &cfg.redis_url {
+            let client = match certs {
+                Some(c) => redis::Client::build_with_tls(url.expose(), c),
+                None => redis::Client::open(url.expose()),
+            }
+            .map_err(|e| format!("cache.redis_url: {e}"))?;
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(cfg.redis_timeout))
+                .set_connection_timeout(Some(cfg.redis_timeout.max(Duration::from_secs(1))))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let manager = client.get_connection_manager_lazy(config).map_err(|e| format!("cache.redis_url: {e}"))?;
+            Conn::Single(manager)
+        } else if !cfg.cluster_urls.is_empty() {
+            let mut b =
+                redis::cluster::ClusterClientBuilder::new(cfg.cluster_urls.iter().map(|u| u.expose().to_string()))
+                    .connection_timeout(cfg.redis_timeout.max(Duration::from_secs(1)))
+                    .response_timeout(cfg.redis_timeout)
+                    .retries(1);
+            if let Some(c) = certs {
+                b = b.certs(c);
+            }
+            let client = b.build().map_err(|e| format!("cache.cluster_urls: {e}"))?;
+            Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) }))
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(RedisStore {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.redis_timeout,
+            healthy: AtomicBool::new(true),
+            latency: metrics.redis_latency.clone(),
+            metrics,
+        })))
+    }
+
+    /// `{prefix}{name}`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Whether the last command worked.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Runs one command with the timeout; records latency and health.
+    async fn run<T: redis::FromRedisValue>(&self, name: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.query(cmd)).await;
+        self.latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StoreError(format!("redis {name}: {:?}", e.kind()))),
+            Err(_) => Err(StoreError(format!("redis {name}: timed out"))),
+        };
+        let ok = result.is_ok();
+        if self.healthy.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                tracing::info!("redis is reachable again");
+            } else if let Err(e) = &result {
+                tracing::warn!(error = %e, "redis unavailable; serving from in-process state");
+            }
+        }
+        result
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match &self.conn {
+            Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
+            Conn::Cluster(cluster) => {
+                let Cluster { client, conn } = cluster.as_ref();
+                // tokio Mutex: held across the connect await so that one task dials for all.
+                let mut guard = conn.lock().await;
+                if guard.is_none() {
+                    *guard = Some(client.get_async_connection().await?);
+                }
+                let mut c = guard
+                    .as_ref()
+                    .map(Clone::clone)
+                    .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
+                drop(guard);
+                let r = cmd.query_async(&mut c).await;
+                if r.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
+                    *conn.lock().await = None;
+                }
+                r
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run::<String>("ping", &redis::cmd("PING")).await.map(|_| ())
+    }
+
+    /// Raw bytes under `key` (already prefixed).
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run("get", redis::cmd("GET").arg(key)).await
+    }
+
+    /// `SET key value [PX ttl]`.
+    pub async fn set_raw(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+        }
+        self.run::<()>("set", &cmd).await
+    }
+
+    /// `SET key value NX PX ttl`: true when this call created the key (a lock).
+    pub async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("NX").arg("PX").arg(ttl.as_millis().max(1) as u64);
+        self.run::<Option<String>>("set_nx", &cmd).await.map(|r| r.is_some())
+    }
+
+    /// Deletes `key` only while it still holds `value` (releasing our own lock, not a successor's).
+    pub async fn del_if(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        const SCRIPT: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT).arg(1).arg(key).arg(value);
+        self.run::<i64>("del_if", &cmd).await.map(|_| ())
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.run::<i64>("exists", redis::cmd("EXISTS").arg(key)).await.map(|n| n > 0)
+    }
+
+    /// A typed value; a garbage or foreign-version value is a miss (counted as an error).
+    pub async fn get_json<T: DeserializeOwned>(&self, cache: &'static str, key: &str) -> Result<Option<T>, StoreError> {
+        let label = redis_label(cache);
+        let raw = match self.get_raw(key).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.cache(label, "error");
+                return Err(e);
+            }
+        };
+        let Some(raw) = raw else {
+            self.metrics.cache(label, "miss");
+            return Ok(None);
+        };
+        match decode(&raw) {
+            Some(v) => {
+                self.metrics.cache(label, "hit");
+                Ok(Some(v))
+            }
+            None => {
+                tracing::warn!(key, "unreadable value in redis (other version or garbage); treated as a miss");
+                self.metrics.cache(label, "error");
+                Ok(None)
+            }
+        }
+    }
+
+    pub async fn set_json<T: Serialize>(
+        &self,
+        cache: &'static str,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let r = self.set_raw(key, &encode(value), ttl).await;
+        if r.is_err() {
+            self.metrics.cache(redis_label(cache), "error");
+        }
+        r
+    }
+}
+
+/// The `cache` label of the Redis tier of a cache.
+pub fn redis_label(cache: &'static str) -> &'static str {
+    match cache {
+        "groups" => "redis_groups",
+        "profile" => "redis_profile",
+        "jwks" => "redis_jwks",
+        "users" => "redis_users",
+        "revocations" => "redis_revocations",
+        "locks" => "redis_locks",
+        _ => "redis_other",
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "v": FORMAT_VERSION, "d": value })).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(raw: &[u8]) -> Option<T> {
+    let v: serde_json::Value = serde_json::from_slice(raw).ok()?;
+    if v.get("v")?.as_u64()? != FORMAT_VERSION {
+        return None;
+    }
+    serde_json::from_value(v.get("d")?.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_and_foreign_or_garbage_values_are_misses() {
+        let raw = encode(&vec!["a".to_string()]);
+        assert_eq!(decode::<Vec<String>>(&raw), Some(vec!["a".to_string()]));
+        assert_eq!(decode::<Vec<String>>(br#"{"v": 2, "d": ["a"]}"#), None);
+        assert_eq!(decode::<Vec<String>>(b"\x00\xffgarbage"), None);
+        assert_eq!(decode::<Vec<String>>(br#"{"v": 1, "d": 5}"#), None);
+    }
+}

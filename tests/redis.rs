@@ -1,0 +1,207 @@
+//! Shared state in Redis: several gateway replicas against one real `redis-server`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use entra_gateway::config::SigningAlgorithm;
+use entra_gateway::mock::MockEntra;
+use serde_json::Value;
+use support::redis::RedisServer;
+use support::*;
+
+/// Replicas of one deployment share Redis and the signing key (one key per test process).
+async fn replica(mock: &MockEntra, redis: &RedisServer) -> Gateway {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let pem = KEY.get_or_init(|| entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap());
+    GatewayBuilder::new(mock)
+        .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
+        .set("CACHE__REDIS_URL", redis.url())
+        .start()
+        .await
+}
+
+/// Signs `user` in (group overage, so Graph is needed) and returns the gateway token.
+async fn login(gw: &Gateway, mock: &MockEntra, user: &str) -> String {
+    let (status, _, body) = exchange(gw, &overage_token_for(mock, user)).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+async fn keys(redis: &RedisServer, pattern: &str) -> Vec<String> {
+    let mut c = redis.connection().await;
+    let mut keys: Vec<String> = ::redis::cmd("KEYS").arg(pattern).query_async(&mut c).await.unwrap();
+    keys.sort();
+    keys
+}
+
+async fn readyz(gw: &Gateway) -> (u16, Value) {
+    let r = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn redis_check(ready: &Value) -> Value {
+    ready["checks"].as_array().unwrap().iter().find(|c| c["name"] == "redis").cloned().expect("redis check")
+}
+
+#[tokio::test]
+async fn two_replicas_share_group_answers_and_a_logout_on_one_is_honoured_by_the_other() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let a = replica(&mock, &redis).await;
+    let b = replica(&mock, &redis).await;
+    let token_a = login(&a, &mock, "bob").await;
+    let token_b = login(&b, &mock, "bob").await;
+    assert_eq!(mock.state().group_calls(), 1, "B reused A's group answer from Redis");
+    assert_eq!(mock.state().calls("profile"), 1, "and its profile");
+    assert_eq!(keys(&redis, "entra-gateway:groups:*").await.len(), 1);
+
+    // Logout on A: the token is refused on B, by /auth/verify and /auth/me alike.
+    assert_eq!(client().get(b.url("/auth/verify")).bearer_auth(&token_a).send().await.unwrap().status(), 200);
+    assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&token_a).send().await.unwrap().status(), 204);
+    assert_eq!(client().get(b.url("/auth/verify")).bearer_auth(&token_a).send().await.unwrap().status(), 401);
+    assert_eq!(client().get(b.url("/auth/me")).bearer_auth(&token_a).send().await.unwrap().status(), 401);
+    // Bob's other session is untouched.
+    assert_eq!(client().get(a.url("/auth/verify")).bearer_auth(&token_b).send().await.unwrap().status(), 200);
+    let revoked = keys(&redis, "entra-gateway:revoked:*").await;
+    assert_eq!(revoked.len(), 1);
+    let mut c = redis.connection().await;
+    let ttl: i64 = ::redis::cmd("TTL").arg(&revoked[0]).query_async(&mut c).await.unwrap();
+    assert!((800..=901).contains(&ttl), "revocation lives as long as the token: {ttl}");
+}
+
+#[tokio::test]
+async fn jwks_is_fetched_once_for_two_replicas_and_a_rotation_seen_by_one_serves_the_other() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let a = replica(&mock, &redis).await;
+    assert_eq!(exchange(&a, &token_for(&mock, "alice")).await.0, 200);
+    let b = replica(&mock, &redis).await;
+    assert_eq!(exchange(&b, &token_for(&mock, "alice")).await.0, 200);
+    assert_eq!(mock.state().calls("jwks"), 1, "B took the tenant's keys from Redis");
+
+    mock.state().rotate_signing_key();
+    assert_eq!(exchange(&a, &token_for(&mock, "alice")).await.0, 200);
+    assert_eq!(mock.state().calls("jwks"), 2, "A refetched on the unknown kid");
+    assert_eq!(exchange(&b, &token_for(&mock, "alice")).await.0, 200);
+    assert_eq!(mock.state().calls("jwks"), 2, "B found the rotated key in Redis");
+    assert_eq!(readyz(&b).await.0, 200);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_exchanges_of_one_new_user_across_two_replicas_make_one_graph_call() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let a = Arc::new(replica(&mock, &redis).await);
+    let b = Arc::new(replica(&mock, &redis).await);
+    mock.state().set_graph_delay(Duration::from_millis(200));
+    let token = overage_token_for(&mock, "dave");
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let gw = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move { exchange(&gw, &token).await.0 }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(mock.state().group_calls(), 1);
+    assert_eq!(mock.state().calls("profile"), 1);
+}
+
+#[tokio::test]
+async fn the_user_record_survives_a_restart_of_every_replica() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let tid = mock.settings().tenant_id.clone();
+    let a = replica(&mock, &redis).await;
+    login(&a, &mock, "bob").await;
+    let first = a.state.directory.find(&tid, BOB).await.unwrap().unwrap();
+    a.stop().await;
+
+    let c = replica(&mock, &redis).await;
+    let token = login(&c, &mock, "bob").await;
+    let me: Value = client().get(c.url("/auth/me")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["id"], first.id.as_str());
+    assert_eq!(me["created_at"], first.created_at.as_str(), "not re-created");
+    assert_eq!(keys(&redis, "entra-gateway:user:*").await, vec![format!("entra-gateway:user:{tid}:{BOB}")]);
+}
+
+#[tokio::test]
+async fn garbage_under_a_gateway_key_is_a_miss_not_a_crash() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let tid = mock.settings().tenant_id.clone();
+    let mut c = redis.connection().await;
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("entra-gateway:user:{tid}:{BOB}"))
+        .arg("\u{0}not json")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("entra-gateway:jwks:{tid}"))
+        .arg(r#"{"v":99,"d":"future format"}"#)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let gw = replica(&mock, &redis).await;
+    let token = login(&gw, &mock, "bob").await;
+    // Plant garbage where the group answer lives, after it was written: a fresh replica still works.
+    for key in keys(&redis, "entra-gateway:groups:*").await {
+        let _: () = ::redis::cmd("SET").arg(&key).arg("[[[").query_async(&mut c).await.unwrap();
+    }
+    let other = replica(&mock, &redis).await;
+    assert_eq!(exchange(&other, &overage_token_for(&mock, "bob")).await.0, 200);
+    assert_eq!(client().get(gw.url("/auth/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("entra_gateway_cache_requests_total{cache=\"redis_users\",result=\"error\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_redis_killed_exchanges_still_work_and_when_it_returns_the_gateway_writes_again() {
+    let mock = mock().await;
+    let mut redis = RedisServer::start().await;
+    let gw = replica(&mock, &redis).await;
+    login(&gw, &mock, "alice").await;
+    assert_eq!(readyz(&gw).await.1["status"], "ready");
+
+    redis.kill();
+    let token = login(&gw, &mock, "bob").await;
+    login(&gw, &mock, "dave").await;
+    assert_eq!(client().get(gw.url("/auth/verify")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    // A logout during the outage is still honoured by this replica.
+    assert_eq!(client().post(gw.url("/auth/logout")).bearer_auth(&token).send().await.unwrap().status(), 204);
+    assert_eq!(client().get(gw.url("/auth/verify")).bearer_auth(&token).send().await.unwrap().status(), 401);
+    let (status, ready) = readyz(&gw).await;
+    assert_eq!(status, 200, "degraded but safe: {ready}");
+    assert_eq!(ready["status"], "degraded");
+    assert!(redis_check(&ready)["detail"].as_str().unwrap().starts_with("degraded"), "{ready}");
+    let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("cache=\"redis_groups\",result=\"error\""), "{metrics}");
+    assert!(metrics.contains("entra_gateway_redis_command_duration_seconds_bucket"), "{metrics}");
+
+    redis.restart().await;
+    // The connection manager re-dials after a failure; readiness reports when it has.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis_check(&readyz(&gw).await.1)["detail"] != "reachable" {
+        assert!(Instant::now() < deadline, "the gateway did not reconnect to redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    const ERIN: &str = "e4140000-0000-4000-8000-000000000005";
+    mock.state().add_user(entra_gateway::mock::MockUser {
+        login: "erin".into(),
+        oid: ERIN.into(),
+        display_name: Some("Erin Example".into()),
+        groups: vec![ALLOWED.into()],
+        ..Default::default()
+    });
+    login(&gw, &mock, "erin").await;
+    let tid = mock.settings().tenant_id.clone();
+    assert_eq!(keys(&redis, &format!("entra-gateway:user:{tid}:{ERIN}")).await.len(), 1, "writes resumed");
+    assert_eq!(keys(&redis, &format!("entra-gateway:groups:{tid}:{ERIN}:*")).await.len(), 1);
+}
