@@ -129,7 +129,7 @@ async fn serve(path: PathBuf) -> Result<(), String> {
     let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (public, admin) = (addr(&listeners.public), addr(&listeners.admin));
     tracing::info!(public = %public, admin = %admin, version = env!("CARGO_PKG_VERSION"), "entra-gateway listening");
-    crate::server::run(config, listeners, shutdown_signal()).await.map_err(|e| e.to_string())
+    crate::server::run(config, listeners, shutdown_signal(), Some(path)).await.map_err(|e| e.to_string())
 }
 
 fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {

@@ -126,14 +126,66 @@ pub struct ServerConfig {
     /// Largest request body `/auth/exchange` reads. Defaults to 64 KiB.
     #[serde(default = "default_max_exchange_body")]
     pub max_exchange_body_bytes: usize,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding the client IP
+    /// (rate limits). Defaults to none: the socket peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Token buckets on `/auth/exchange`. Defaults to the values of [`RateLimitConfig`].
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the public listener (with `key_file`: serve HTTPS; both are
+    /// re-read when they change). Defaults to none.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the public listener. Defaults to none.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle trusted, besides the system roots, for outbound calls (Entra, Graph,
+    /// upstreams). Defaults to none.
+    #[serde(default)]
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The listener's certificate and key, when HTTPS is configured.
+    pub fn listener(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+}
+
+/// A token bucket: `per_minute` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BucketConfig {
+    pub per_minute: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
+pub struct RateLimitConfig {
+    /// Exchanges per client IP; `null` disables. Defaults to 300/min, burst 60 (offices share
+    /// one address behind NAT).
+    #[serde(default = "default_per_ip")]
+    pub exchange_per_ip: Option<BucketConfig>,
+    /// Exchanges per user (tid, oid); `null` disables. Defaults to 30/min, burst 10.
+    #[serde(default = "default_per_user")]
+    pub exchange_per_user: Option<BucketConfig>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { exchange_per_ip: default_per_ip(), exchange_per_user: default_per_user() }
+    }
+}
+
+fn default_per_ip() -> Option<BucketConfig> {
+    Some(BucketConfig { per_minute: 300, burst: 60 })
+}
+fn default_per_user() -> Option<BucketConfig> {
+    Some(BucketConfig { per_minute: 30, burst: 10 })
 }
 
 /// How group membership and profiles are read when the token does not carry the groups.
@@ -458,6 +510,8 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_grace: default_shutdown_grace(),
             max_exchange_body_bytes: default_max_exchange_body(),
+            trusted_proxies: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
         }
     }
 }
@@ -614,7 +668,7 @@ impl Config {
     /// Every semantic problem, each with its key path.
     pub fn validate(&self, files: FileChecks) -> Vec<Problem> {
         let mut v = Validator::default();
-        self.validate_server(&mut v);
+        self.validate_server(&mut v, files);
         self.validate_entra(&mut v, files);
         self.validate_authorization(&mut v);
         self.validate_issuer(&mut v, files);
@@ -623,11 +677,38 @@ impl Config {
         v.problems
     }
 
-    fn validate_server(&self, v: &mut Validator) {
-        v.socket_addr("server.listen", &self.server.listen);
-        v.socket_addr("server.admin_listen", &self.server.admin_listen);
-        if self.server.max_exchange_body_bytes < 4096 {
+    fn validate_server(&self, v: &mut Validator, files: FileChecks) {
+        let s = &self.server;
+        v.socket_addr("server.listen", &s.listen);
+        v.socket_addr("server.admin_listen", &s.admin_listen);
+        if s.max_exchange_body_bytes < 4096 {
             v.push("server.max_exchange_body_bytes", "must be at least 4096");
+        }
+        if let Some(tls) = &s.tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                v.push("server.tls", "cert_file and key_file go together");
+            }
+            if files == FileChecks::Read {
+                for (path, file) in [
+                    ("server.tls.cert_file", &tls.cert_file),
+                    ("server.tls.key_file", &tls.key_file),
+                    ("server.tls.extra_ca_file", &tls.extra_ca_file),
+                ] {
+                    if let Some(f) = file {
+                        v.readable_nonempty(path, f);
+                    }
+                }
+            }
+        }
+        for (name, b) in [
+            ("server.rate_limit.exchange_per_ip", s.rate_limit.exchange_per_ip),
+            ("server.rate_limit.exchange_per_user", s.rate_limit.exchange_per_user),
+        ] {
+            if let Some(b) = b
+                && (b.per_minute == 0 || b.burst == 0)
+            {
+                v.push(name, "per_minute and burst must be at least 1 (use null to disable)");
+            }
         }
     }
 
@@ -885,6 +966,9 @@ fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Vec<Problem>)
 
 fn parse_env_value(raw: &str) -> Value {
     let t = raw.trim();
+    if t == "null" || t == "~" {
+        return Value::Null;
+    }
     if (t.starts_with('[') || t.starts_with('{') || t == "true" || t == "false")
         && let Ok(v) = serde_saphyr::from_str::<Value>(t)
     {
@@ -993,6 +1077,7 @@ mod tests {
             ("ENTRA_GATEWAY__ENTRA__ACCEPTED_TOKEN_VERSIONS".to_string(), "[2]".to_string()),
             ("ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT".to_string(), "5s".to_string()),
             ("ENTRA_GATEWAY__PROXY__FORWARD_TOKEN".to_string(), "false".to_string()),
+            ("ENTRA_GATEWAY__SERVER__RATE_LIMIT__EXCHANGE_PER_USER".to_string(), "null".to_string()),
             ("ENTRA_GATEWAY_CONFIG".to_string(), "/ignored".to_string()),
         ];
         let c = Config::from_yaml(&yaml, &env, FileChecks::Skip).unwrap();
@@ -1000,6 +1085,7 @@ mod tests {
         assert_eq!(c.entra.accepted_token_versions, vec![2]);
         assert_eq!(c.proxy.routes[0].timeout, Duration::from_secs(5));
         assert!(!c.proxy.forward_token);
+        assert_eq!(c.server.rate_limit.exchange_per_user, None);
     }
 
     #[test]

@@ -40,9 +40,10 @@ pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>)
     let config = demo_config(&mock, echo, gw, admin_addr, &files)?;
     let state = AppState::build(config).map_err(|e| e.to_string())?;
     let (gw_stop_tx, mut gw_stop_rx) = watch::channel(false);
-    let server = tokio::spawn(crate::server::run_with_state(state, Listeners { public, admin }, async move {
+    let stop = async move {
         let _ = gw_stop_rx.wait_for(|s| *s).await;
-    }));
+    };
+    let server = tokio::spawn(crate::server::run_with_state(state, Listeners { public, admin }, stop, None));
     self_check(&mock, gw).await;
     print_instructions(&mock, gw, admin_addr);
     shutdown.await;
@@ -203,7 +204,7 @@ curl -s http://{admin}/metrics | grep '^entra_gateway_exchange_total'
 pub async fn start_echo(stop: watch::Receiver<bool>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(crate::server::serve(listener, stop, Duration::from_secs(1), |req, _| echo(req)));
+    tokio::spawn(crate::server::serve(listener, None, stop, Duration::from_secs(1), |req, _| echo(req)));
     Ok(addr)
 }
 

@@ -116,7 +116,18 @@ impl ExchangeService {
 
     /// Runs the whole exchange for an Entra access token.
     pub async fn exchange(&self, token: &str) -> Result<Exchanged, ExchangeError> {
-        let id = self.entra.validate(token).await?;
+        let id = self.validate(token).await?;
+        self.complete(&id, token).await
+    }
+
+    /// Step 1: validate the Entra token (no Graph call yet).
+    pub async fn validate(&self, token: &str) -> Result<EntraIdentity, ExchangeError> {
+        Ok(self.entra.validate(token).await?)
+    }
+
+    /// Steps 2-5 for a validated token: groups, policy, profile, user record, internal token.
+    pub async fn complete(&self, id: &EntraIdentity, token: &str) -> Result<Exchanged, ExchangeError> {
+        let id = id.clone();
         let policy = self.policy.load_full();
         let session = self.session(token);
         let member_of = self.membership(&id, &policy, session.as_ref()).await?;

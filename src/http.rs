@@ -118,7 +118,9 @@ impl Rejection {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
         if let Some(after) = retry_after {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+            // Whole seconds, rounded up: a client that waits this long is let in.
+            let secs = after.as_millis().div_ceil(1000).max(1) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -196,28 +198,105 @@ impl From<ProxyError> for Rejection {
     }
 }
 
-/// Entry point of the public listener.
-pub async fn public(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    match route_public(&state, req, peer).await {
-        Ok(resp) => resp,
-        Err(rejection) => rejection.into_response(),
+/// What the access log line says about a request beyond method, status and duration; filled in
+/// by the handlers as they learn it.
+#[derive(Debug, Default)]
+pub struct AccessInfo {
+    /// The endpoint, or the proxy route's label (bounded: names from code or config).
+    pub endpoint: std::borrow::Cow<'static, str>,
+    /// `host:port` of the upstream, for proxied requests.
+    pub upstream: Option<String>,
+    /// The caller's internal user id, once known.
+    pub user_id: Option<String>,
+}
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The caller's `X-Request-Id` when it is sane (1..=128 visible characters), else a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let sane = |v: &&HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
+    };
+    match headers.get(&X_REQUEST_ID).filter(sane) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("-")),
     }
 }
 
-async fn route_public(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Rejection> {
-    match req.uri().path() {
-        "/auth/exchange" => exchange::handle(state, req).await,
-        "/auth/logout" => session::logout(state, req).await,
-        "/auth/me" => session::me(state, req).await,
-        "/auth/me/photo" => session::photo(state, req).await,
-        p if p == "/auth/verify" || p.starts_with("/auth/verify/") => verify::handle(state, req).await,
-        "/.well-known/jwks.json" => wellknown::jwks(state, &req),
-        "/.well-known/openid-configuration" => wellknown::discovery(state, &req),
-        p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => {
-            Err(Rejection::NotFound("no such gateway endpoint"))
-        }
-        _ => forward::handle(state, req, peer).await,
+/// Entry point of the public listener: request id, routing, and one access log line.
+pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let id = request_id(req.headers());
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    let method = req.method().clone();
+    let mut info = AccessInfo::default();
+    let mut resp = match route_public(&state, req, peer, &mut info).await {
+        Ok(resp) => resp,
+        Err(rejection) => rejection.into_response(),
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    let status = resp.status().as_u16();
+    state
+        .metrics
+        .http_requests_total
+        .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
+        .inc();
+    tracing::info!(
+        target: "access",
+        method = %method,
+        route = %info.endpoint,
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        upstream = info.upstream.as_deref().unwrap_or("-"),
+        user_id = info.user_id.as_deref().unwrap_or("-"),
+        request_id = id.to_str().unwrap_or("-"),
+        "request"
+    );
+    resp
+}
+
+async fn route_public(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
+    let (endpoint, handler) = match req.uri().path() {
+        "/auth/exchange" => ("exchange", Endpoint::Exchange),
+        "/auth/logout" => ("logout", Endpoint::Logout),
+        "/auth/me" => ("me", Endpoint::Me),
+        "/auth/me/photo" => ("me_photo", Endpoint::Photo),
+        p if p == "/auth/verify" || p.starts_with("/auth/verify/") => ("verify", Endpoint::Verify),
+        "/.well-known/jwks.json" => ("jwks", Endpoint::Jwks),
+        "/.well-known/openid-configuration" => ("openid_configuration", Endpoint::Discovery),
+        p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => ("unknown_gateway_path", Endpoint::Unknown),
+        _ => ("unmatched", Endpoint::Proxy),
+    };
+    info.endpoint = endpoint.into();
+    match handler {
+        Endpoint::Exchange => exchange::handle(state, req, peer, info).await,
+        Endpoint::Logout => session::logout(state, req, info).await,
+        Endpoint::Me => session::me(state, req, info).await,
+        Endpoint::Photo => session::photo(state, req, info).await,
+        Endpoint::Verify => verify::handle(state, req, info).await,
+        Endpoint::Jwks => wellknown::jwks(state, &req),
+        Endpoint::Discovery => wellknown::discovery(state, &req),
+        Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
+        Endpoint::Proxy => forward::handle(state, req, peer, info).await,
     }
+}
+
+enum Endpoint {
+    Exchange,
+    Logout,
+    Me,
+    Photo,
+    Verify,
+    Jwks,
+    Discovery,
+    Unknown,
+    Proxy,
 }
 
 /// GET and HEAD only.

@@ -19,7 +19,9 @@
 //!   strip-then-set header rules shared with forward-auth.
 //! - [`http`]: routing and the one place errors become responses; one file per endpoint.
 //! - [`metrics`]: Prometheus families with bounded labels.
-//! - [`server`]: wiring, listeners, background tasks, graceful shutdown.
+//! - [`server`]: wiring, listeners, background tasks, graceful shutdown; [`tls`] the listener
+//!   certificate and outbound roots; [`reload`] live config and certificate reload;
+//!   [`ratelimit`] the exchange's token buckets.
 //! - [`cli`]: `serve`, `check-config`, `demo`, `keys generate`.
 //! - [`mock`]: loopback mock of Entra ID + Graph for tests and the demo; [`demo`] the demo stack.
 
@@ -41,5 +43,8 @@ pub mod metrics;
 pub mod mock;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
+pub mod reload;
 pub mod revocation;
 pub mod server;
+pub mod tls;

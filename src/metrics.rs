@@ -22,6 +22,10 @@ pub struct Metrics {
     pub graph_requests_total: IntCounterVec,
     pub jwks_refresh_total: IntCounterVec,
     pub redis_latency: HistogramVec,
+    pub config_reloads_total: IntCounterVec,
+    pub tls_reloads_total: IntCounterVec,
+    pub rate_limited_total: IntCounterVec,
+    pub http_requests_total: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -40,6 +44,11 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        // Process metrics (RSS, open fds, CPU seconds, start time) of this process.
+        #[cfg(target_os = "linux")]
+        {
+            let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        }
         Metrics {
             exchange_total: counter(&r, "entra_gateway_exchange_total", "Token exchanges by outcome.", &["outcome"]),
             exchange_duration: histogram(
@@ -83,6 +92,30 @@ impl Metrics {
                 "entra_gateway_redis_command_duration_seconds",
                 "Redis command latency by command.",
                 &["command"],
+            ),
+            config_reloads_total: counter(
+                &r,
+                "entra_gateway_config_reloads_total",
+                "Configuration reloads by result (success, error).",
+                &["result"],
+            ),
+            tls_reloads_total: counter(
+                &r,
+                "entra_gateway_tls_reloads_total",
+                "Listener certificate reloads by result (success, error).",
+                &["result"],
+            ),
+            rate_limited_total: counter(
+                &r,
+                "entra_gateway_rate_limited_total",
+                "Exchanges refused by a rate limit, by limit (ip, user).",
+                &["limit"],
+            ),
+            http_requests_total: counter(
+                &r,
+                "entra_gateway_http_requests_total",
+                "Requests on the public listener by endpoint (or route) and status.",
+                &["endpoint", "status"],
             ),
             registry: r,
         }

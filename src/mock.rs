@@ -170,7 +170,7 @@ impl MockEntra {
         let state = Arc::new(MockState::new(settings, format!("http://{addr}")));
         let (stop, stop_rx) = watch::channel(false);
         let handler_state = state.clone();
-        tokio::spawn(crate::server::serve(listener, stop_rx, Duration::from_secs(1), move |req, _| {
+        tokio::spawn(crate::server::serve(listener, None, stop_rx, Duration::from_secs(1), move |req, _| {
             let state = handler_state.clone();
             async move { state.handle(req).await }
         }));

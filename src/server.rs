@@ -41,7 +41,9 @@ use crate::policy::Policy;
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{Proxy, client_tls, upstream_client};
+use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
+use crate::tls::ReloadingCert;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +63,8 @@ pub enum StartError {
     HttpClient(String),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -87,6 +91,9 @@ pub struct AppState {
     pub proxy: Proxy,
     pub photos: TtlCache<Option<Arc<Photo>>>,
     pub redis: Option<Arc<RedisStore>>,
+    pub limits: ExchangeLimits,
+    /// The listener certificate, when the public listener serves HTTPS.
+    pub listener_tls: Option<Arc<ReloadingCert>>,
     shutting_down: AtomicBool,
 }
 
@@ -94,7 +101,8 @@ impl AppState {
     /// Builds every component; fails on a bad key or secret (fail at start, not at first use).
     pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
         let metrics = Metrics::new();
-        let http = outbound_client(&config)?;
+        let outbound_tls = outbound_tls(&config)?;
+        let http = outbound_client(&config, outbound_tls.clone())?;
         let issuer = Arc::new(Issuer::new(&config.issuer, KeyRing::load(&config.issuer.signing_keys)?));
         let redis = RedisStore::connect(&config.cache, metrics.clone()).map_err(StartError::Redis)?;
         let jwks = JwksCache::new(
@@ -134,9 +142,13 @@ impl AppState {
         });
         let access =
             Access::new(issuer.clone(), revocations, IdentityHeaders::new(&config.proxy.identity_header_prefix));
-        let tls = client_tls(&[]).map_err(StartError::HttpClient)?;
-        let proto = if config.server.tls.is_some() { "https" } else { "http" };
-        let proxy = Proxy::new(upstream_client(tls), config.proxy.forward_token, proto);
+        let listener_tls = match config.server.tls.as_ref().and_then(|t| t.listener()) {
+            Some((cert, key)) => Some(ReloadingCert::load(cert, key).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let proto = if listener_tls.is_some() { "https" } else { "http" };
+        let proxy = Proxy::new(upstream_client(outbound_tls), config.proxy.forward_token, proto);
+        let config_server = config.server.clone();
         Ok(Arc::new(AppState {
             routes: ArcSwap::from_pointee(RouteTable::from_config(&config.proxy)),
             photos: TtlCache::new("photo", 10_000, metrics.clone()),
@@ -150,6 +162,8 @@ impl AppState {
             access,
             proxy,
             redis,
+            limits: ExchangeLimits::new(&config_server),
+            listener_tls,
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -190,8 +204,18 @@ impl AppState {
     }
 }
 
-fn outbound_client(config: &Config) -> Result<reqwest::Client, StartError> {
+/// The TLS client configuration of every outbound call: system roots plus `extra_ca_file`.
+fn outbound_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
+    let extra = match config.server.tls.as_ref().and_then(|t| t.extra_ca_file.as_deref()) {
+        Some(path) => crate::tls::read_certs(path).map_err(StartError::Tls)?,
+        None => Vec::new(),
+    };
+    client_tls(&extra).map_err(StartError::Tls)
+}
+
+fn outbound_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
     reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
         .timeout(config.entra.request_timeout)
         .connect_timeout(config.entra.request_timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("entra-gateway/", env!("CARGO_PKG_VERSION")))
@@ -230,34 +254,76 @@ async fn bind(addr: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_string(), source })
 }
 
-/// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`.
-pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`. With
+/// `config_path`, the config is reloaded on SIGHUP and when the file changes.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), StartError> {
     let state = AppState::build(config)?;
-    run_with_state(state, listeners, shutdown).await;
+    run_with_state(state, listeners, shutdown, config_path).await;
     Ok(())
 }
 
 /// Runs a built gateway (tests and `demo` build the state themselves).
-pub async fn run_with_state(state: Arc<AppState>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
+///
+/// Shutdown: readiness turns 503 at once; the public listener stops accepting and in-flight
+/// requests get up to `shutdown_grace` to finish; then the admin listener closes.
+pub async fn run_with_state(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    config_path: Option<std::path::PathBuf>,
+) {
+    let (public_stop, public_rx) = watch::channel(false);
+    let (admin_stop, admin_rx) = watch::channel(false);
     let mut background = JoinSet::new();
     for tid in state.exchange.entra().tenants().to_vec() {
         let state = state.clone();
         background.spawn(async move { warm_jwks(&state, &tid).await });
     }
+    if let Some(path) = config_path {
+        background.spawn(crate::reload::config_reloader(state.clone(), path));
+    }
+    if let Some(cert) = state.listener_tls.clone() {
+        background.spawn(crate::reload::tls_reloader(cert, state.metrics.clone()));
+    }
+    let limiter_state = state.clone();
+    background.spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            limiter_state.limits.retain_recent();
+        }
+    });
     let grace = state.config.server.shutdown_grace;
+    let tls = match &state.listener_tls {
+        Some(cert) => match cert.server_config() {
+            Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the TLS listener");
+                return;
+            }
+        },
+        None => None,
+    };
     let public_state = state.clone();
-    let public =
-        serve(listeners.public, stop_rx.clone(), grace, move |req, peer| http::public(public_state.clone(), req, peer));
+    let public = tokio::spawn(serve(listeners.public, tls, public_rx, grace, move |req, peer| {
+        http::public(public_state.clone(), req, peer)
+    }));
     let admin_state = state.clone();
-    let admin = serve(listeners.admin, stop_rx, grace, move |req, _peer| http::admin::handle(admin_state.clone(), req));
-    let servers = tokio::spawn(async move { tokio::join!(public, admin) });
+    let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, grace, move |req, _peer| {
+        http::admin::handle(admin_state.clone(), req)
+    }));
     shutdown.await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down: not ready, draining in-flight requests");
     state.shutting_down.store(true, Ordering::SeqCst);
+    let _ = public_stop.send(true);
+    let _ = public.await;
     background.abort_all();
-    let _ = stop_tx.send(true);
-    let _ = servers.await;
+    let _ = admin_stop.send(true);
+    let _ = admin.await;
     tracing::info!("shutdown complete");
 }
 
@@ -284,16 +350,26 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Accepts connections on `listener` and serves them with `handler` until `stop` turns true;
-/// then stops accepting and waits up to `grace` for open connections to finish.
-pub async fn serve<H, F>(listener: TcpListener, mut stop: watch::Receiver<bool>, grace: Duration, handler: H)
-where
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` (over TLS with `tls`) and serves them with `handler`
+/// until `stop` turns true; then stops accepting and waits up to `grace` for open connections.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: H,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    let builder = Arc::new(builder);
+    let local = listener.local_addr().ok();
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -313,15 +389,31 @@ where
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await
+                }
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc).into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    tracing::info!(addr = ?local, "listener closed");
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }

@@ -457,7 +457,9 @@ async fn internal_key_rotation_publishes_both_keys_and_old_tokens_still_verify()
 #[tokio::test]
 async fn concurrent_exchanges_of_one_new_user_make_one_graph_group_call() {
     let mock = mock().await;
-    let gw = std::sync::Arc::new(GatewayBuilder::new(&mock).start().await);
+    let gw = std::sync::Arc::new(
+        GatewayBuilder::new(&mock).set("SERVER__RATE_LIMIT__EXCHANGE_PER_USER", "null").start().await,
+    );
     let token = overage_token_for(&mock, "bob");
     let mut tasks = Vec::new();
     for _ in 0..20 {

@@ -93,8 +93,13 @@ async fn jwks_is_fetched_once_for_two_replicas_and_a_rotation_seen_by_one_serves
 async fn fifty_concurrent_exchanges_of_one_new_user_across_two_replicas_make_one_graph_call() {
     let mock = mock().await;
     let redis = RedisServer::start().await;
-    let a = Arc::new(replica(&mock, &redis).await);
-    let b = Arc::new(replica(&mock, &redis).await);
+    let start = || {
+        GatewayBuilder::new(&mock)
+            .set("CACHE__REDIS_URL", redis.url())
+            .set("SERVER__RATE_LIMIT__EXCHANGE_PER_USER", "null")
+            .start()
+    };
+    let (a, b) = (Arc::new(start().await), Arc::new(start().await));
     mock.state().set_graph_delay(Duration::from_millis(200));
     let token = overage_token_for(&mock, "dave");
     let mut tasks = Vec::new();

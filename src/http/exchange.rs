@@ -5,16 +5,17 @@
 //! body size limit, the 200 response shape and `Cache-Control: no-store`. Must not: validate
 //! tokens itself (the exchange service does) or echo the token in any answer.
 
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{Body, Rejection, bearer, json};
+use super::{AccessInfo, Body, Rejection, bearer, json};
 use crate::directory::UserRecord;
-use crate::exchange::Exchanged;
+use crate::exchange::{ExchangeError, Exchanged};
 use crate::server::AppState;
 
 const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -28,22 +29,54 @@ struct ExchangeForm {
     subject_token_type: Option<String>,
 }
 
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     if req.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
+    let client = state.limits.client_ip(peer.ip(), req.headers());
+    if let Err(wait) = state.limits.check_ip(client) {
+        return Err(rate_limited(state, "ip", wait));
+    }
     let started = Instant::now();
     let token = read_token(req, state.config.server.max_exchange_body_bytes).await?;
-    let result = state.exchange.exchange(&token).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.outcome(),
-    };
-    state.metrics.exchange_total.with_label_values(&[outcome]).inc();
+    let result = run(state, &token).await;
     state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
-    let exchanged = result?;
+    let exchanged = match result {
+        Ok(e) => e,
+        Err(Failure::RateLimited(wait)) => return Err(rate_limited(state, "user", wait)),
+        Err(Failure::Exchange(e)) => {
+            state.metrics.exchange_total.with_label_values(&[e.outcome()]).inc();
+            return Err(e.into());
+        }
+    };
+    state.metrics.exchange_total.with_label_values(&["success"]).inc();
+    info.user_id = Some(exchanged.user.id.clone());
     tracing::info!(user_id = %exchanged.user.id, tid = %exchanged.user.tenant_id, "exchange succeeded");
     Ok(json(StatusCode::OK, &response_body(&exchanged)))
+}
+
+enum Failure {
+    Exchange(ExchangeError),
+    RateLimited(Duration),
+}
+
+/// Validate, then (within the user's budget) the rest of the exchange.
+async fn run(state: &AppState, token: &str) -> Result<Exchanged, Failure> {
+    let id = state.exchange.validate(token).await.map_err(Failure::Exchange)?;
+    state.limits.check_user(&id.tid, &id.oid).map_err(Failure::RateLimited)?;
+    state.exchange.complete(&id, token).await.map_err(Failure::Exchange)
+}
+
+fn rate_limited(state: &AppState, limit: &'static str, wait: Duration) -> Rejection {
+    state.metrics.rate_limited_total.with_label_values(&[limit]).inc();
+    state.metrics.exchange_total.with_label_values(&["rate_limited"]).inc();
+    tracing::info!(limit, wait_ms = wait.as_millis() as u64, "exchange rate-limited");
+    Rejection::RateLimited(wait)
 }
 
 /// The user as the exchange response and `/auth/me` show it.

@@ -10,20 +10,27 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{Body, Rejection, bearer};
+use super::{AccessInfo, Body, Rejection, bearer};
 use crate::config::RouteAuth;
 use crate::metrics::status_label;
 use crate::proxy::routes::check_path;
 use crate::server::AppState;
 
-pub async fn handle(state: &AppState, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Rejection> {
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
     let routes = state.routes.load();
     let Some(route) = routes.find(req.uri().path()).cloned() else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
-    let result = forward(state, &route, req, peer).await;
+    info.endpoint = route.label.clone().into();
+    info.upstream = Some(route.upstream_authority());
+    let result = forward(state, &route, req, peer, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
         Err(Rejection::InvalidToken(_)) => 401,
@@ -44,12 +51,14 @@ async fn forward(
     route: &crate::proxy::routes::Route,
     req: Request<Incoming>,
     peer: SocketAddr,
+    info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     check_path(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
     let principal = match route.auth {
         RouteAuth::None => None,
         RouteAuth::Required => {
             let p = state.access.authenticate(bearer(req.headers())).await?;
+            info.user_id = Some(p.claims.sub.clone());
             state.access.authorize(&p, route.groups.as_deref())?;
             Some(p)
         }

@@ -9,11 +9,15 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::{Body, Rejection, bearer, exchange::user_json, full, json, only_get};
+use super::{AccessInfo, Body, Rejection, bearer, exchange::user_json, full, json, only_get};
 use crate::access::AccessError;
 use crate::server::AppState;
 
-pub async fn logout(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+pub async fn logout(
+    state: &AppState,
+    req: Request<Incoming>,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     if req.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
@@ -23,6 +27,7 @@ pub async fn logout(state: &AppState, req: Request<Incoming>) -> Result<Response
         Err(AccessError::Revoked) => return Ok(no_content()),
         Err(e) => return Err(e.into()),
     };
+    info.user_id = Some(principal.claims.sub.clone());
     state.access.revoke(&principal).await.map_err(AccessError::from)?;
     tracing::info!(user_id = %principal.claims.sub, "logout: token revoked");
     Ok(no_content())
@@ -35,9 +40,10 @@ fn no_content() -> Response<Body> {
     r
 }
 
-pub async fn me(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
+    info.user_id = Some(p.claims.sub.clone());
     let c = &p.claims;
     let record = state.directory.find(&c.tid, &c.oid).await.map_err(|e| {
         tracing::warn!(reason = %e, "user store unavailable");
@@ -56,9 +62,14 @@ pub async fn me(state: &AppState, req: Request<Incoming>) -> Result<Response<Bod
     Ok(json(StatusCode::OK, &body))
 }
 
-pub async fn photo(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+pub async fn photo(
+    state: &AppState,
+    req: Request<Incoming>,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
+    info.user_id = Some(p.claims.sub.clone());
     let Some(graph) = state.graph.clone() else {
         return Err(Rejection::NotFound("photos need graph_mode app or obo"));
     };

@@ -9,7 +9,7 @@
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{Body, Rejection, bearer, full, only_get};
+use super::{AccessInfo, Body, Rejection, bearer, full, only_get};
 use crate::config::RouteAuth;
 use crate::proxy::routes::check_path;
 use crate::server::AppState;
@@ -28,7 +28,11 @@ fn original_path(headers: &HeaderMap, own_path: &str) -> Option<String> {
     Some(path.split(['?', '#']).next().unwrap_or("/").to_string())
 }
 
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, Rejection> {
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let path = original_path(req.headers(), req.uri().path());
     if let Some(p) = &path {
@@ -40,6 +44,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
         return Ok(Response::new(full("")));
     }
     let principal = state.access.authenticate(bearer(req.headers())).await?;
+    info.user_id = Some(principal.claims.sub.clone());
     state.access.authorize(&principal, route.and_then(|r| r.groups.as_deref()))?;
     let mut resp = Response::new(full(""));
     *resp.status_mut() = StatusCode::OK;

@@ -69,6 +69,11 @@ impl Route {
         }
     }
 
+    /// `host:port` of the upstream (for logs).
+    pub fn upstream_authority(&self) -> String {
+        self.authority.to_string()
+    }
+
     /// The upstream URI for an incoming one.
     pub fn upstream_uri(&self, incoming: &Uri) -> Result<Uri, RouteError> {
         let path = incoming.path();

@@ -206,10 +206,15 @@ pub async fn start_with(config: Config, dir: tempfile::TempDir) -> Gateway {
     let (addr, admin_addr) = (public.local_addr().unwrap(), admin.local_addr().unwrap());
     let state = AppState::build(config).unwrap_or_else(|e| panic!("{e}"));
     let (stop, mut rx) = watch::channel(false);
-    let task =
-        tokio::spawn(entra_gateway::server::run_with_state(state.clone(), Listeners { public, admin }, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
+    let stop_signal = async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let task = tokio::spawn(entra_gateway::server::run_with_state(
+        state.clone(),
+        Listeners { public, admin },
+        stop_signal,
+        None,
+    ));
     Gateway { addr, admin: admin_addr, state, dir, stop, task: Some(task) }
 }
 
