@@ -13,6 +13,7 @@ need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing+=("
 need nginx nginx                 # tests/nginx.rs: auth_request against /auth/verify
 need redis-server redis-server   # tests/redis*.rs: shared state, TLS, ACL, cluster (redis-cli comes along)
 need redis-cli redis-tools
+need promtool prometheus         # tests/ops.rs: promtool check metrics
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

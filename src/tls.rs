@@ -29,6 +29,11 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Certificates of PEM text.
+pub fn read_certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
 fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let chain = read_certs(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;

@@ -244,3 +244,12 @@ pub async fn raw_get_status(addr: SocketAddr, target: &str, token: &str) -> u16 
     let head = String::from_utf8_lossy(&buf);
     head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {head}"))
 }
+
+/// Writes a loaded config as YAML (for a gateway run as a child process).
+pub fn write_config(config: &Config, path: &std::path::Path) {
+    let yaml = serde_saphyr::to_string(&serde_json::to_value(config).unwrap()).unwrap();
+    // Write then rename, as Kubernetes swaps ConfigMap files: readers never see half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

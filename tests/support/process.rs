@@ -62,6 +62,29 @@ impl GatewayProcess {
             .expect("VmHWM in /proc")
     }
 
+    /// Waits (bounded) for a stdout line containing `needle`; returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
+    /// Every stdout line until the process exits (after a signal), and its exit status.
+    pub fn collect_until_exit(&mut self) -> (Vec<String>, std::process::ExitStatus) {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+            lines.push(line);
+        }
+        let status = self.child.wait().expect("the gateway exits");
+        (lines, status)
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok =
             Command::new("kill").args([&format!("-{sig}"), &self.child.id().to_string()]).status().unwrap().success();

@@ -23,6 +23,7 @@ type Body = BoxBody<Bytes, Infallible>;
 /// What the upstream saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
@@ -36,6 +37,8 @@ pub struct UpstreamState {
     pub release_chunk: Notify,
     /// `/stall` waits on this forever (unless notified).
     pub unstall: Notify,
+    /// Notified when a `/stall` request has arrived.
+    pub stalled: Notify,
 }
 
 pub struct Upstream {
@@ -61,6 +64,27 @@ fn full(b: impl Into<Bytes>) -> Body {
 
 /// Starts the upstream on a free loopback port.
 pub async fn start() -> Upstream {
+    start_with(None).await
+}
+
+/// Starts an HTTPS upstream (ALPN h2 and http/1.1) with a certificate and key in PEM.
+pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Upstream {
+    use rustls::pki_types::pem::PemObject;
+    let certs =
+        rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+}
+
+async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(UpstreamState::default());
@@ -68,12 +92,19 @@ pub async fn start() -> Upstream {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
-            let st = st.clone();
+            let (st, tls) = (st.clone(), tls.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(st.clone(), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else { return };
+                        let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    }
+                }
             });
         }
     });
@@ -82,8 +113,12 @@ pub async fn start() -> Upstream {
 
 async fn handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     st.requests.fetch_add(1, Ordering::SeqCst);
-    *st.last.lock().unwrap() =
-        Some(Seen { method: req.method().to_string(), uri: req.uri().to_string(), headers: req.headers().clone() });
+    *st.last.lock().unwrap() = Some(Seen {
+        version: req.version(),
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        headers: req.headers().clone(),
+    });
     let path = req.uri().path().to_string();
     let resp = if path.ends_with("/ws") {
         websocket_echo(&mut req)
@@ -126,7 +161,9 @@ async fn handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Result<Re
         });
         Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
     } else if path.ends_with("/stall") {
-        st.unstall.notified().await;
+        let release = st.unstall.notified();
+        st.stalled.notify_one();
+        release.await;
         Response::new(full("late"))
     } else {
         Response::new(full("ok"))

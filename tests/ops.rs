@@ -1,0 +1,360 @@
+//! Operating the gateway: metrics (checked by promtool), logs, HTTPS with certificate rotation,
+//! graceful shutdown, live reload and rate limits. Several tests run the real binary.
+
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::process::GatewayProcess;
+use support::tls::TestCa;
+use support::upstream::{self, Upstream};
+use support::*;
+
+fn routes(up: &Upstream) -> String {
+    format!(
+        "\nproxy:\n  routes:\n    - {{ path_prefix: \"/api/\", upstream: \"{u}\", auth: required }}\n    - {{ path_prefix: \"/slow/\", upstream: \"{u}\", auth: required, timeout: 60s }}\n",
+        u = up.url()
+    )
+}
+
+fn promtool() -> &'static str {
+    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("promtool is not installed: run `bash .ci/test.sh`, which installs it (Debian package prometheus)");
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_move_with_traffic_and_never_carry_tokens_ids_or_paths() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let gw = GatewayBuilder::new(&mock).yaml(&routes(&up)).start().await;
+    let entra_token = token_for(&mock, "alice");
+    let (_, _, body) = exchange(&gw, &entra_token).await;
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let user_id = body["user"]["id"].as_str().unwrap().to_string();
+    exchange(&gw, "not-a-token").await;
+    exchange(&gw, &token_for(&mock, "carol")).await;
+    for path in ["/api/orders/secret-path-4711?q=1", "/api/x"] {
+        assert_eq!(client().get(gw.url(path)).bearer_auth(&token).send().await.unwrap().status(), 200);
+    }
+    client().get(gw.url("/api/x")).send().await.unwrap();
+    client().get(gw.url("/nowhere/at/all")).send().await.unwrap();
+
+    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let mut check = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for line in [
+        "entra_gateway_exchange_total{outcome=\"success\"} 1",
+        "entra_gateway_exchange_total{outcome=\"invalid_token\"} 1",
+        "entra_gateway_exchange_total{outcome=\"denied\"} 1",
+        "entra_gateway_proxy_requests_total{route=\"/api/\",status=\"200\"} 2",
+        "entra_gateway_proxy_requests_total{route=\"/api/\",status=\"401\"} 1",
+        "entra_gateway_proxy_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "entra_gateway_http_requests_total{endpoint=\"exchange\",status=\"200\"} 1",
+        "entra_gateway_jwks_refresh_total{result=\"success\"} 1",
+        "entra_gateway_exchange_duration_seconds_count 3",
+    ] {
+        assert!(text.contains(&format!("{line}\n")), "missing `{line}` in:\n{text}");
+    }
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "entra_gateway_proxy_duration_seconds_bucket{route=\"/api/\",le=\"0.0005\"}",
+    ] {
+        assert!(text.contains(family), "missing {family}");
+    }
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in
+        [signature, user_id.as_str(), "secret-path-4711", "/nowhere", ALICE, entra_token.rsplit('.').next().unwrap()]
+    {
+        assert!(!text.contains(secret), "metrics leak {secret}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let (config, dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("LOGGING__FORMAT", "json").config();
+    let path = dir.path().join("gateway.yaml");
+    write_config(&config, &path);
+    let mut gw = GatewayProcess::spawn(&path);
+    let good = token_for(&mock, "alice");
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged = format!("{}.{}.{}", parts[0], parts[1], token_for(&mock, "carol").rsplit('.').next().unwrap());
+    let r = client()
+        .post(gw.url("/auth/exchange"))
+        .bearer_auth(&good)
+        .header("X-Request-Id", "req-12345")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-12345");
+    let body: Value = r.json().await.unwrap();
+    let internal = body["access_token"].as_str().unwrap().to_string();
+    let r = client().post(gw.url("/auth/exchange")).bearer_auth(&forged).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 36, "a UUID when the client sent none");
+    let form = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+        ("subject_token", good.as_str()),
+        ("subject_token_type", "urn:x"),
+    ];
+    assert_eq!(client().post(gw.url("/auth/exchange")).form(&form).send().await.unwrap().status(), 400);
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&internal)
+        .header("X-Request-Id", "req-proxied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-request-id"], "req-proxied", "the request id reaches the upstream");
+    gw.signal("TERM");
+    let (lines, status) = gw.collect_until_exit();
+    assert!(status.success());
+    let text = lines.join("\n");
+    for (name, token) in [("Entra token", &good), ("forged token", &forged), ("internal token", &internal)] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "the log contains the {name}'s signature");
+        assert!(!text.contains(&token[..40]), "the log contains the start of the {name}");
+    }
+    assert!(!text.contains("mock-client-secret"));
+    let access: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access" || v["message"] == "request")
+        .collect();
+    assert_eq!(access.len(), 4, "one access line per public request:\n{text}");
+    let first = &access[0];
+    assert_eq!(first["request_id"], "req-12345");
+    assert_eq!(first["route"], "exchange");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["method"], "POST");
+    assert_ne!(first["user_id"], "-");
+    assert_eq!(access[1]["request_id"], generated.as_str());
+    assert_eq!(access[1]["status"], 401);
+    let proxied = &access[3];
+    assert_eq!(proxied["route"], "/api/");
+    assert_eq!(proxied["upstream"], up.addr.to_string());
+    assert!(proxied["duration_ms"].as_f64().is_some());
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_exits_0() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let (config, dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("SERVER__SHUTDOWN_GRACE", "20s").config();
+    let path = dir.path().join("gateway.yaml");
+    write_config(&config, &path);
+    let mut gw = GatewayProcess::spawn(&path);
+    let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "alice")).send().await.unwrap();
+    let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let url = gw.url("/slow/stall");
+    let in_flight = tokio::spawn(async move { client().get(url).bearer_auth(token).send().await });
+    up.state.stalled.notified().await;
+
+    gw.signal("TERM");
+    while !gw.wait_for_line("listener closed").contains(&gw.public.to_string()) {}
+    let refused = tokio::net::TcpStream::connect(gw.public).await;
+    assert!(refused.is_err(), "the public listener still accepts connections");
+    let ready = client().get(format!("http://{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while draining");
+    assert!(ready.json::<Value>().await.unwrap()["failing"].as_array().unwrap().iter().any(|c| c == "shutdown"));
+
+    up.state.unstall.notify_one();
+    let resp = in_flight.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "late");
+    let started = Instant::now();
+    let (_, status) = gw.collect_until_exit();
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(20), "exited within the grace period");
+}
+
+/// The certificate a TLS server presents, and the protocol ALPN chose.
+async fn handshake(addr: std::net::SocketAddr, ca_pem: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in entra_gateway::tls::read_certs_from_pem(ca_pem.as_bytes()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("handshake");
+    let (_, conn) = tls.get_ref();
+    let cert = conn.peer_certificates().unwrap()[0].as_ref().to_vec();
+    (cert, conn.alpn_protocol().map(|p| p.to_vec()))
+}
+
+fn der_of(pem_text: &str) -> Vec<u8> {
+    entra_gateway::tls::read_certs_from_pem(pem_text.as_bytes()).unwrap()[0].as_ref().to_vec()
+}
+
+#[tokio::test]
+async fn https_listener_serves_h2_and_picks_up_a_replaced_certificate() {
+    let mock = mock().await;
+    let ca = TestCa::new();
+    let (cert1, key1) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (config, dir) = {
+        let b = GatewayBuilder::new(&mock);
+        let d = b.dir_path().to_path_buf();
+        std::fs::write(d.join("tls.crt"), &cert1).unwrap();
+        std::fs::write(d.join("tls.key"), &key1).unwrap();
+        b.set("SERVER__TLS__CERT_FILE", d.join("tls.crt").display().to_string())
+            .set("SERVER__TLS__KEY_FILE", d.join("tls.key").display().to_string())
+            .config()
+    };
+    let path = dir.path().join("gateway.yaml");
+    write_config(&config, &path);
+    let gw = GatewayProcess::spawn(&path);
+
+    let (served, alpn) = handshake(gw.public, &ca.cert_pem).await;
+    assert_eq!(served, der_of(&cert1));
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let https = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = https.get(format!("https://localhost:{}/.well-known/jwks.json", gw.public.port())).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Rotate as Kubernetes does: new files appear; no restart.
+    let (cert2, key2) = ca.issue(&["localhost", "127.0.0.1"]);
+    for (name, body) in [("tls.key", &key2), ("tls.crt", &cert2)] {
+        let tmp = dir.path().join(format!("{name}.new"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, dir.path().join(name)).unwrap();
+    }
+    gw.wait_for_line("TLS certificate reloaded");
+    let (served, _) = handshake(gw.public, &ca.cert_pem).await;
+    assert_eq!(served, der_of(&cert2), "new connections see the new certificate");
+    // A broken replacement is refused and the current certificate keeps serving.
+    std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
+    gw.wait_for_line("new TLS certificate refused");
+    assert_eq!(handshake(gw.public, &ca.cert_pem).await.0, der_of(&cert2));
+}
+
+#[tokio::test]
+async fn changing_allowed_groups_in_the_file_applies_without_restart_and_a_bad_edit_is_refused() {
+    let mock = mock().await;
+    let (mut config, dir) = GatewayBuilder::new(&mock).config();
+    let path = dir.path().join("gateway.yaml");
+    write_config(&config, &path);
+    let gw = GatewayProcess::spawn(&path);
+    let exchange_status = |login: &'static str| {
+        let (url, token) = (gw.url("/auth/exchange"), token_for(&mock, login));
+        async move { client().post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(exchange_status("carol").await, 403);
+
+    config.authorization.allowed_groups.push(OTHER.to_string());
+    write_config(&config, &path);
+    gw.wait_for_line("configuration reloaded");
+    assert_eq!(exchange_status("carol").await, 200, "carol's group is allowed now");
+
+    let text = std::fs::read_to_string(&path).unwrap().replace(OTHER, "not-a-group-id");
+    std::fs::write(dir.path().join("edit.tmp"), text).unwrap();
+    std::fs::rename(dir.path().join("edit.tmp"), &path).unwrap();
+    let refused = gw.wait_for_line("new configuration refused");
+    assert!(refused.contains("authorization.allowed_groups[1]"), "{refused}");
+    assert_eq!(exchange_status("carol").await, 200, "the previous configuration keeps serving");
+    assert_eq!(exchange_status("alice").await, 200);
+
+    // SIGHUP re-reads too (here: a valid file again, with carol's group removed).
+    config.authorization.allowed_groups.pop();
+    write_config(&config, &path);
+    gw.wait_for_line("configuration reloaded");
+    gw.signal("HUP");
+    gw.wait_for_line("configuration reloaded");
+    assert_eq!(exchange_status("carol").await, 403);
+    let metrics = client().get(format!("http://{}/metrics", gw.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("entra_gateway_config_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert!(metrics.contains("entra_gateway_config_reloads_total{result=\"success\"} 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_burst_above_the_rate_limit_gets_429_with_retry_after() {
+    let mock = mock().await;
+    let gw = GatewayBuilder::new(&mock)
+        .set("SERVER__RATE_LIMIT__EXCHANGE_PER_IP", "{per_minute: 6, burst: 3}")
+        .set("SERVER__RATE_LIMIT__EXCHANGE_PER_USER", "null")
+        .start()
+        .await;
+    let token = token_for(&mock, "alice");
+    for _ in 0..3 {
+        assert_eq!(exchange(&gw, &token).await.0, 200);
+    }
+    let (status, headers, body) = exchange(&gw, &token).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"], "rate_limited");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&wait), "{wait}");
+
+    let per_user = GatewayBuilder::new(&mock)
+        .set("SERVER__RATE_LIMIT__EXCHANGE_PER_USER", "{per_minute: 1, burst: 2}")
+        .start()
+        .await;
+    assert_eq!(exchange(&per_user, &token_for(&mock, "alice")).await.0, 200);
+    assert_eq!(exchange(&per_user, &token_for(&mock, "alice")).await.0, 200);
+    assert_eq!(exchange(&per_user, &token_for(&mock, "alice")).await.0, 429);
+    assert_eq!(exchange(&per_user, &token_for(&mock, "bob")).await.0, 200, "budgets are per user");
+    let metrics = client().get(per_user.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("entra_gateway_rate_limited_total{limit=\"user\"} 1"));
+}
+
+#[tokio::test]
+async fn https_upstreams_are_trusted_through_extra_ca_file_and_spoken_to_over_h2() {
+    let mock = mock().await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&["localhost"]);
+    let up = upstream::start_tls(&cert, &key).await;
+    let route = format!(
+        "\nproxy:\n  routes:\n    - {{ path_prefix: \"/api/\", upstream: \"https://localhost:{}\", auth: none }}\n",
+        up.addr.port()
+    );
+    let trusting = {
+        let b = GatewayBuilder::new(&mock).yaml(&route);
+        let ca_file = b.dir_path().join("extra-ca.pem");
+        std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+        b.set("SERVER__TLS__EXTRA_CA_FILE", ca_file.display().to_string()).start().await
+    };
+    let r = client().get(trusting.url("/api/x?y=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2, "HTTP/2 negotiated by ALPN");
+    assert_eq!(seen.uri.rsplit('/').next(), Some("x?y=1"));
+    // Without the CA the upstream's certificate is not trusted: 502, never plain text.
+    let before = up.requests();
+    let strict = GatewayBuilder::new(&mock).yaml(&route).start().await;
+    assert_eq!(client().get(strict.url("/api/x")).send().await.unwrap().status(), 502);
+    assert_eq!(up.requests(), before);
+}
