@@ -200,6 +200,18 @@ pub enum GraphMode {
     Claims,
 }
 
+/// How the gateway authenticates to Entra's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCredentialKind {
+    /// A client secret (`client_secret_file` or `ENTRA_GATEWAY__ENTRA__CLIENT_SECRET`).
+    Secret,
+    /// A federated token (Kubernetes service-account token) sent as `client_assertion`.
+    WorkloadIdentity,
+    /// A JWT signed with the app's certificate key, sent as `client_assertion`.
+    Certificate,
+}
+
 /// Which Graph call answers "is this user in these groups".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -233,6 +245,20 @@ pub struct EntraConfig {
     /// The client secret itself; only from `ENTRA_GATEWAY__ENTRA__CLIENT_SECRET`, never the YAML.
     #[serde(default)]
     pub client_secret: Option<Secret>,
+    /// How the gateway proves its identity to Entra (app and obo modes): `secret`,
+    /// `workload_identity` (AKS: the federated token file) or `certificate`. Defaults to `secret`.
+    #[serde(default = "default_client_credential")]
+    pub client_credential: ClientCredentialKind,
+    /// Federated token file for `workload_identity`. Defaults to the `AZURE_FEDERATED_TOKEN_FILE`
+    /// environment variable that the AKS workload identity webhook sets.
+    #[serde(default)]
+    pub federated_token_file: Option<PathBuf>,
+    /// PEM certificate registered on the app, for `certificate`. Defaults to none.
+    #[serde(default)]
+    pub client_certificate_file: Option<PathBuf>,
+    /// PEM RSA private key of that certificate, for `certificate`. Defaults to none.
+    #[serde(default)]
+    pub client_certificate_key_file: Option<PathBuf>,
     /// Accepted Entra token versions. Defaults to `[1, 2]`.
     #[serde(default = "default_token_versions")]
     pub accepted_token_versions: Vec<u8>,
@@ -440,6 +466,9 @@ fn default_clock_skew() -> Duration {
 }
 fn default_graph_mode() -> GraphMode {
     GraphMode::App
+}
+fn default_client_credential() -> ClientCredentialKind {
+    ClientCredentialKind::Secret
 }
 fn default_group_lookup() -> GroupLookup {
     GroupLookup::CheckMemberGroups
@@ -746,18 +775,33 @@ impl Config {
         if e.request_timeout.is_zero() {
             v.push("entra.request_timeout", "must be greater than zero");
         }
-        let needs_secret = e.graph_mode != GraphMode::Claims;
-        match (&e.client_secret_file, &e.client_secret) {
-            (Some(_), Some(_)) => v.push(
+        let uses_graph = e.graph_mode != GraphMode::Claims;
+        match (e.client_credential, &e.client_secret_file, &e.client_secret) {
+            (ClientCredentialKind::Secret, Some(_), Some(_)) => v.push(
                 "entra.client_secret_file",
                 "set either client_secret_file or ENTRA_GATEWAY__ENTRA__CLIENT_SECRET, not both",
             ),
-            (None, None) if needs_secret => v.push(
+            (ClientCredentialKind::Secret, None, None) if uses_graph => v.push(
                 "entra.client_secret_file",
-                "graph_mode app/obo needs a client secret: set client_secret_file or \
-                 ENTRA_GATEWAY__ENTRA__CLIENT_SECRET (or use graph_mode: claims)",
+                "graph_mode app/obo needs a client credential: set client_secret_file or \
+                 ENTRA_GATEWAY__ENTRA__CLIENT_SECRET, or client_credential: workload_identity or \
+                 certificate (or use graph_mode: claims)",
             ),
-            (Some(path), None) if files == FileChecks::Read => v.readable_nonempty("entra.client_secret_file", path),
+            (ClientCredentialKind::Secret, Some(path), None) if files == FileChecks::Read => {
+                v.readable_nonempty("entra.client_secret_file", path)
+            }
+            (ClientCredentialKind::Certificate, _, _) => {
+                for (path, file) in [
+                    ("entra.client_certificate_file", &e.client_certificate_file),
+                    ("entra.client_certificate_key_file", &e.client_certificate_key_file),
+                ] {
+                    match file {
+                        None => v.push(path, "required with client_credential: certificate"),
+                        Some(f) if files == FileChecks::Read => v.readable_nonempty(path, f),
+                        Some(_) => {}
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -1116,6 +1160,16 @@ mod tests {
         assert!(Config::from_yaml(&minimal(), &no_env(), FileChecks::Skip).is_ok());
         let err = Config::from_yaml(&minimal(), &no_env(), FileChecks::Read).unwrap_err();
         assert_eq!(err.problems[0].path, "issuer.signing_keys[0].private_key_file");
+    }
+
+    #[test]
+    fn each_client_credential_names_what_it_needs() {
+        let app = minimal().replace("graph_mode: claims", "graph_mode: app\n  client_credential: certificate");
+        let err = Config::from_yaml(&app, &no_env(), FileChecks::Skip).unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, vec!["entra.client_certificate_file", "entra.client_certificate_key_file"]);
+        let wi = minimal().replace("graph_mode: claims", "graph_mode: obo\n  client_credential: workload_identity");
+        assert!(Config::from_yaml(&wi, &no_env(), FileChecks::Skip).is_ok(), "no secret needed");
     }
 
     #[test]

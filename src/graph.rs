@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::config::{EntraConfig, GroupLookup, Secret};
 use crate::directory::Profile;
+use crate::issuer::unix_now;
 use crate::metrics::{Metrics, status_label};
 
 /// `checkMemberGroups` accepts at most 20 ids per call.
@@ -41,6 +42,71 @@ pub struct GraphError {
 impl GraphError {
     fn new(reason: impl Into<String>) -> GraphError {
         GraphError { reason: reason.into(), retry_after: None }
+    }
+}
+
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Lifetime of a certificate client assertion.
+const ASSERTION_TTL_SECS: u64 = 600;
+
+/// How the gateway proves who it is to Entra's token endpoint.
+pub enum ClientCredential {
+    /// `client_secret`.
+    Secret(Secret),
+    /// A federated token read from this file at every token request (AKS rotates it).
+    FederatedTokenFile(std::path::PathBuf),
+    /// A JWT signed with the certificate's key; `x5t#S256` names the certificate.
+    Certificate { key: jsonwebtoken::EncodingKey, x5t_s256: String },
+}
+
+impl std::fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientCredential::Secret(_) => f.write_str("Secret(<redacted>)"),
+            ClientCredential::FederatedTokenFile(p) => write!(f, "FederatedTokenFile({})", p.display()),
+            ClientCredential::Certificate { x5t_s256, .. } => write!(f, "Certificate(x5t#S256={x5t_s256})"),
+        }
+    }
+}
+
+impl ClientCredential {
+    /// Loads a certificate credential: the PEM certificate (its SHA-256 thumbprint is sent)
+    /// and its RSA private key.
+    pub fn certificate(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<ClientCredential, String> {
+        use base64::Engine;
+        use sha2::Digest;
+        let cert = crate::tls::read_certs(cert_file)?.into_iter().next().ok_or("no certificate")?;
+        let pem = std::fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let x5t_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cert.as_ref()));
+        Ok(ClientCredential::Certificate { key, x5t_s256 })
+    }
+
+    /// The form fields that authenticate the client at `token_url`.
+    fn form_fields(&self, token_url: &str, client_id: &str) -> Result<Vec<(&'static str, String)>, GraphError> {
+        match self {
+            ClientCredential::Secret(s) => Ok(vec![("client_secret", s.expose().to_string())]),
+            ClientCredential::FederatedTokenFile(path) => {
+                let token = std::fs::read_to_string(path)
+                    .map_err(|e| GraphError::new(format!("federated token file {}: {e}", path.display())))?;
+                Ok(vec![
+                    ("client_assertion_type", JWT_BEARER_ASSERTION.into()),
+                    ("client_assertion", token.trim().to_string()),
+                ])
+            }
+            ClientCredential::Certificate { key, x5t_s256 } => {
+                let now = unix_now();
+                let claims = serde_json::json!({
+                    "aud": token_url, "iss": client_id, "sub": client_id,
+                    "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + ASSERTION_TTL_SECS,
+                });
+                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+                header.x5t_s256 = Some(x5t_s256.clone());
+                let assertion = jsonwebtoken::encode(&header, &claims, key)
+                    .map_err(|e| GraphError::new(format!("signing the client assertion: {e}")))?;
+                Ok(vec![("client_assertion_type", JWT_BEARER_ASSERTION.into()), ("client_assertion", assertion)])
+            }
+        }
     }
 }
 
@@ -120,7 +186,7 @@ pub struct GraphClient {
     graph_base: String,
     scope: String,
     client_id: String,
-    secret: Secret,
+    credential: ClientCredential,
     lookup: GroupLookup,
     max_retries: u32,
     max_wait: Duration,
@@ -130,7 +196,12 @@ pub struct GraphClient {
 }
 
 impl GraphClient {
-    pub fn new(cfg: &EntraConfig, secret: Secret, http: reqwest::Client, metrics: Metrics) -> GraphClient {
+    pub fn new(
+        cfg: &EntraConfig,
+        credential: ClientCredential,
+        http: reqwest::Client,
+        metrics: Metrics,
+    ) -> GraphClient {
         let authority = cfg.authority_host.trim_end_matches('/');
         let home = cfg.tenants.first().map(String::as_str).unwrap_or("organizations");
         let graph_base = cfg.graph_url.trim_end_matches('/').to_string();
@@ -140,7 +211,7 @@ impl GraphClient {
             scope: format!("{}/.default", origin(&graph_base)),
             graph_base,
             client_id: cfg.client_id.clone(),
-            secret,
+            credential,
             lookup: cfg.group_lookup,
             max_retries: cfg.graph_max_retries,
             max_wait: cfg.graph_max_retry_wait,
@@ -182,12 +253,7 @@ impl GraphClient {
         {
             return Ok(t.token.clone());
         }
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
-            ("scope", self.scope.as_str()),
-        ];
+        let form = [("grant_type", "client_credentials"), ("scope", self.scope.as_str())];
         let cached = self.request_token("token_app", &form).await?;
         if let Ok(mut guard) = self.app_token.lock() {
             *guard = Some(cached.clone());
@@ -198,8 +264,6 @@ impl GraphClient {
     async fn obo_token(&self, user_token: &str) -> Result<String, GraphError> {
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
             ("assertion", user_token),
             ("scope", self.scope.as_str()),
             ("requested_token_use", "on_behalf_of"),
@@ -208,7 +272,11 @@ impl GraphClient {
     }
 
     async fn request_token(&self, endpoint: &'static str, form: &[(&str, &str)]) -> Result<CachedToken, GraphError> {
-        let resp = self.send(endpoint, || self.http.post(&self.token_url).form(form)).await?;
+        let auth = self.credential.form_fields(&self.token_url, &self.client_id)?;
+        let mut fields: Vec<(&str, &str)> = vec![("client_id", self.client_id.as_str())];
+        fields.extend(form.iter().copied());
+        fields.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));
+        let resp = self.send(endpoint, || self.http.post(&self.token_url).form(&fields)).await?;
         let status = resp.status();
         if !status.is_success() {
             let body: TokenErrorBody = resp.json().await.unwrap_or_default();

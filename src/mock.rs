@@ -143,7 +143,13 @@ pub struct MockState {
     page_size: Mutex<usize>,
     calls: Mutex<HashMap<String, u64>>,
     graph_tokens: Mutex<HashMap<String, Principal>>,
+    /// Certificates registered on the app: `x5t#S256` -> public key.
+    certificates: Mutex<HashMap<String, DecodingKey>>,
 }
+
+/// Audience of Kubernetes federated tokens exchanged with Entra (workload identity).
+pub const FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A running mock.
 pub struct MockEntra {
@@ -237,6 +243,7 @@ impl MockState {
             page_size: Mutex::new(100),
             calls: Mutex::default(),
             graph_tokens: Mutex::default(),
+            certificates: Mutex::default(),
         }
     }
 
@@ -319,6 +326,26 @@ impl MockState {
 
     fn count(&self, endpoint: &str) {
         *lock(&self.calls).entry(endpoint.to_string()).or_default() += 1;
+    }
+
+    /// A Kubernetes service-account token as the AKS OIDC issuer would mint it for workload
+    /// identity (audience `api://AzureADTokenExchange`), signed by the mock's current key.
+    pub fn mint_federated_token(&self, subject: &str) -> String {
+        let now = unix_now();
+        let claims = json!({
+            "iss": format!("{}/federation", self.base()), "aud": [FEDERATION_AUDIENCE], "sub": subject,
+            "iat": now, "nbf": now, "exp": now + 3600,
+        });
+        let keys = lock(&self.keys);
+        let key = &keys.keys[keys.signing];
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &key.encoding).expect("mock signing works")
+    }
+
+    /// Registers a certificate on the app: its `x5t#S256` thumbprint and public key.
+    pub fn register_certificate(&self, x5t_s256: &str, public_key: DecodingKey) {
+        lock(&self.certificates).insert(x5t_s256.to_string(), public_key);
     }
 
     /// Mints an access token as Entra would.
@@ -458,6 +485,7 @@ impl MockState {
     }
 
     async fn token(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
         let body = match Limited::new(req.into_body(), 1 << 20).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"})),
@@ -465,8 +493,8 @@ impl MockState {
         let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
         self.count(if grant == "client_credentials" { "token_app" } else { "token_obo" });
-        let s = &self.settings;
-        if form.get("client_id") != Some(&s.client_id) || form.get("client_secret") != Some(&s.client_secret) {
+        let token_url = format!("{}{path}", self.base());
+        if !self.client_authenticated(&form, &token_url) {
             return reply(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]}),
@@ -501,6 +529,41 @@ impl MockState {
             StatusCode::OK,
             json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}),
         )
+    }
+
+    /// The client proves itself with its secret, a federated token, or a certificate assertion.
+    fn client_authenticated(&self, form: &HashMap<String, String>, token_url: &str) -> bool {
+        let s = &self.settings;
+        if form.get("client_id") != Some(&s.client_id) {
+            return false;
+        }
+        let field = |k: &str| form.get(k).map(String::as_str);
+        match (field("client_secret"), field("client_assertion_type"), field("client_assertion")) {
+            (Some(secret), None, None) => secret == s.client_secret,
+            (None, Some(JWT_BEARER_ASSERTION), Some(assertion)) => self.check_client_assertion(assertion, token_url),
+            _ => false,
+        }
+    }
+
+    fn check_client_assertion(&self, assertion: &str, token_url: &str) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(assertion) else { return false };
+        let mut v = Validation::new(Algorithm::RS256);
+        if let Some(x5t) = header.x5t_s256 {
+            // Certificate credential: signed by the registered certificate's key, for this endpoint.
+            let Some(key) = lock(&self.certificates).get(&x5t).cloned() else { return false };
+            v.set_audience(&[token_url]);
+            v.set_issuer(&[&self.settings.client_id]);
+            v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+            return jsonwebtoken::decode::<Value>(assertion, &key, &v)
+                .is_ok_and(|d| d.claims.get("sub").and_then(Value::as_str) == Some(self.settings.client_id.as_str()));
+        }
+        // Federated credential: a token of the (mock) Kubernetes issuer for the exchange audience.
+        let Some(kid) = header.kid else { return false };
+        let keys = lock(&self.keys);
+        let Some(key) = keys.keys[..keys.published].iter().find(|k| k.kid == kid) else { return false };
+        v.set_audience(&[FEDERATION_AUDIENCE]);
+        v.set_issuer(&[format!("{}/federation", self.base())]);
+        jsonwebtoken::decode::<Value>(assertion, &key.decoding, &v).is_ok()
     }
 
     /// An OBO assertion must be a valid token of this mock addressed to the app.

@@ -27,12 +27,12 @@ use tokio::task::JoinSet;
 use crate::access::Access;
 use crate::cache::TtlCache;
 use crate::cache::redis::RedisStore;
-use crate::config::{Config, GraphMode, Secret};
+use crate::config::{ClientCredentialKind, Config, GraphMode, Secret};
 use crate::directory::{Directory, MemoryUserStore, RedisUserStore, UserStore};
 use crate::entra::EntraValidator;
 use crate::entra::jwks::JwksCache;
 use crate::exchange::{ExchangeParts, ExchangeService};
-use crate::graph::{GraphClient, Photo};
+use crate::graph::{ClientCredential, GraphClient, Photo};
 use crate::http::{self, Body};
 use crate::issuer::Issuer;
 use crate::issuer::keys::{KeyError, KeyRing};
@@ -57,7 +57,7 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("signing key: {0}")]
     Keys(#[from] KeyError),
-    #[error("client secret: {0}")]
+    #[error("client credential: {0}")]
     Secret(String),
     #[error("HTTP client: {0}")]
     HttpClient(String),
@@ -116,8 +116,8 @@ impl AppState {
         let graph = match config.entra.graph_mode {
             GraphMode::Claims => None,
             GraphMode::App | GraphMode::Obo => {
-                let secret = client_secret(&config)?;
-                Some(Arc::new(GraphClient::new(&config.entra, secret, http.clone(), metrics.clone())))
+                let credential = client_credential(&config)?;
+                Some(Arc::new(GraphClient::new(&config.entra, credential, http.clone(), metrics.clone())))
             }
         };
         let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config)));
@@ -222,6 +222,32 @@ fn outbound_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwest
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartError::HttpClient(e.to_string()))
+}
+
+/// The configured way of authenticating to Entra's token endpoint.
+fn client_credential(config: &Config) -> Result<ClientCredential, StartError> {
+    let e = &config.entra;
+    match e.client_credential {
+        ClientCredentialKind::Secret => client_secret(config).map(ClientCredential::Secret),
+        ClientCredentialKind::WorkloadIdentity => {
+            let path = e
+                .federated_token_file
+                .clone()
+                .or_else(|| std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(Into::into))
+                .ok_or_else(|| {
+                    StartError::Secret(
+                        "workload_identity needs entra.federated_token_file or AZURE_FEDERATED_TOKEN_FILE".into(),
+                    )
+                })?;
+            Ok(ClientCredential::FederatedTokenFile(path))
+        }
+        ClientCredentialKind::Certificate => {
+            let (Some(cert), Some(key)) = (&e.client_certificate_file, &e.client_certificate_key_file) else {
+                return Err(StartError::Secret("certificate needs client_certificate_file and _key_file".into()));
+            };
+            ClientCredential::certificate(cert, key).map_err(StartError::Secret)
+        }
+    }
 }
 
 fn client_secret(config: &Config) -> Result<Secret, StartError> {
