@@ -14,6 +14,11 @@ need nginx nginx                 # tests/nginx.rs: auth_request against /auth/ve
 need redis-server redis-server   # tests/redis*.rs: shared state, TLS, ACL, cluster (redis-cli comes along)
 need redis-cli redis-tools
 need promtool prometheus         # tests/ops.rs: promtool check metrics
+need unzip unzip                 # .ci/tools.sh unpacks the Helm binaries
+need curl curl                   # tests/demo.rs runs the demo's printed curl lines
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if ((${#missing[@]})); then
   log "installing: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -21,6 +26,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts services on install where it can; the tests start their own on free ports.
+
+log "chart tools (Helm 3, Helm 4, kubernetes-validate) into target/tools"
+bash .ci/tools.sh
 
 # --- Rust ---------------------------------------------------------------------------------
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (https://rustup.rs)"; exit 1; }

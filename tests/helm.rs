@@ -1,0 +1,200 @@
+//! The Helm chart, validated with the real tools (installed into target/tools by
+//! `.ci/tools.sh`, which `bash .ci/test.sh` runs): `helm lint --strict` and `helm template` on
+//! Helm 3 and Helm 4 with the default values and every example; every rendered manifest (and the
+//! examples' own manifests) against the Kubernetes schemas with `kubernetes-validate --strict`;
+//! the rendered config file through `entra-gateway check-config --syntax-only`, so that values and
+//! config can never drift apart; and bad values refused by the schema with a readable message.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CHART: &str = "helm/entra-gateway";
+const EXAMPLES: [&str; 3] = ["sidecar", "ingress-nginx", "traefik"];
+/// The oldest Kubernetes the chart supports (native preStop sleep) and the newest schema set.
+const KUBERNETES: [&str; 2] = ["1.30.0", "1.37.0"];
+/// Custom resources with no schema in kubernetes-validate: allowed to warn, nothing else is.
+const CRD_KINDS: [&str; 2] = ["ServiceMonitor", "Middleware"];
+
+fn tool(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools").join(rel);
+    assert!(p.exists(), "{} is missing: run `bash .ci/tools.sh` (part of `bash .ci/test.sh`)", p.display());
+    p
+}
+
+fn helms() -> Vec<(&'static str, PathBuf)> {
+    vec![("helm3", tool("helm3/helm")), ("helm4", tool("helm4/helm"))]
+}
+
+fn values_sets() -> Vec<(String, Vec<String>)> {
+    let mut sets = vec![("default values".to_string(), vec![])];
+    for e in EXAMPLES {
+        sets.push((format!("example {e}"), vec!["-f".into(), format!("deploy/examples/{e}/values.yaml")]));
+    }
+    sets
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("tool runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn template(helm: &Path, args: &[String]) -> (bool, String, String) {
+    run(Command::new(helm).args(["template", "entra-gateway", CHART, "--namespace", "auth"]).args(args))
+}
+
+/// Validates a manifest file; fails on any problem or a warning about a non-CRD kind.
+fn kubernetes_validate(file: &Path, what: &str) {
+    for version in KUBERNETES {
+        let (ok, stdout, stderr) =
+            run(Command::new(tool("venv/bin/kubernetes-validate")).args(["--strict", "-k", version]).arg(file));
+        let text = format!("{stdout}{stderr}");
+        assert!(ok, "{what} is invalid for Kubernetes {version}:\n{text}");
+        for line in text.lines().filter(|l| !l.starts_with("INFO")) {
+            assert!(CRD_KINDS.iter().any(|k| line.contains(&format!("kind {k} "))), "{what} ({version}): {line}");
+        }
+        assert!(text.contains("passed"), "{what}: nothing validated:\n{text}");
+    }
+}
+
+/// The documents of a multi-document YAML stream.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml).unwrap().into_iter().filter(|d| !d.is_null()).collect()
+}
+
+#[test]
+fn the_chart_lints_strictly_on_helm_3_and_4_with_every_values_set() {
+    for (name, helm) in helms() {
+        for (set, args) in values_sets() {
+            let (ok, out, err) = run(Command::new(&helm).args(["lint", "--strict", CHART]).args(&args));
+            assert!(ok, "{name} lint --strict, {set}:\n{out}{err}");
+            assert!(out.contains("0 chart(s) failed"), "{name}, {set}: {out}");
+        }
+    }
+}
+
+#[test]
+fn rendered_manifests_and_example_manifests_pass_the_kubernetes_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, helm) in helms() {
+        for (i, (set, args)) in values_sets().into_iter().enumerate() {
+            let (ok, out, err) = template(&helm, &args);
+            assert!(ok, "{name} template, {set}:\n{err}");
+            let kinds: Vec<String> =
+                documents(&out).iter().map(|d| d["kind"].as_str().unwrap_or("?").to_string()).collect();
+            for kind in ["Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"] {
+                assert!(kinds.iter().any(|k| k == kind), "{name}, {set}: no {kind} in {kinds:?}");
+            }
+            let file = dir.path().join(format!("{name}-{i}.yaml"));
+            std::fs::write(&file, &out).unwrap();
+            kubernetes_validate(&file, &format!("{name} render of {set}"));
+        }
+    }
+    for e in EXAMPLES {
+        for entry in std::fs::read_dir(format!("deploy/examples/{e}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n != "values.yaml") {
+                kubernetes_validate(&path, &path.display().to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn the_rendered_config_file_passes_check_config_for_every_values_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, helm) = &helms()[0];
+    for (i, (set, args)) in values_sets().into_iter().enumerate() {
+        let (ok, out, err) = template(helm, &args);
+        assert!(ok, "{set}: {err}");
+        let docs = documents(&out);
+        let config = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .and_then(|d| d["data"]["config.yaml"].as_str())
+            .unwrap_or_else(|| panic!("{set}: no config.yaml in the ConfigMap"));
+        let path = dir.path().join(format!("config-{i}.yaml"));
+        std::fs::write(&path, config).unwrap();
+        let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
+            .args(["check-config", "--syntax-only", "--config"])
+            .arg(&path));
+        assert!(ok, "{set}: the chart renders a config the gateway refuses:\n{err}\n{config}");
+        // The pod mounts what the config names.
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let mounts: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        let files: Vec<&str> = config.split("_file: \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+        assert!(!files.is_empty(), "{set}: the config names no file");
+        for file in files {
+            assert!(mounts.iter().any(|m| file.starts_with(m)), "{set}: {file} is not mounted ({mounts:?})");
+        }
+    }
+}
+
+#[test]
+fn the_deployment_is_hardened_and_rolls_on_config_changes() {
+    let (_, helm) = &helms()[0];
+    let render = |extra: &[&str]| {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (ok, out, err) = template(helm, &args);
+        assert!(ok, "{err}");
+        documents(&out).into_iter().find(|d| d["kind"] == "Deployment").unwrap()
+    };
+    let d = render(&[]);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    assert!(pod["topologySpreadConstraints"].as_array().is_some_and(|t| t.len() == 2));
+    let checksum = |d: &serde_json::Value| {
+        d["spec"]["template"]["metadata"]["annotations"]["checksum/config"].as_str().unwrap().to_string()
+    };
+    assert_ne!(
+        checksum(&d),
+        checksum(&render(&["--set", "authorization.allowedGroups[0]=0a1b2c3d-0000-4000-8000-00000000e009"]))
+    );
+    // Workload identity: labelled pod, annotated service account, no secret volume.
+    let (ok, out, err) = template(helm, &["--set".into(), "entra.credential.type=workloadIdentity".into()]);
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(d["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"], "true");
+    let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
+    assert_eq!(
+        sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "00000000-0000-0000-0000-000000000000"
+    );
+    assert!(!out.contains("/var/run/secrets/entra\""), "no client-secret mount with workload identity");
+}
+
+#[test]
+fn bad_values_fail_with_a_readable_message_on_both_helm_versions() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "authorization.allowedGroups[0]=admins"], "/authorization/allowedGroups/0"),
+        (&["--set-json", "entra.tenantIds=[]"], "/entra/tenantIds"),
+        (&["--set", "entra.clientid=typo"], "clientid"),
+        (&["--set", "entra.graphMode=magic"], "/entra/graphMode"),
+        (&["--set", "redis.url=redis://user:password@redis:6379"], "/redis/url"),
+    ];
+    for (name, helm) in helms() {
+        for (args, expected) in cases {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let (ok, _, err) = template(&helm, &args);
+            assert!(!ok, "{name} accepted {args:?}");
+            assert!(err.contains("schema") && err.contains(expected), "{name} {args:?}: {err}");
+        }
+    }
+}
