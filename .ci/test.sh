@@ -42,3 +42,7 @@ cargo clippy --all-targets -- -D warnings
 
 log "cargo test (unit, end-to-end, CLI)"
 cargo test --all-targets
+
+log "release build (what deploy/Dockerfile builds) and image check"
+cargo build --release --locked
+bash .ci/image-check.sh target/release/entra-gateway
