@@ -17,8 +17,10 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM is nginx's fast shutdown: the master stops its workers too (SIGKILL would
+    /// orphan them).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }
@@ -60,7 +62,7 @@ async fn start_nginx(gateway: std::net::SocketAddr, app: std::net::SocketAddr) -
         .arg("-p")
         .arg(dir.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("nginx starts");
     // Wait until nginx accepts connections (bounded; nginx has no readiness signal).

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::process::GatewayProcess;
 use support::tls::TestCa;
 use support::upstream::{self, Upstream};
 use support::*;
@@ -96,10 +95,7 @@ async fn metrics_pass_promtool_move_with_traffic_and_never_carry_tokens_ids_or_p
 async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     let mock = mock().await;
     let up = upstream::start().await;
-    let (config, dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("LOGGING__FORMAT", "json").config();
-    let path = dir.path().join("gateway.yaml");
-    write_config(&config, &path);
-    let mut gw = GatewayProcess::spawn(&path);
+    let (mut gw, _, _dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("LOGGING__FORMAT", "json").spawn();
     let good = token_for(&mock, "alice");
     let parts: Vec<&str> = good.split('.').collect();
     let forged = format!("{}.{}.{}", parts[0], parts[1], token_for(&mock, "carol").rsplit('.').next().unwrap());
@@ -166,10 +162,7 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
 async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_exits_0() {
     let mock = mock().await;
     let up = upstream::start().await;
-    let (config, dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("SERVER__SHUTDOWN_GRACE", "20s").config();
-    let path = dir.path().join("gateway.yaml");
-    write_config(&config, &path);
-    let mut gw = GatewayProcess::spawn(&path);
+    let (mut gw, _, _dir) = GatewayBuilder::new(&mock).yaml(&routes(&up)).set("SERVER__SHUTDOWN_GRACE", "20s").spawn();
     let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "alice")).send().await.unwrap();
     let token = r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
     let url = gw.url("/slow/stall");
@@ -224,18 +217,15 @@ async fn https_listener_serves_h2_and_picks_up_a_replaced_certificate() {
     let mock = mock().await;
     let ca = TestCa::new();
     let (cert1, key1) = ca.issue(&["localhost", "127.0.0.1"]);
-    let (config, dir) = {
+    let (gw, _, dir) = {
         let b = GatewayBuilder::new(&mock);
         let d = b.dir_path().to_path_buf();
         std::fs::write(d.join("tls.crt"), &cert1).unwrap();
         std::fs::write(d.join("tls.key"), &key1).unwrap();
         b.set("SERVER__TLS__CERT_FILE", d.join("tls.crt").display().to_string())
             .set("SERVER__TLS__KEY_FILE", d.join("tls.key").display().to_string())
-            .config()
+            .spawn()
     };
-    let path = dir.path().join("gateway.yaml");
-    write_config(&config, &path);
-    let gw = GatewayProcess::spawn(&path);
 
     let (served, alpn) = handshake(gw.public, &ca.cert_pem).await;
     assert_eq!(served, der_of(&cert1));
@@ -266,10 +256,8 @@ async fn https_listener_serves_h2_and_picks_up_a_replaced_certificate() {
 #[tokio::test]
 async fn changing_allowed_groups_in_the_file_applies_without_restart_and_a_bad_edit_is_refused() {
     let mock = mock().await;
-    let (mut config, dir) = GatewayBuilder::new(&mock).config();
+    let (gw, mut config, dir) = GatewayBuilder::new(&mock).spawn();
     let path = dir.path().join("gateway.yaml");
-    write_config(&config, &path);
-    let gw = GatewayProcess::spawn(&path);
     let exchange_status = |login: &'static str| {
         let (url, token) = (gw.url("/auth/exchange"), token_for(&mock, login));
         async move { client().post(url).bearer_auth(token).send().await.unwrap().status().as_u16() }

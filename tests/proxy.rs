@@ -333,10 +333,7 @@ fn mock_user_with_photo() -> entra_gateway::mock::MockUser {
 async fn gateway_memory_stays_bounded_while_20_mib_stream_each_way() {
     let mock = mock().await;
     let up = upstream::start().await;
-    let (config, dir) = GatewayBuilder::new(&mock).yaml(&routes_yaml(&up)).set("LOGGING__FORMAT", "json").config();
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(&path, config_to_yaml(&config)).unwrap();
-    let gw = support::process::GatewayProcess::spawn(&path);
+    let (gw, _, _dir) = GatewayBuilder::new(&mock).yaml(&routes_yaml(&up)).set("LOGGING__FORMAT", "json").spawn();
     let (status, _, body) = {
         let r = client()
             .post(gw.url("/auth/exchange"))
@@ -363,11 +360,6 @@ async fn gateway_memory_stays_bounded_while_20_mib_stream_each_way() {
     let grown_kib = gw.peak_rss_kib().saturating_sub(before);
     eprintln!("peak RSS before {before} KiB, growth while streaming 2 x 20 MiB: {grown_kib} KiB");
     assert!(grown_kib < 8 * 1024, "peak RSS grew by {grown_kib} KiB while streaming 2 x 20 MiB");
-}
-
-/// Renders a loaded config back to YAML for a child process (secrets come from files here).
-fn config_to_yaml(c: &entra_gateway::config::Config) -> String {
-    serde_saphyr::to_string(&serde_json::to_value(c).unwrap()).unwrap()
 }
 
 #[tokio::test]

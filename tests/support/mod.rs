@@ -193,6 +193,14 @@ impl<'a> GatewayBuilder<'a> {
         (config, self.dir)
     }
 
+    /// Runs the real binary with this config (written to `gateway.yaml` in the returned dir).
+    pub fn spawn(self) -> (process::GatewayProcess, Config, tempfile::TempDir) {
+        let (config, dir) = self.config();
+        let path = dir.path().join("gateway.yaml");
+        write_config(&config, &path);
+        (process::GatewayProcess::spawn(&path), config, dir)
+    }
+
     pub async fn start(self) -> Gateway {
         let (config, dir) = self.config();
         start_with(config, dir).await
