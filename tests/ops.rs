@@ -138,6 +138,14 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         assert!(!text.contains(&token[..40]), "the log contains the start of the {name}");
     }
     assert!(!text.contains("mock-client-secret"));
+    let created: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "user created")
+        .collect();
+    assert_eq!(created.len(), 1, "one structured line per created user:\n{text}");
+    assert_eq!(created[0]["user_id"], access_user(&lines));
+    assert!(!text.contains("Alice J"), "profile values are never logged");
     let access: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -185,6 +193,16 @@ async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_e
     let (_, status) = gw.collect_until_exit();
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(20), "exited within the grace period");
+}
+
+/// The user id of the first access line.
+fn access_user(lines: &[String]) -> Value {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "request")
+        .map(|v| v["user_id"].clone())
+        .unwrap_or_default()
 }
 
 /// The certificate a TLS server presents, and the protocol ALPN chose.
