@@ -31,12 +31,20 @@ pub enum ExchangeError {
     NotInAllowedGroup,
     #[error("{0}")]
     GroupsNotInToken(&'static str),
+    #[error("the user no longer exists in the directory")]
+    UserMissing,
     #[error("Microsoft Graph: {0}")]
-    Graph(#[from] GraphError),
+    Graph(GraphError),
     #[error(transparent)]
     Directory(#[from] StoreError),
     #[error(transparent)]
     Mint(#[from] MintError),
+}
+
+impl From<GraphError> for ExchangeError {
+    fn from(e: GraphError) -> ExchangeError {
+        if e.user_missing { ExchangeError::UserMissing } else { ExchangeError::Graph(e) }
+    }
 }
 
 impl ExchangeError {
@@ -45,7 +53,9 @@ impl ExchangeError {
         match self {
             ExchangeError::Token(EntraError::KeysUnavailable(_)) => "unavailable",
             ExchangeError::Token(_) => "invalid_token",
-            ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) => "denied",
+            ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) | ExchangeError::UserMissing => {
+                "denied"
+            }
             ExchangeError::Graph(_) | ExchangeError::Directory(_) => "unavailable",
             ExchangeError::Mint(_) => "error",
         }

@@ -37,11 +37,14 @@ pub struct GraphError {
     pub reason: String,
     /// `Retry-After` to pass on to the client, when Graph gave one.
     pub retry_after: Option<Duration>,
+    /// Graph answered 404 for the user: it no longer exists in the directory (a definite "no",
+    /// not an outage).
+    pub user_missing: bool,
 }
 
 impl GraphError {
     fn new(reason: impl Into<String>) -> GraphError {
-        GraphError { reason: reason.into(), retry_after: None }
+        GraphError { reason: reason.into(), retry_after: None, user_missing: false }
     }
 }
 
@@ -309,6 +312,7 @@ impl GraphClient {
                 return Err(GraphError {
                     reason: format!("{endpoint}: HTTP {} after {} attempt(s)", resp.status(), attempt + 1),
                     retry_after: Some(wait.max(Duration::from_secs(1))),
+                    user_missing: false,
                 });
             }
             tracing::info!(
@@ -426,6 +430,9 @@ impl GraphSession<'_> {
 
 async fn ok_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response, what: &str) -> Result<T, GraphError> {
     let status = resp.status();
+    if status == StatusCode::NOT_FOUND {
+        return Err(GraphError { user_missing: true, ..GraphError::new(format!("{what}: the user does not exist")) });
+    }
     if !status.is_success() {
         return Err(GraphError::new(format!("{what}: HTTP {status}")));
     }

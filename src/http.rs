@@ -140,7 +140,8 @@ impl From<ExchangeError> for Rejection {
                 tracing::info!(reason = %t, "exchange refused: invalid token");
                 Rejection::InvalidToken(t.to_string())
             }
-            e @ (ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_)) => {
+            e
+            @ (ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) | ExchangeError::UserMissing) => {
                 tracing::info!(reason = %e, "exchange refused: access denied");
                 Rejection::AccessDenied(e.to_string())
             }

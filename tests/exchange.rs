@@ -351,6 +351,22 @@ async fn graph_throttling_is_waited_out_and_graph_down_is_503_never_200() {
 }
 
 #[tokio::test]
+async fn a_user_graph_no_longer_knows_is_denied_not_told_to_retry() {
+    let mock = mock().await;
+    let gw = GatewayBuilder::new(&mock).start().await;
+    let deleted = mock.mint(&TokenSpec {
+        oid: Some("de1e7ed0-0000-4000-8000-000000000099".into()),
+        overage: true,
+        ..Default::default()
+    });
+    let (status, headers, body) = exchange(&gw, &deleted).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "access_denied");
+    assert!(body["error_description"].as_str().unwrap().contains("no longer exists"));
+    assert!(!headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
 async fn graph_unreachable_and_a_wrong_client_secret_fail_closed() {
     let mock = mock().await;
     let gw = GatewayBuilder::new(&mock).set("ENTRA__GRAPH_URL", "http://127.0.0.1:9/graph/v1.0").start().await;

@@ -24,6 +24,9 @@ use crate::metrics::Metrics;
 
 /// How often an unknown `kid` may trigger a refetch, per tenant.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(300);
+/// After a failed refresh, stale keys are served this long without trying again, so that an
+/// Entra outage does not make every request wait for a failing fetch.
+pub const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why no key could be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +104,7 @@ pub struct JwksCache {
     // std locks: each critical section is a map look-up or insert, never held across an await.
     tenants: RwLock<HashMap<String, TenantKeys>>,
     last_forced: Mutex<HashMap<String, Instant>>,
+    last_failed: Mutex<HashMap<String, Instant>>,
     inflight: Mutex<HashMap<String, Flight>>,
 }
 
@@ -120,6 +124,7 @@ impl JwksCache {
             redis,
             tenants: RwLock::default(),
             last_forced: Mutex::default(),
+            last_failed: Mutex::default(),
             inflight: Mutex::default(),
         }
     }
@@ -153,15 +158,26 @@ impl JwksCache {
         let cached = self.tenants.read().ok().and_then(|t| t.get(tid).cloned());
         match cached {
             Some(t) if t.fetched_at.elapsed() < self.ttl => Ok(t.set),
+            Some(stale) if self.failed_recently(tid) => Ok(stale.set),
             Some(stale) => match self.refresh(tid, None).await {
                 Ok(set) => Ok(set),
                 Err(e) => {
+                    if let Ok(mut failed) = self.last_failed.lock() {
+                        failed.insert(tid.to_string(), Instant::now());
+                    }
                     tracing::warn!(tid, error = %e, "JWKS refresh failed; serving the previous keys");
                     Ok(stale.set)
                 }
             },
             None => self.refresh(tid, None).await,
         }
+    }
+
+    fn failed_recently(&self, tid: &str) -> bool {
+        self.last_failed
+            .lock()
+            .map(|f| f.get(tid).is_some_and(|t| t.elapsed() < FAILED_REFRESH_BACKOFF))
+            .unwrap_or(false)
     }
 
     /// Records a forced refresh unless one happened within the interval.
@@ -275,6 +291,26 @@ async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<(KeySet, String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::{MockEntra, MockSettings};
+
+    #[tokio::test]
+    async fn stale_keys_keep_serving_during_an_outage_without_a_fetch_per_request() {
+        let mock = MockEntra::start(MockSettings::default()).await.unwrap();
+        let tid = mock.settings().tenant_id.clone();
+        let kid = mock.state().signing_kid();
+        // ttl 0: the keys are stale as soon as they are fetched.
+        let cache =
+            JwksCache::new(reqwest::Client::new(), &mock.authority_host(), Duration::ZERO, Metrics::new(), None);
+        assert!(cache.key(&tid, &kid).await.is_ok());
+        assert_eq!(mock.state().calls("jwks"), 1);
+        mock.state().set_jwks_status(Some(503));
+        assert!(cache.key(&tid, &kid).await.is_ok(), "stale keys serve while the refresh fails");
+        assert_eq!(mock.state().calls("jwks"), 2);
+        for _ in 0..5 {
+            assert!(cache.key(&tid, &kid).await.is_ok());
+        }
+        assert_eq!(mock.state().calls("jwks"), 2, "no refetch within the back-off");
+    }
 
     #[test]
     fn jwks_parsing_keeps_rsa_signature_keys_only() {
