@@ -84,17 +84,23 @@ pub async fn config_reloader(state: Arc<AppState>, path: PathBuf) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler"))
         .ok();
+    // What is in effect is the config loaded at start, whatever the file says by the time this
+    // task runs: the first check compares against it, never against a hash taken here.
     let mut current = (*state.config).clone();
-    let mut last = hash(&path);
+    let mut last = None;
+    // The first check runs at once, after the watcher is registered: a change made before it
+    // was watching is caught here, any later one sends an event.
+    let mut first = true;
     loop {
-        let forced = next_trigger(&mut events, &mut hup).await;
+        let forced = if std::mem::take(&mut first) { false } else { next_trigger(&mut events, &mut hup).await };
         let now = hash(&path);
-        if !forced && now == last {
+        if !forced && now.is_some() && now == last {
             continue;
         }
         last = now;
-        match reload(&state, &current, &path) {
-            Ok(new) => current = new,
+        match reload(&state, &current, &path, forced) {
+            Ok(Some(new)) => current = new,
+            Ok(None) => {}
             Err(e) => {
                 state.metrics.config_reloads_total.with_label_values(&["error"]).inc();
                 tracing::error!(problems = %e.to_string().trim_end(), "new configuration refused; the previous one keeps serving");
@@ -107,9 +113,13 @@ fn section<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
-/// Loads and applies a new config; returns it (the new "current") when valid.
-pub fn reload(state: &AppState, current: &Config, path: &Path) -> Result<Config, ConfigError> {
+/// Loads and applies a new config; returns it (the new "current") when valid, `None` when a
+/// file event brought nothing new (SIGHUP always reloads).
+pub fn reload(state: &AppState, current: &Config, path: &Path, forced: bool) -> Result<Option<Config>, ConfigError> {
     let new = Config::load(path, &ProcessEnv, FileChecks::Read)?;
+    if !forced && section(&new) == section(current) {
+        return Ok(None);
+    }
     let mut applied = Vec::new();
     if section(&new.authorization) != section(&current.authorization)
         || section(&new.proxy.routes) != section(&current.proxy.routes)
@@ -141,7 +151,7 @@ pub fn reload(state: &AppState, current: &Config, path: &Path) -> Result<Config,
     }
     state.metrics.config_reloads_total.with_label_values(&["success"]).inc();
     tracing::info!(applied = %applied.join(", "), "configuration reloaded");
-    Ok(new)
+    Ok(Some(new))
 }
 
 /// Swaps the listener certificate when its files change.

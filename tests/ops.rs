@@ -364,3 +364,15 @@ async fn https_upstreams_are_trusted_through_extra_ca_file_and_spoken_to_over_h2
     assert_eq!(client().get(strict.url("/api/x")).send().await.unwrap().status(), 502);
     assert_eq!(up.requests(), before);
 }
+
+#[tokio::test]
+async fn a_config_change_made_while_the_gateway_starts_is_not_lost() {
+    let mock = mock().await;
+    let (gw, mut config, dir) = GatewayBuilder::new(&mock).spawn();
+    // Right after "listening": the reloader may not be watching yet.
+    config.authorization.allowed_groups.push(OTHER.to_string());
+    write_config(&config, &dir.path().join("gateway.yaml"));
+    gw.wait_for_line("configuration reloaded");
+    let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "carol")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
