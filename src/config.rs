@@ -126,6 +126,10 @@ pub struct ServerConfig {
     /// Largest request body `/auth/exchange` reads. Defaults to 64 KiB.
     #[serde(default = "default_max_exchange_body")]
     pub max_exchange_body_bytes: usize,
+    /// How long a client may take to send a request head; also how long an idle keep-alive
+    /// connection stays open. Defaults to `10s`.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed when finding the client IP
     /// (rate limits). Defaults to none: the socket peer is the client.
     #[serde(default)]
@@ -449,6 +453,9 @@ fn default_admin_listen() -> String {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(20)
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_max_exchange_body() -> usize {
     64 * 1024
 }
@@ -539,6 +546,7 @@ impl Default for ServerConfig {
             tls: None,
             shutdown_grace: default_shutdown_grace(),
             max_exchange_body_bytes: default_max_exchange_body(),
+            header_read_timeout: default_header_read_timeout(),
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitConfig::default(),
         }
@@ -712,6 +720,9 @@ impl Config {
         v.socket_addr("server.admin_listen", &s.admin_listen);
         if s.max_exchange_body_bytes < 4096 {
             v.push("server.max_exchange_body_bytes", "must be at least 4096");
+        }
+        if s.header_read_timeout < Duration::from_millis(100) {
+            v.push("server.header_read_timeout", "at least 100ms");
         }
         if let Some(tls) = &s.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {

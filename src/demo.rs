@@ -204,7 +204,7 @@ curl -s http://{admin}/metrics | grep '^entra_gateway_exchange_total'
 pub async fn start_echo(stop: watch::Receiver<bool>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(crate::server::serve(listener, None, stop, Duration::from_secs(1), |req, _| echo(req)));
+    tokio::spawn(crate::server::serve(listener, None, stop, crate::server::ConnLimits::short(), |req, _| echo(req)));
     Ok(addr)
 }
 

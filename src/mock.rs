@@ -171,15 +171,52 @@ impl MockEntra {
     }
 
     pub async fn start_on(settings: MockSettings, addr: &str) -> std::io::Result<MockEntra> {
+        MockEntra::start_with(settings, addr, None).await
+    }
+
+    /// Starts the mock over HTTPS (`https://localhost:port`) with this certificate and key
+    /// (PEM), for tests of outbound TLS trust.
+    pub async fn start_tls(settings: MockSettings, cert_pem: &str, key_pem: &str) -> std::io::Result<MockEntra> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| bad(e.to_string()))?;
+        MockEntra::start_with(settings, "127.0.0.1:0", Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+    }
+
+    async fn start_with(
+        settings: MockSettings,
+        addr: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> std::io::Result<MockEntra> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(MockState::new(settings, format!("http://{addr}")));
+        let base = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
+        let state = Arc::new(MockState::new(settings, base));
         let (stop, stop_rx) = watch::channel(false);
         let handler_state = state.clone();
-        tokio::spawn(crate::server::serve(listener, None, stop_rx, Duration::from_secs(1), move |req, _| {
-            let state = handler_state.clone();
-            async move { state.handle(req).await }
-        }));
+        tokio::spawn(crate::server::serve(
+            listener,
+            tls,
+            stop_rx,
+            crate::server::ConnLimits::short(),
+            move |req, _| {
+                let state = handler_state.clone();
+                async move { state.handle(req).await }
+            },
+        ));
         Ok(MockEntra { addr, state, stop })
     }
 
@@ -189,12 +226,12 @@ impl MockEntra {
 
     /// `entra.authority_host` for a gateway using this mock.
     pub fn authority_host(&self) -> String {
-        format!("http://{}", self.addr)
+        self.state.base()
     }
 
     /// `entra.graph_url` for a gateway using this mock.
     pub fn graph_url(&self) -> String {
-        format!("http://{}/graph/v1.0", self.addr)
+        format!("{}/graph/v1.0", self.state.base())
     }
 
     pub fn state(&self) -> &Arc<MockState> {

@@ -45,8 +45,6 @@ use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
 use crate::tls::ReloadingCert;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers) accepted.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -324,6 +322,7 @@ pub async fn run_with_state(
         }
     });
     let grace = state.config.server.shutdown_grace;
+    let limits = ConnLimits { grace, header_read_timeout: state.config.server.header_read_timeout };
     let tls = match &state.listener_tls {
         Some(cert) => match cert.server_config() {
             Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
@@ -335,11 +334,11 @@ pub async fn run_with_state(
         None => None,
     };
     let public_state = state.clone();
-    let public = tokio::spawn(serve(listeners.public, tls, public_rx, grace, move |req, peer| {
+    let public = tokio::spawn(serve(listeners.public, tls, public_rx, limits, move |req, peer| {
         http::public(public_state.clone(), req, peer)
     }));
     let admin_state = state.clone();
-    let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, grace, move |req, _peer| {
+    let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, limits, move |req, _peer| {
         http::admin::handle(admin_state.clone(), req)
     }));
     shutdown.await;
@@ -376,6 +375,22 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Per-listener connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections may finish this long after the listener stops.
+    pub grace: Duration,
+    /// How long a client may take to send a request head (and an idle keep-alive lasts).
+    pub header_read_timeout: Duration,
+}
+
+impl ConnLimits {
+    /// Limits for the mock and test servers: short grace, the default header timeout.
+    pub fn short() -> ConnLimits {
+        ConnLimits { grace: Duration::from_secs(1), header_read_timeout: Duration::from_secs(10) }
+    }
+}
+
 /// How long a TLS client may take to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -385,14 +400,19 @@ pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    limits: ConnLimits,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES);
+    let grace = limits.grace;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     let local = listener.local_addr().ok();

@@ -376,3 +376,26 @@ async fn a_config_change_made_while_the_gateway_starts_is_not_lost() {
     let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "carol")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn entra_and_graph_over_https_are_trusted_through_extra_ca_file() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&["localhost"]);
+    let mock = entra_gateway::mock::MockEntra::start_tls(Default::default(), &cert, &key).await.unwrap();
+    seed(&mock);
+    assert!(mock.authority_host().starts_with("https://localhost:"));
+    let trusting = {
+        let b = GatewayBuilder::new(&mock);
+        let ca_file = b.dir_path().join("extra-ca.pem");
+        std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+        b.set("SERVER__TLS__EXTRA_CA_FILE", ca_file.display().to_string()).start().await
+    };
+    // JWKS, the token endpoint and Graph (checkMemberGroups, profile), all over TLS.
+    let (status, _, body) = exchange(&trusting, &overage_token_for(&mock, "bob")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.state().calls("checkMemberGroups"), 1);
+    // Without the CA, Entra's certificate is not trusted: fail closed.
+    let strict = GatewayBuilder::new(&mock).start().await;
+    let (status, _, _) = exchange(&strict, &overage_token_for(&mock, "bob")).await;
+    assert_eq!(status, 503);
+}

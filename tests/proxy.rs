@@ -374,3 +374,26 @@ async fn an_oversized_request_head_is_refused_before_reaching_the_upstream() {
     // The gateway still serves afterwards.
     assert_eq!(get(&gw, "/public/x", None).await.status(), 200);
 }
+
+#[tokio::test]
+async fn slow_request_heads_and_idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = mock().await;
+    let gw = GatewayBuilder::new(&mock).set("SERVER__HEADER_READ_TIMEOUT", "1s").start().await;
+    // A client that never finishes its request head (slowloris).
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the gateway kept a half-sent request open");
+    assert!(!String::from_utf8_lossy(&buf).contains(" 200 "), "{}", String::from_utf8_lossy(&buf));
+    // A keep-alive connection that goes idle after one request.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = idle.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), idle.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle keep-alive connection stayed open");
+}

@@ -30,6 +30,12 @@ pub const DAVE: &str = "da7e0000-0000-4000-8000-000000000004"; // many groups, A
 /// A mock with alice, bob, carol and dave.
 pub async fn mock() -> MockEntra {
     let mock = MockEntra::start(MockSettings::default()).await.expect("mock starts");
+    seed(&mock);
+    mock
+}
+
+/// Adds alice, bob, carol and dave (and bob's nested group) to a mock.
+pub fn seed(mock: &MockEntra) {
     let s = mock.state();
     let user = |login: &str, oid: &str, name: &str, groups: Vec<String>| MockUser {
         login: login.into(),
@@ -49,7 +55,6 @@ pub async fn mock() -> MockEntra {
     many.push(ALLOWED.into());
     s.add_user(user("dave", DAVE, "Dave Many", many));
     s.nest_group(NESTED_CHILD, ALLOWED);
-    mock
 }
 
 /// A token for a mock user (`groups` claim filled from the directory unless overage is set).
