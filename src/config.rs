@@ -1024,9 +1024,8 @@ fn parse_env_value(raw: &str) -> Value {
     if t == "null" || t == "~" {
         return Value::Null;
     }
-    if (t.starts_with('[') || t.starts_with('{') || t == "true" || t == "false")
-        && let Ok(v) = serde_saphyr::from_str::<Value>(t)
-    {
+    let yaml_syntax = t.starts_with(['[', '{', '"', '\'']) || t == "true" || t == "false";
+    if yaml_syntax && let Ok(v) = serde_saphyr::from_str::<Value>(t) {
         return v;
     }
     if let Ok(n) = t.parse::<u64>() {
@@ -1133,6 +1132,7 @@ mod tests {
             ("ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT".to_string(), "5s".to_string()),
             ("ENTRA_GATEWAY__PROXY__FORWARD_TOKEN".to_string(), "false".to_string()),
             ("ENTRA_GATEWAY__SERVER__RATE_LIMIT__EXCHANGE_PER_USER".to_string(), "null".to_string()),
+            ("ENTRA_GATEWAY__ISSUER__AUDIENCE".to_string(), "\"123\"".to_string()),
             ("ENTRA_GATEWAY_CONFIG".to_string(), "/ignored".to_string()),
         ];
         let c = Config::from_yaml(&yaml, &env, FileChecks::Skip).unwrap();
@@ -1141,6 +1141,7 @@ mod tests {
         assert_eq!(c.proxy.routes[0].timeout, Duration::from_secs(5));
         assert!(!c.proxy.forward_token);
         assert_eq!(c.server.rate_limit.exchange_per_user, None);
+        assert_eq!(c.issuer.audience, "123", "a quoted value is a string, quotes removed");
     }
 
     #[test]
