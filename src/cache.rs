@@ -52,20 +52,6 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         TtlCache { name, inner, metrics }
     }
 
-    pub async fn get(&self, key: &str) -> Option<V> {
-        let hit = self.inner.get(key).await.map(|t| t.value);
-        self.metrics.cache(self.name, if hit.is_some() { "hit" } else { "miss" });
-        hit
-    }
-
-    pub async fn insert(&self, key: String, value: V, ttl: Duration) {
-        self.inner.insert(key, Timed { value, ttl }).await;
-    }
-
-    pub async fn remove(&self, key: &str) {
-        self.inner.invalidate(key).await;
-    }
-
     /// Returns the cached value, or runs `load` once for all concurrent callers of this key and
     /// caches its value for the TTL it returns. Errors are shared with the waiting callers and
     /// not cached.

@@ -670,11 +670,6 @@ impl Config {
         self
     }
 
-    /// The home tenant (first of `entra.tenants`).
-    pub fn home_tenant(&self) -> &str {
-        self.entra.tenants.first().map(String::as_str).unwrap_or_default()
-    }
-
     /// Every group id the config mentions: the set Graph is asked about.
     pub fn configured_groups(&self) -> BTreeSet<String> {
         let a = &self.authorization;

@@ -131,10 +131,6 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     pub fn cache(&self, cache: &'static str, result: &'static str) {
         self.cache_requests_total.with_label_values(&[cache, result]).inc();
     }
