@@ -24,8 +24,10 @@ use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 
 use crate::access::AccessError;
+use crate::directory::StoreError;
 use crate::entra::EntraError;
 use crate::exchange::ExchangeError;
+use crate::graph::GraphError;
 use crate::proxy::ProxyError;
 use crate::server::AppState;
 
@@ -145,24 +147,32 @@ impl From<ExchangeError> for Rejection {
                 tracing::info!(reason = %e, "exchange refused: access denied");
                 Rejection::AccessDenied(e.to_string())
             }
-            ExchangeError::Graph(g) => {
-                tracing::warn!(reason = %g, "exchange failed: Microsoft Graph unavailable");
-                Rejection::Unavailable {
-                    description: "Microsoft Graph is unavailable; try again later",
-                    retry_after: g.retry_after.unwrap_or(Duration::from_secs(5)),
-                }
-            }
-            ExchangeError::Directory(d) => {
-                tracing::warn!(reason = %d, "exchange failed: user store unavailable");
-                Rejection::Unavailable {
-                    description: "the user store is unavailable; try again later",
-                    retry_after: Duration::from_secs(5),
-                }
-            }
+            ExchangeError::Graph(g) => g.into(),
+            ExchangeError::Directory(d) => d.into(),
             ExchangeError::Mint(m) => {
                 tracing::error!(reason = %m, "exchange failed: cannot sign the internal token");
                 Rejection::Internal
             }
+        }
+    }
+}
+
+impl From<GraphError> for Rejection {
+    fn from(g: GraphError) -> Rejection {
+        tracing::warn!(reason = %g, "Microsoft Graph unavailable");
+        Rejection::Unavailable {
+            description: "Microsoft Graph is unavailable; try again later",
+            retry_after: g.retry_after.unwrap_or(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl From<StoreError> for Rejection {
+    fn from(e: StoreError) -> Rejection {
+        tracing::warn!(reason = %e, "user store unavailable");
+        Rejection::Unavailable {
+            description: "the user store is unavailable; try again later",
+            retry_after: Duration::from_secs(5),
         }
     }
 }

@@ -4,8 +4,6 @@
 //! caller's Graph photo (cached for `profile_ttl`), so a frontend needs no Graph token at all.
 //! Must not: show another user's data: everything is keyed by the verified token's (tid, oid).
 
-use std::time::Duration;
-
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -45,13 +43,7 @@ pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo)
     let p = state.access.authenticate(bearer(req.headers())).await?;
     info.user_id = Some(p.claims.sub.clone());
     let c = &p.claims;
-    let record = state.directory.find(&c.tid, &c.oid).await.map_err(|e| {
-        tracing::warn!(reason = %e, "user store unavailable");
-        Rejection::Unavailable {
-            description: "the user store is unavailable; try again later",
-            retry_after: Duration::from_secs(5),
-        }
-    })?;
+    let record = state.directory.find(&c.tid, &c.oid).await?;
     let Some(user) = record else {
         return Err(Rejection::NotFound("no user record for this token; exchange an Entra token again"));
     };
@@ -77,13 +69,7 @@ pub async fn photo(
     let ttl = state.config.cache.profile_ttl;
     let key = format!("{}:{oid}", p.claims.tid);
     let load = async move { graph.photo(&oid).await.map(|photo| (photo.map(std::sync::Arc::new), ttl)) };
-    let photo = state.photos.get_or_load(key, load).await.map_err(|e| {
-        tracing::warn!(reason = %e, "photo: Graph unavailable");
-        Rejection::Unavailable {
-            description: "Microsoft Graph is unavailable; try again later",
-            retry_after: e.retry_after.unwrap_or(Duration::from_secs(5)),
-        }
-    })?;
+    let photo = state.photos.get_or_load(key, load).await.map_err(|e| Rejection::from((*e).clone()))?;
     let Some(photo) = photo else {
         return Err(Rejection::NotFound("the user has no photo"));
     };
