@@ -40,6 +40,7 @@ pub mod graph;
 pub mod http;
 pub mod issuer;
 pub mod metrics;
+pub mod path;
 pub mod mock;
 pub mod policy;
 pub mod proxy;
