@@ -137,6 +137,20 @@ pub struct ServerConfig {
     /// Token buckets on `/auth/exchange`. Defaults to the values of [`RateLimitConfig`].
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Open connections on the public listener; one more is closed at once (and counted).
+    /// Defaults to `10000`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a connection with no request in flight stays open (HTTP/2 gets a GOAWAY; an
+    /// HTTP/1.1 keep-alive connection is also bounded by `header_read_timeout`). Defaults to `60s`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection (announced in SETTINGS). Defaults to `100`.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// How long `/auth/exchange` may take to receive its body; slower is 408. Defaults to `10s`.
+    #[serde(default = "default_exchange_body_timeout", with = "humantime_serde")]
+    pub exchange_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -406,6 +420,70 @@ pub struct RouteConfig {
     /// Route name used in metrics and logs. Defaults to the path prefix.
     #[serde(default)]
     pub name: Option<String>,
+    /// Accept paths with empty segments (`//`) on this route and forward them as they are.
+    /// The route is still chosen as if `//` were `/`. Defaults to `false` (400).
+    #[serde(default)]
+    pub allow_empty_segments: bool,
+}
+
+/// Where forward-auth (`/auth/verify`) reads the original request's URI from: the one source
+/// the ingress in front sets (and overwrites). Every other original-URI header is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum OriginalUriSource {
+    /// `X-Original-URL` (a full URL): ingress-nginx `auth-url`.
+    #[serde(rename = "x-original-url")]
+    XOriginalUrl,
+    /// `X-Forwarded-Uri`: Traefik ForwardAuth, Caddy `forward_auth`.
+    #[serde(rename = "x-forwarded-uri")]
+    XForwardedUri,
+    /// `X-Original-URI`: nginx `auth_request` with `proxy_set_header X-Original-URI $request_uri`.
+    #[serde(rename = "x-original-uri")]
+    XOriginalUri,
+    /// The path after `/auth/verify`: Envoy ext_authz HTTP with `path_prefix: /auth/verify`.
+    #[serde(rename = "path")]
+    Path,
+}
+
+impl OriginalUriSource {
+    /// The header this source reads, if it is a header.
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            OriginalUriSource::XOriginalUrl => Some("x-original-url"),
+            OriginalUriSource::XForwardedUri => Some("x-forwarded-uri"),
+            OriginalUriSource::XOriginalUri => Some("x-original-uri"),
+            OriginalUriSource::Path => None,
+        }
+    }
+}
+
+/// What forward-auth answers for an original path that matches no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmatched {
+    /// 403.
+    Deny,
+    /// Any valid gateway token is enough.
+    Authenticated,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct ForwardAuthConfig {
+    /// `x-original-url` (ingress-nginx), `x-forwarded-uri` (Traefik, Caddy), `x-original-uri`
+    /// (nginx `auth_request`) or `path` (Envoy, `/auth/verify/<path>`). Defaults to none:
+    /// `/auth/verify` answers 404 until it is set.
+    #[serde(default)]
+    pub original_uri: Option<OriginalUriSource>,
+    /// `deny` (403) or `authenticated` for a path no route matches. Defaults to `deny` when
+    /// routes are configured and `authenticated` when there are none.
+    #[serde(default)]
+    pub unmatched: Option<Unmatched>,
+}
+
+impl ForwardAuthConfig {
+    /// The policy for unmatched paths, with its default applied.
+    pub fn unmatched(&self, routes: &[RouteConfig]) -> Unmatched {
+        self.unmatched.unwrap_or(if routes.is_empty() { Unmatched::Authenticated } else { Unmatched::Deny })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -420,6 +498,9 @@ pub struct ProxyConfig {
     /// Routes; none by default.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Forward-auth (`/auth/verify`). Defaults to off until `original_uri` is set.
+    #[serde(default)]
+    pub forward_auth: ForwardAuthConfig,
 }
 
 /// Log output format.
@@ -454,6 +535,18 @@ fn default_shutdown_grace() -> Duration {
     Duration::from_secs(20)
 }
 fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_h2_streams() -> u32 {
+    100
+}
+fn default_exchange_body_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_max_exchange_body() -> usize {
@@ -549,6 +642,10 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitConfig::default(),
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+            http2_max_concurrent_streams: default_h2_streams(),
+            exchange_body_timeout: default_exchange_body_timeout(),
         }
     }
 }
@@ -573,7 +670,12 @@ impl Default for CacheConfig {
 
 impl Default for ProxyConfig {
     fn default() -> Self {
-        ProxyConfig { identity_header_prefix: default_identity_prefix(), forward_token: true, routes: Vec::new() }
+        ProxyConfig {
+            identity_header_prefix: default_identity_prefix(),
+            forward_token: true,
+            routes: Vec::new(),
+            forward_auth: ForwardAuthConfig::default(),
+        }
     }
 }
 
@@ -718,6 +820,18 @@ impl Config {
         }
         if s.header_read_timeout < Duration::from_millis(100) {
             v.push("server.header_read_timeout", "at least 100ms");
+        }
+        if s.idle_timeout < Duration::from_millis(100) {
+            v.push("server.idle_timeout", "at least 100ms");
+        }
+        if s.exchange_body_timeout < Duration::from_millis(100) {
+            v.push("server.exchange_body_timeout", "at least 100ms");
+        }
+        if s.max_connections == 0 {
+            v.push("server.max_connections", "at least 1");
+        }
+        if s.http2_max_concurrent_streams == 0 {
+            v.push("server.http2_max_concurrent_streams", "at least 1");
         }
         if let Some(tls) = &s.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -908,6 +1022,15 @@ impl Config {
             let path = format!("proxy.routes[{n}]");
             if !r.path_prefix.starts_with('/') {
                 v.push(&format!("{path}.path_prefix"), "must start with /");
+            } else if crate::path::CanonicalPath::parse(&r.path_prefix)
+                .map(|c| c.as_str() != r.path_prefix || c.has_empty_segments())
+                .unwrap_or(true)
+            {
+                v.push(
+                    &format!("{path}.path_prefix"),
+                    "must be a canonical path (no `//`, `.`/`..` segments, `;`, `\\` or escapes of \
+                     unreserved characters; escapes in upper case)",
+                );
             } else if !seen.insert(r.path_prefix.clone()) {
                 v.push(&format!("{path}.path_prefix"), "duplicate path_prefix");
             }

@@ -28,6 +28,7 @@ use crate::directory::StoreError;
 use crate::entra::EntraError;
 use crate::exchange::ExchangeError;
 use crate::graph::GraphError;
+use crate::path::CanonicalPath;
 use crate::proxy::ProxyError;
 use crate::server::AppState;
 
@@ -57,6 +58,8 @@ pub enum Rejection {
     InvalidRequest(String),
     /// 413: body larger than the limit.
     PayloadTooLarge,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 401 with `WWW-Authenticate: Bearer error="invalid_token"`.
     InvalidToken(String),
     /// 403.
@@ -83,6 +86,9 @@ impl Rejection {
             Rejection::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d, None),
             Rejection::PayloadTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body is too large".into(), None)
+            }
+            Rejection::RequestTimeout => {
+                (StatusCode::REQUEST_TIMEOUT, "invalid_request", "the request body did not arrive in time".into(), None)
             }
             Rejection::InvalidToken(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d, None),
             Rejection::AccessDenied(d) => (StatusCode::FORBIDDEN, "access_denied", d, None),
@@ -267,13 +273,36 @@ pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: Sock
     resp
 }
 
+/// What every request must pass before any endpoint sees it; returns its canonical path.
+///
+/// Refused with 400: two `Authorization` or `Host` headers (components behind the gateway may
+/// read the other one), an upgrade to anything but WebSocket, and a path that has no safe
+/// canonical form (see [`crate::path`]).
+fn screen<B>(req: &Request<B>) -> Result<CanonicalPath, Rejection> {
+    let h = req.headers();
+    for (name, what) in [(header::AUTHORIZATION, "Authorization"), (header::HOST, "Host")] {
+        if h.get_all(&name).iter().nth(1).is_some() {
+            return Err(Rejection::InvalidRequest(format!("send one {what} header, not several")));
+        }
+    }
+    crate::proxy::headers::check_upgrade(h).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
+    CanonicalPath::parse(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))
+}
+
 async fn route_public(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let (endpoint, handler) = match req.uri().path() {
+    let path = match screen(&req) {
+        Ok(p) => p,
+        Err(r) => {
+            info.endpoint = "refused".into();
+            return Err(r);
+        }
+    };
+    let (endpoint, handler) = match path.as_str() {
         "/auth/exchange" => ("exchange", Endpoint::Exchange),
         "/auth/logout" => ("logout", Endpoint::Logout),
         "/auth/me" => ("me", Endpoint::Me),
@@ -290,11 +319,11 @@ async fn route_public(
         Endpoint::Logout => session::logout(state, req, info).await,
         Endpoint::Me => session::me(state, req, info).await,
         Endpoint::Photo => session::photo(state, req, info).await,
-        Endpoint::Verify => verify::handle(state, req, info).await,
+        Endpoint::Verify => verify::handle(state, req, &path, info).await,
         Endpoint::Jwks => wellknown::jwks(state, &req),
         Endpoint::Discovery => wellknown::discovery(state, &req),
         Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
-        Endpoint::Proxy => forward::handle(state, req, peer, info).await,
+        Endpoint::Proxy => forward::handle(state, req, path, peer, info).await,
     }
 }
 

@@ -4,7 +4,7 @@
 //! of their values. Must not: take label values from requests (raw paths, user ids, tokens):
 //! callers pass `&'static str` outcomes or route names that come from the config.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 /// Buckets from 100µs to 30s, so that sub-millisecond proxy overhead is visible.
 const LATENCY_BUCKETS: &[f64] =
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub tls_reloads_total: IntCounterVec,
     pub rate_limited_total: IntCounterVec,
     pub http_requests_total: IntCounterVec,
+    pub connection_events_total: IntCounterVec,
+    pub open_connections: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -117,6 +119,19 @@ impl Metrics {
                 "Requests on the public listener by endpoint (or route) and status.",
                 &["endpoint", "status"],
             ),
+            connection_events_total: counter(
+                &r,
+                "entra_gateway_connection_events_total",
+                "Connections closed by the gateway's limits, by event (rejected_limit, \
+                 first_request_timeout, idle_timeout, tls_handshake_timeout, tls_handshake_failed).",
+                &["event"],
+            ),
+            open_connections: {
+                let g = IntGauge::new("entra_gateway_open_connections", "Open connections on the public listener.")
+                    .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry: r,
         }
     }

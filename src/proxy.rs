@@ -23,7 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::access::Principal;
 use crate::config::RouteAuth;
+use crate::forwarded::TrustedProxies;
 use crate::http::{Body, BoxError};
+use crate::path::CanonicalPath;
 use headers::IdentityHeaders;
 use routes::Route;
 
@@ -85,31 +87,40 @@ pub struct Proxy {
     forward_token: bool,
     /// `X-Forwarded-Proto` of the public listener.
     proto: &'static str,
+    trusted: TrustedProxies,
 }
 
 impl Proxy {
-    pub fn new(client: UpstreamClient, forward_token: bool, proto: &'static str) -> Proxy {
-        Proxy { client, forward_token, proto }
+    pub fn new(client: UpstreamClient, forward_token: bool, proto: &'static str, trusted: TrustedProxies) -> Proxy {
+        Proxy { client, forward_token, proto, trusted }
     }
 
-    /// Rewrites the request for `route` and streams it to the upstream.
+    /// Rewrites the request for `route` and streams it to the upstream. `path` is the request's
+    /// canonical path: the one the route was chosen on is the one forwarded.
     pub async fn forward(
         &self,
         route: &Route,
         principal: Option<&Principal>,
         ids: &IdentityHeaders,
+        path: &CanonicalPath,
         mut req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        parts.uri = route.upstream_uri(&parts.uri).map_err(|_| ProxyError::BadGateway)?;
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            // HTTP/2 carries the host in `:authority`.
+            parts.headers.insert(header::HOST, authority);
+        }
+        parts.uri = route.upstream_uri(path, parts.uri.query()).map_err(|_| ProxyError::BadGateway)?;
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         ids.strip(h);
         headers::strip_hop_by_hop(h, upgrade);
-        headers::set_forwarded(h, peer.ip(), self.proto);
+        self.trusted.rewrite(h, peer.ip(), self.proto);
         h.remove(header::HOST);
         if route.auth == RouteAuth::Required && !self.forward_token {
             h.remove(header::AUTHORIZATION);

@@ -121,15 +121,14 @@ pub fn reload(state: &AppState, current: &Config, path: &Path, forced: bool) -> 
         return Ok(None);
     }
     let mut applied = Vec::new();
-    if section(&new.authorization) != section(&current.authorization)
-        || section(&new.proxy.routes) != section(&current.proxy.routes)
-    {
+    let routes_changed = section(&new.proxy.routes) != section(&current.proxy.routes);
+    if section(&new.authorization) != section(&current.authorization) || routes_changed {
         state.policy.store(Arc::new(Policy::from_config(&new)));
         applied.push("authorization");
     }
-    if section(&new.proxy.routes) != section(&current.proxy.routes) {
+    if routes_changed || section(&new.proxy.forward_auth) != section(&current.proxy.forward_auth) {
         state.routes.store(Arc::new(RouteTable::from_config(&new.proxy)));
-        applied.push("proxy.routes");
+        applied.push("proxy.routes, proxy.forward_auth");
     }
     let restart: Vec<&str> = [
         ("server", section(&new.server) != section(&current.server)),

@@ -29,7 +29,11 @@ proxy:
 async fn setup() -> (entra_gateway::mock::MockEntra, Upstream, Gateway) {
     let mock = mock().await;
     let up = upstream::start().await;
-    let gw = GatewayBuilder::new(&mock).yaml(&routes_yaml(&up)).start().await;
+    let gw = GatewayBuilder::new(&mock)
+        .yaml(&routes_yaml(&up))
+        .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "x-original-uri")
+        .start()
+        .await;
     (mock, up, gw)
 }
 
@@ -141,14 +145,15 @@ async fn refused_requests_get_401_or_403_and_never_reach_the_upstream() {
 async fn paths_and_queries_arrive_unchanged_and_strip_prefix_works() {
     let (mock, up, gw) = setup().await;
     let token = login(&gw, &mock, "alice").await;
-    let path = "/api/files/a%2Fb%20c/d.txt?q=%C3%A9t%C3%A9&x=1+2&empty=";
+    let path = "/api/files/a%3Ab%20c/d.txt?q=%C3%A9t%C3%A9&x=1+2&empty=&u=a%2Fb";
     assert_eq!(get(&gw, path, Some(&token)).await.status(), 200);
     assert_eq!(up.last().uri, path);
     assert_eq!(get(&gw, "/strip/inner/x?y=1", Some(&token)).await.status(), 200);
     assert_eq!(up.last().uri, "/base/inner/x?y=1");
-    // Dot segments (plain or encoded) are refused before routing can be fooled.
+    // Dot segments (plain or encoded) and encoded slashes are refused before routing can be
+    // fooled (tests/trust_boundary.rs has every other spelling).
     let before = up.requests();
-    for p in ["/api/../admin/x", "/api/%2e%2e/admin/x", "/api/./x", "/api/..%2Fadmin/x"] {
+    for p in ["/api/../admin/x", "/api/%2e%2e/admin/x", "/api/./x", "/api/..%2Fadmin/x", "/api/a%2Fb"] {
         assert_eq!(raw_get_status(gw.addr, p, &token).await, 400, "{p}");
     }
     assert_eq!(up.requests(), before);
@@ -260,21 +265,14 @@ async fn forward_auth_verify_answers_with_identity_headers_and_applies_route_gro
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-auth-oid"], ALICE);
     assert_eq!(r.headers()["x-auth-name"], "Alice J%C3%B8rgensen");
-    assert_eq!(verify(Some(&alice), None, true).await.unwrap().status(), 200);
+    assert_eq!(verify(Some(&alice), Some("/api/x"), true).await.unwrap().status(), 200);
+    assert_eq!(verify(Some(&alice), None, false).await.unwrap().status(), 400, "no original URI: no fallback");
     assert_eq!(verify(None, Some("/api/x"), false).await.unwrap().status(), 401);
     assert_eq!(verify(Some("junk"), Some("/api/x"), false).await.unwrap().status(), 401);
     assert_eq!(verify(Some(&bob), Some("/admin/panel"), false).await.unwrap().status(), 403);
-    let r =
-        client().get(gw.url("/auth/verify")).bearer_auth(&bob).header("X-Forwarded-Uri", "/admin/panel").send().await;
-    assert_eq!(r.unwrap().status(), 403);
+    assert_eq!(verify(Some(&alice), Some("/admin/panel"), false).await.unwrap().status(), 200);
     assert_eq!(verify(None, Some("/public/page"), false).await.unwrap().status(), 200);
-    // Envoy ext_authz style: the original path appended to /auth/verify.
-    assert_eq!(client().get(gw.url("/auth/verify/admin/panel")).bearer_auth(&bob).send().await.unwrap().status(), 403);
-    assert_eq!(
-        client().get(gw.url("/auth/verify/admin/panel")).bearer_auth(&alice).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(client().get(gw.url("/auth/verify/api/x")).bearer_auth(&bob).send().await.unwrap().status(), 200);
+    assert_eq!(verify(Some(&bob), Some("/api/x"), false).await.unwrap().status(), 200);
     let r = client().post(gw.url("/auth/logout")).bearer_auth(&bob).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(verify(Some(&bob), Some("/api/x"), false).await.unwrap().status(), 401);

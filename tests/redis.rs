@@ -18,6 +18,7 @@ async fn replica(mock: &MockEntra, redis: &RedisServer) -> Gateway {
     GatewayBuilder::new(mock)
         .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
         .set("CACHE__REDIS_URL", redis.url())
+        .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "path")
         .start()
         .await
 }
@@ -58,12 +59,12 @@ async fn two_replicas_share_group_answers_and_a_logout_on_one_is_honoured_by_the
     assert_eq!(keys(&redis, "entra-gateway:groups:*").await.len(), 1);
 
     // Logout on A: the token is refused on B, by /auth/verify and /auth/me alike.
-    assert_eq!(client().get(b.url("/auth/verify")).bearer_auth(&token_a).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(b.url("/auth/verify/app")).bearer_auth(&token_a).send().await.unwrap().status(), 200);
     assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&token_a).send().await.unwrap().status(), 204);
-    assert_eq!(client().get(b.url("/auth/verify")).bearer_auth(&token_a).send().await.unwrap().status(), 401);
+    assert_eq!(client().get(b.url("/auth/verify/app")).bearer_auth(&token_a).send().await.unwrap().status(), 401);
     assert_eq!(client().get(b.url("/auth/me")).bearer_auth(&token_a).send().await.unwrap().status(), 401);
     // Bob's other session is untouched.
-    assert_eq!(client().get(a.url("/auth/verify")).bearer_auth(&token_b).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(a.url("/auth/verify/app")).bearer_auth(&token_b).send().await.unwrap().status(), 200);
     let revoked = keys(&redis, "entra-gateway:revoked:*").await;
     assert_eq!(revoked.len(), 1);
     let mut c = redis.connection().await;
@@ -178,10 +179,10 @@ async fn with_redis_killed_exchanges_still_work_and_when_it_returns_the_gateway_
     redis.kill();
     let token = login(&gw, &mock, "bob").await;
     login(&gw, &mock, "dave").await;
-    assert_eq!(client().get(gw.url("/auth/verify")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(gw.url("/auth/verify/app")).bearer_auth(&token).send().await.unwrap().status(), 200);
     // A logout during the outage is still honoured by this replica.
     assert_eq!(client().post(gw.url("/auth/logout")).bearer_auth(&token).send().await.unwrap().status(), 204);
-    assert_eq!(client().get(gw.url("/auth/verify")).bearer_auth(&token).send().await.unwrap().status(), 401);
+    assert_eq!(client().get(gw.url("/auth/verify/app")).bearer_auth(&token).send().await.unwrap().status(), 401);
     let (status, ready) = readyz(&gw).await;
     assert_eq!(status, 200, "degraded but safe: {ready}");
     assert_eq!(ready["status"], "degraded");

@@ -16,7 +16,9 @@ use support::*;
 async fn replicas_share_state(mock: &MockEntra, settings: &[(&str, String)]) {
     let pem = entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
     let start = || {
-        let mut b = GatewayBuilder::new(mock).key("k1", SigningAlgorithm::ES256, Some(pem.clone()));
+        let mut b = GatewayBuilder::new(mock)
+            .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
+            .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "path");
         for (k, v) in settings {
             b = b.set(k, v.clone());
         }
@@ -29,7 +31,7 @@ async fn replicas_share_state(mock: &MockEntra, settings: &[(&str, String)]) {
     assert_eq!(exchange(&b, &overage_token_for(mock, "bob")).await.0, 200);
     assert_eq!(mock.state().group_calls(), 1, "B read A's answer from Redis");
     assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&token).send().await.unwrap().status(), 204);
-    assert_eq!(client().get(b.url("/auth/verify")).bearer_auth(&token).send().await.unwrap().status(), 401);
+    assert_eq!(client().get(b.url("/auth/verify/app")).bearer_auth(&token).send().await.unwrap().status(), 401);
     let r: serde_json::Value = client().get(b.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(r["status"], "ready", "{r}");
 }

@@ -43,7 +43,8 @@ pub async fn handle(
         return Err(rate_limited(state, "ip", wait));
     }
     let started = Instant::now();
-    let token = read_token(req, state.config.server.max_exchange_body_bytes).await?;
+    let server = &state.config.server;
+    let token = read_token(req, server.max_exchange_body_bytes, server.exchange_body_timeout).await?;
     let result = run(state, &token).await;
     state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
     let exchanged = match result {
@@ -103,14 +104,20 @@ fn response_body(e: &Exchanged) -> serde_json::Value {
     })
 }
 
-/// The Entra token, from the `Authorization` header or the RFC 8693 form.
-async fn read_token(req: Request<Incoming>, limit: usize) -> Result<String, Rejection> {
+/// The Entra token, from the `Authorization` header or the RFC 8693 form; the body must arrive
+/// within `deadline`.
+async fn read_token(req: Request<Incoming>, limit: usize, deadline: Duration) -> Result<String, Rejection> {
     let (parts, body) = req.into_parts();
     let header_token = bearer(&parts.headers).map(str::to_owned);
     if header_token.is_none() && parts.headers.contains_key(header::AUTHORIZATION) {
         return Err(Rejection::InvalidRequest("the Authorization header must be `Bearer <Entra access token>`".into()));
     }
-    let body = match Limited::new(body, limit).collect().await {
+    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        tracing::info!(deadline_ms = deadline.as_millis() as u64, "exchange refused: the body arrived too slowly");
+        return Err(Rejection::RequestTimeout);
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Rejection::PayloadTooLarge);

@@ -1,8 +1,9 @@
 //! Every path that is not a gateway endpoint: route, check the caller, forward.
 //!
-//! Owns: the order of the proxy steps (route match, dot-segment refusal, authentication and
-//! route groups for `auth: required`, forwarding) and the proxy metrics. Must not: forward
-//! anything the checks refused; the upstream sees nothing of a refused request.
+//! Owns: the order of the proxy steps (route match on the canonical path, the route's
+//! empty-segment rule, authentication and route groups for `auth: required`, forwarding that
+//! same canonical path) and the proxy metrics. Must not: forward anything the checks refused;
+//! the upstream sees nothing of a refused request.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -13,29 +14,31 @@ use hyper::body::Incoming;
 use super::{AccessInfo, Body, Rejection, bearer};
 use crate::config::RouteAuth;
 use crate::metrics::status_label;
-use crate::proxy::routes::check_path;
+use crate::path::CanonicalPath;
 use crate::server::AppState;
 
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
+    path: CanonicalPath,
     peer: SocketAddr,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
     let routes = state.routes.load();
-    let Some(route) = routes.find(req.uri().path()).cloned() else {
+    let Some(route) = routes.find(&path).cloned() else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
     info.endpoint = route.label.clone().into();
     info.upstream = Some(route.upstream_authority());
-    let result = forward(state, &route, req, peer, info).await;
+    let result = forward(state, &route, req, &path, peer, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
         Err(Rejection::InvalidToken(_)) => 401,
         Err(Rejection::AccessDenied(_)) => 403,
         Err(Rejection::InvalidRequest(_)) => 400,
+        Err(Rejection::RequestTimeout) => 408,
         Err(Rejection::BadGateway) => 502,
         Err(Rejection::GatewayTimeout) => 504,
         Err(_) => 503,
@@ -50,10 +53,11 @@ async fn forward(
     state: &AppState,
     route: &crate::proxy::routes::Route,
     req: Request<Incoming>,
+    path: &CanonicalPath,
     peer: SocketAddr,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    check_path(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
+    route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
     let principal = match route.auth {
         RouteAuth::None => None,
         RouteAuth::Required => {
@@ -64,5 +68,5 @@ async fn forward(
         }
     };
     let ids = state.access.identity_headers();
-    Ok(state.proxy.forward(route, principal.as_deref(), ids, req, peer).await?)
+    Ok(state.proxy.forward(route, principal.as_deref(), ids, path, req, peer).await?)
 }

@@ -1,53 +1,72 @@
-//! `GET|HEAD /auth/verify`: forward-auth for ingress-nginx (`auth-url`), Traefik ForwardAuth and
-//! Envoy ext_authz (HTTP).
+//! `/auth/verify` (any method): forward-auth for ingress-nginx (`auth-url`), Traefik
+//! ForwardAuth, Caddy `forward_auth`, nginx `auth_request` and Envoy ext_authz (HTTP).
 //!
-//! Owns: reading the original path from `X-Original-URI` / `X-Forwarded-Uri`, or from the
-//! request path itself (`/auth/verify/<original path>`, what Envoy's ext_authz `path_prefix`
-//! sends), applying that route's policy (no matching route: any valid token), and answering 200 with the identity
-//! headers, or 401/403. Must not: forward anything; the ingress does.
+//! Owns: reading the original URI from the one source the operator configured
+//! (`proxy.forward_auth.original_uri`: one header, or the path after `/auth/verify` for Envoy;
+//! every other original-URI header is ignored), canonicalising its path exactly as the proxy
+//! does, applying that route's policy (no route: `proxy.forward_auth.unmatched`), and answering
+//! 200 with the identity headers, or 400/401/403. Must not: forward anything (the ingress
+//! does), or fall back to a weaker policy when the original URI is missing or unreadable.
 
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{AccessInfo, Body, Rejection, bearer, full, only_get};
-use crate::config::RouteAuth;
-use crate::proxy::routes::check_path;
+use super::{AccessInfo, Body, Rejection, bearer, full};
+use crate::config::{OriginalUriSource, RouteAuth, Unmatched};
+use crate::path::{CanonicalPath, original_uri_path};
 use crate::server::AppState;
 
-/// The original path: from the ingress headers, else appended to `/auth/verify` (Envoy).
-fn original_path(headers: &HeaderMap, own_path: &str) -> Option<String> {
-    let Some(raw) = headers.get("x-original-uri").or_else(|| headers.get("x-forwarded-uri")) else {
-        return own_path.strip_prefix("/auth/verify").filter(|p| p.starts_with('/')).map(str::to_string);
+/// The canonical path of the request the ingress is asking about.
+fn original_path<B>(
+    source: OriginalUriSource,
+    req: &Request<B>,
+    own_path: &CanonicalPath,
+) -> Result<CanonicalPath, Rejection> {
+    let bad = |e: crate::path::PathError| Rejection::InvalidRequest(format!("original URI: {e}"));
+    let Some(name) = source.header() else {
+        // Envoy: `/auth/verify/<original path>`.
+        let rest = own_path.as_str().strip_prefix("/auth/verify").filter(|p| p.starts_with('/')).ok_or_else(|| {
+            Rejection::InvalidRequest("forward-auth reads the original path from /auth/verify/<path>".into())
+        })?;
+        return CanonicalPath::parse(rest).map_err(bad);
     };
-    let raw = raw.to_str().ok()?;
-    let path = match raw.find("://") {
-        // A full URL: skip scheme and authority.
-        Some(i) => raw[i + 3..].find('/').map(|j| &raw[i + 3 + j..]).unwrap_or("/"),
-        None => raw,
+    let mut values = req.headers().get_all(name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Rejection::InvalidRequest(format!("forward-auth needs exactly one {name} header")));
     };
-    Some(path.split(['?', '#']).next().unwrap_or("/").to_string())
+    let raw =
+        value.to_str().map_err(|_| Rejection::InvalidRequest(format!("the {name} header is not readable ASCII")))?;
+    CanonicalPath::parse(original_uri_path(raw).map_err(bad)?).map_err(bad)
 }
 
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
+    own_path: &CanonicalPath,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    only_get(&req)?;
-    let path = original_path(req.headers(), req.uri().path());
-    if let Some(p) = &path {
-        check_path(p).map_err(|e| Rejection::AccessDenied(e.to_string()))?;
-    }
     let routes = state.routes.load();
-    let route = path.as_deref().and_then(|p| routes.find(p));
+    let Some(source) = routes.original_uri else {
+        return Err(Rejection::NotFound(
+            "forward-auth is off: set proxy.forward_auth.original_uri for the ingress in front",
+        ));
+    };
+    let path = original_path(source, &req, own_path)?;
+    let route = routes.find(&path);
+    if let Some(r) = route {
+        r.check_empty_segments(&path).map_err(|e| Rejection::InvalidRequest(format!("original URI: {e}")))?;
+    }
     if route.is_some_and(|r| r.auth == RouteAuth::None) {
         return Ok(Response::new(full("")));
     }
     let principal = state.access.authenticate(bearer(req.headers())).await?;
     info.user_id = Some(principal.claims.sub.clone());
-    state.access.authorize(&principal, route.and_then(|r| r.groups.as_deref()))?;
+    match route {
+        Some(r) => state.access.authorize(&principal, r.groups.as_deref())?,
+        None if routes.unmatched == Unmatched::Authenticated => {}
+        None => return Err(Rejection::AccessDenied("no route matches the original path".into())),
+    }
     let mut resp = Response::new(full(""));
-    *resp.status_mut() = StatusCode::OK;
     for (name, value) in &principal.identity {
         resp.headers_mut().insert(name.clone(), value.clone());
     }
@@ -58,15 +77,43 @@ pub async fn handle(
 mod tests {
     use super::*;
 
+    fn req(headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri("/auth/verify");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn own(p: &str) -> CanonicalPath {
+        CanonicalPath::parse(p).unwrap()
+    }
+
     #[test]
-    fn original_path_comes_from_either_header_without_query() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-uri", "/admin/x?y=1".parse().unwrap());
-        assert_eq!(original_path(&h, "/auth/verify").as_deref(), Some("/admin/x"));
-        h.insert("x-original-uri", "https://app.example/api/a?b".parse().unwrap());
-        assert_eq!(original_path(&h, "/auth/verify").as_deref(), Some("/api/a"));
-        assert_eq!(original_path(&HeaderMap::new(), "/auth/verify"), None);
-        assert_eq!(original_path(&HeaderMap::new(), "/auth/verify/admin/x").as_deref(), Some("/admin/x"));
-        assert_eq!(original_path(&HeaderMap::new(), "/auth/verifyx"), None);
+    fn only_the_configured_header_is_read() {
+        let r = req(&[("x-original-uri", "/public/x"), ("x-forwarded-uri", "/admin/x?y=1")]);
+        let p = original_path(OriginalUriSource::XForwardedUri, &r, &own("/auth/verify")).unwrap();
+        assert_eq!(p.as_str(), "/admin/x");
+        let r = req(&[("x-original-url", "https://app.example/%61dmin/x?next=https://e.example/public/")]);
+        let p = original_path(OriginalUriSource::XOriginalUrl, &r, &own("/auth/verify")).unwrap();
+        assert_eq!(p.as_str(), "/admin/x");
+        let r = req(&[("x-original-uri", "/public/x")]);
+        assert!(original_path(OriginalUriSource::XOriginalUrl, &r, &own("/auth/verify")).is_err(), "absent");
+    }
+
+    #[test]
+    fn two_values_or_a_relative_uri_are_refused() {
+        let r = req(&[("x-forwarded-uri", "/public/x"), ("x-forwarded-uri", "/admin/x")]);
+        assert!(original_path(OriginalUriSource::XForwardedUri, &r, &own("/auth/verify")).is_err());
+        let r = req(&[("x-forwarded-uri", "public/x")]);
+        assert!(original_path(OriginalUriSource::XForwardedUri, &r, &own("/auth/verify")).is_err());
+    }
+
+    #[test]
+    fn envoy_reads_the_path_after_auth_verify() {
+        let r = req(&[("x-original-uri", "/public/x")]);
+        let p = original_path(OriginalUriSource::Path, &r, &own("/auth/verify/admin/x")).unwrap();
+        assert_eq!(p.as_str(), "/admin/x");
+        assert!(original_path(OriginalUriSource::Path, &r, &own("/auth/verify")).is_err());
     }
 }

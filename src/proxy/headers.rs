@@ -1,12 +1,13 @@
 //! Header rules of the proxy and forward-auth: strip, then set.
 //!
-//! Owns: removing every client-sent header with the identity prefix (any case, every route),
-//! removing hop-by-hop headers (the fixed list and those named in `Connection`), setting
-//! `X-Forwarded-For/-Proto/-Host`, and rendering identity values (lists comma-separated,
-//! non-ASCII and `%` percent-encoded as UTF-8). Header names are computed once from the config.
+//! Owns: removing every client-sent header with the identity prefix (any case, `_` read as
+//! `-`, every route: CGI, WSGI, PHP and Rack read `X_Auth_User_Id` as `HTTP_X_AUTH_USER_ID`,
+//! the same variable as the real header) and the underscore twins of the forwarding headers
+//! the gateway sets; removing hop-by-hop headers (the fixed list and those named in
+//! `Connection`); which upgrades may pass (WebSocket only); and rendering identity values
+//! (lists comma-separated, non-ASCII and `%` percent-encoded as UTF-8). Header names are
+//! computed once from the config. The forwarding headers themselves are `crate::forwarded`'s.
 //! Must not: decide whether a request is allowed.
-
-use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -28,9 +29,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Headers the gateway sets or vouches for, whose `_` spelling (`x_forwarded_for`) a CGI-style
+/// upstream would read as the same variable: a client-sent twin with `_` is removed.
+const UNDERSCORE_TWINS: [&str; 9] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-request-id",
+    "x-original-url",
+    "x-original-uri",
+];
 
 /// The identity header names for a configured prefix.
 #[derive(Debug, Clone)]
@@ -53,7 +64,7 @@ impl IdentityHeaders {
                 .unwrap_or(HeaderName::from_static("x-auth-invalid"))
         };
         IdentityHeaders {
-            prefix: prefix.to_ascii_lowercase(),
+            prefix: prefix.to_ascii_lowercase().replace('_', "-"),
             user_id: name("User-Id"),
             oid: name("Oid"),
             tenant_id: name("Tenant-Id"),
@@ -64,11 +75,19 @@ impl IdentityHeaders {
         }
     }
 
-    /// Removes every header whose name starts with the prefix (names are lowercase in `http`).
+    /// Removes every header whose name, with `_` read as `-`, starts with the prefix, and the
+    /// `_` twins of the forwarding headers (names are lowercase in `http`).
     pub fn strip(&self, headers: &mut HeaderMap) {
-        let spoofed: Vec<HeaderName> =
-            headers.keys().filter(|n| n.as_str().starts_with(&self.prefix)).cloned().collect();
-        for name in spoofed {
+        let spoofed = |n: &HeaderName| {
+            let n = n.as_str();
+            starts_with_dashed(n, &self.prefix)
+                || (n.contains('_') && UNDERSCORE_TWINS.iter().any(|t| n.len() == t.len() && starts_with_dashed(n, t)))
+        };
+        if !headers.keys().any(spoofed) {
+            return;
+        }
+        let names: Vec<HeaderName> = headers.keys().filter(|n| spoofed(n)).cloned().collect();
+        for name in names {
             headers.remove(&name);
         }
     }
@@ -89,6 +108,28 @@ impl IdentityHeaders {
             v.push((self.name.clone(), encode(n)));
         }
         v
+    }
+}
+
+/// Whether `name`, with `_` read as `-`, starts with `prefix` (lowercase, with `-`).
+fn starts_with_dashed(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(n, p)| n == p || (n == b'_' && p == b'-'))
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("only WebSocket upgrades are accepted (`Upgrade: websocket`)")]
+pub struct UpgradeRefused;
+
+/// `Ok(true)` for a WebSocket upgrade, `Ok(false)` for no upgrade at all; any other `Upgrade`
+/// (`h2c`, a list, two headers) is refused: an `h2c` upgrade to a lenient upstream would be a
+/// raw tunnel past routing.
+pub fn check_upgrade(headers: &HeaderMap) -> Result<bool, UpgradeRefused> {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(false),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"websocket") => Ok(is_upgrade(headers)),
+        _ => Err(UpgradeRefused),
     }
 }
 
@@ -125,21 +166,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if keep_upgrade && let Some(u) = upgrade {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
-    let chain = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {peer}"),
-        _ => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 
@@ -192,13 +218,39 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append_the_peer() {
+    fn underscore_spellings_of_identity_and_forwarding_headers_are_stripped() {
+        let ids = IdentityHeaders::new("X-Auth-");
         let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("app.example"));
-        h.insert(X_FORWARDED_FOR.clone(), HeaderValue::from_static("10.0.0.1"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "https");
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h[&X_FORWARDED_PROTO], "https");
-        assert_eq!(h[&X_FORWARDED_HOST], "app.example");
+        for name in ["x_auth_user_id", "x-auth_groups", "x_forwarded_for", "x_real_ip", "x_request_id"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+        }
+        h.insert(HeaderName::from_static("x-forwarded-for"), HeaderValue::from_static("kept for forwarded.rs"));
+        h.insert(HeaderName::from_static("x_custom_app"), HeaderValue::from_static("keep"));
+        h.insert(HeaderName::from_static("x_auth"), HeaderValue::from_static("keep: shorter than the prefix"));
+        ids.strip(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(h.contains_key("x-forwarded-for") && h.contains_key("x_custom_app") && h.contains_key("x_auth"));
+        let ids = IdentityHeaders::new("X_Auth_");
+        let mut h = HeaderMap::new();
+        h.insert(HeaderName::from_static("x-auth-user-id"), HeaderValue::from_static("evil"));
+        ids.strip(&mut h);
+        assert!(h.is_empty(), "a prefix written with _ strips the - spelling too");
+    }
+
+    #[test]
+    fn only_websocket_upgrades_pass() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_upgrade(&h), Ok(false));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(check_upgrade(&h), Ok(true));
+        for bad in ["h2c", "websocket, h2c", "HTTP/2.0", ""] {
+            h.insert(header::UPGRADE, HeaderValue::from_static(bad));
+            assert_eq!(check_upgrade(&h), Err(UpgradeRefused), "{bad}");
+        }
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.append(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(check_upgrade(&h), Err(UpgradeRefused), "two Upgrade headers");
     }
 }

@@ -1,18 +1,18 @@
 //! The route table: which upstream serves a path, and under which policy.
 //!
-//! Owns: longest-prefix matching on path-segment boundaries, refusing paths with dot-segments
-//! (plain or percent-encoded) so that `/api/../admin/` cannot slip past a route's groups, and
-//! building the upstream URI (optional prefix strip; path and query otherwise unchanged, byte
-//! for byte). Must not: touch headers or bodies.
+//! Owns: longest-prefix matching on path-segment boundaries of the canonical path
+//! ([`crate::path`]: dot segments, encoded slashes and the like never get this far), the
+//! empty-segment opt-in per route, forward-auth's settings (they change with the routes on a
+//! reload), and building the upstream URI from the same canonical path (optional prefix strip;
+//! the query unchanged, byte for byte). Must not: touch headers or bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{OriginalUriSource, ProxyConfig, RouteAuth, RouteConfig, Unmatched};
+use crate::path::{CanonicalPath, PathError};
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use percent_encoding::percent_decode_str;
-
-use crate::config::{ProxyConfig, RouteAuth, RouteConfig};
 
 /// One configured route, ready for the hot path.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub struct Route {
     /// Lowercase group ids; `None` means any authenticated user.
     pub groups: Option<Vec<String>>,
     pub strip_prefix: bool,
+    /// Paths with `//` are accepted (and forwarded as they are).
+    pub allow_empty_segments: bool,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -33,8 +35,6 @@ pub struct Route {
 /// Why no upstream URI could be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("the path contains `.` or `..` segments")]
-    DotSegments,
     #[error("the upstream URI is invalid")]
     InvalidUri,
 }
@@ -55,6 +55,7 @@ impl Route {
             timeout: c.timeout,
             groups: c.allowed_groups.as_ref().map(|g| g.iter().map(|x| x.to_ascii_lowercase()).collect()),
             strip_prefix: c.strip_prefix,
+            allow_empty_segments: c.allow_empty_segments,
             scheme,
             authority: authority.parse().ok()?,
             base_path: url.path().trim_end_matches('/').to_string(),
@@ -74,13 +75,19 @@ impl Route {
         self.authority.to_string()
     }
 
-    /// The upstream URI for an incoming one.
-    pub fn upstream_uri(&self, incoming: &Uri) -> Result<Uri, RouteError> {
-        let path = incoming.path();
-        let tail = if self.strip_prefix { &path[self.prefix.len().min(path.len())..] } else { path };
-        let tail = tail.strip_prefix('/').unwrap_or(tail);
+    /// Refuses `//` unless this route accepts it.
+    pub fn check_empty_segments(&self, path: &CanonicalPath) -> Result<(), PathError> {
+        if path.has_empty_segments() && !self.allow_empty_segments {
+            return Err(PathError::EmptySegment);
+        }
+        Ok(())
+    }
+
+    /// The upstream URI: the canonical path (prefix stripped if configured) and the query.
+    pub fn upstream_uri(&self, path: &CanonicalPath, query: Option<&str>) -> Result<Uri, RouteError> {
+        let tail = if self.strip_prefix { path.after_prefix(&self.prefix) } else { &path.as_str()[1..] };
         let mut pq = format!("{}/{tail}", self.base_path);
-        if let Some(q) = incoming.query() {
+        if let Some(q) = query {
             pq.push('?');
             pq.push_str(q);
         }
@@ -94,32 +101,33 @@ impl Route {
     }
 }
 
-/// Routes sorted by prefix length, longest first.
-#[derive(Debug, Default)]
+/// Routes sorted by prefix length, longest first, and forward-auth's settings.
+#[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Where `/auth/verify` reads the original URI; `None`: forward-auth is off.
+    pub original_uri: Option<OriginalUriSource>,
+    /// What `/auth/verify` answers for a path no route matches.
+    pub unmatched: Unmatched,
 }
 
 impl RouteTable {
     pub fn from_config(c: &ProxyConfig) -> RouteTable {
         let mut routes: Vec<Arc<Route>> = c.routes.iter().filter_map(Route::from_config).map(Arc::new).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        RouteTable { routes }
+        RouteTable { routes, original_uri: c.forward_auth.original_uri, unmatched: c.forward_auth.unmatched(&c.routes) }
     }
 
-    /// The route of `path`: the longest matching prefix.
-    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matches(path))
+    /// The route of a canonical path: the longest prefix matching its `for_matching` form.
+    pub fn find(&self, path: &CanonicalPath) -> Option<&Arc<Route>> {
+        let matching = path.for_matching();
+        self.routes.iter().find(|r| r.matches(&matching))
     }
-}
 
-/// Refuses `.`/`..` segments, also when percent-encoded or separated by `\`.
-pub fn check_path(path: &str) -> Result<(), RouteError> {
-    let decoded = percent_decode_str(path).decode_utf8_lossy();
-    if decoded.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
-        return Err(RouteError::DotSegments);
+    /// Every route prefix (tests and the property test's reference check).
+    pub fn prefixes(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.prefix.as_str())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -138,11 +146,16 @@ mod tests {
                     allowed_groups: None,
                     strip_prefix: *strip,
                     name: None,
+                    allow_empty_segments: false,
                 })
                 .collect(),
             ..ProxyConfig::default()
         };
         RouteTable::from_config(&cfg)
+    }
+
+    fn path(p: &str) -> CanonicalPath {
+        CanonicalPath::parse(p).unwrap()
     }
 
     #[test]
@@ -152,29 +165,31 @@ mod tests {
             ("/api/admin/", "http://b:2", false),
             ("/docs", "http://c:3", false),
         ]);
-        assert_eq!(t.find("/api/admin/x").unwrap().prefix, "/api/admin/");
-        assert_eq!(t.find("/api/users").unwrap().prefix, "/api/");
-        assert_eq!(t.find("/docs").unwrap().prefix, "/docs");
-        assert_eq!(t.find("/docs/a").unwrap().prefix, "/docs");
-        assert!(t.find("/docsx").is_none());
-        assert!(t.find("/other").is_none());
+        assert_eq!(t.find(&path("/api/admin/x")).unwrap().prefix, "/api/admin/");
+        assert_eq!(t.find(&path("/api/users")).unwrap().prefix, "/api/");
+        assert_eq!(t.find(&path("/docs")).unwrap().prefix, "/docs");
+        assert_eq!(t.find(&path("/docs/a")).unwrap().prefix, "/docs");
+        assert!(t.find(&path("/docsx")).is_none());
+        assert!(t.find(&path("/other")).is_none());
+        assert!(t.find(&path("/API/admin/x")).is_none(), "matching is case-sensitive");
     }
 
     #[test]
-    fn upstream_uri_keeps_path_and_query_byte_for_byte_and_can_strip_the_prefix() {
+    fn empty_segments_choose_the_route_they_would_reach_and_need_its_opt_in() {
+        let t = table(&[("/", "http://a:1", false), ("/admin/", "http://b:2", false)]);
+        let p = path("//admin//x");
+        let route = t.find(&p).unwrap();
+        assert_eq!(route.prefix, "/admin/", "never the catch-all");
+        assert_eq!(route.check_empty_segments(&p), Err(PathError::EmptySegment));
+    }
+
+    #[test]
+    fn upstream_uri_is_the_canonical_path_and_the_query_and_can_strip_the_prefix() {
         let t = table(&[("/api/", "http://127.0.0.1:3000", false), ("/s/", "https://up.example/base/", true)]);
-        let u: Uri = "/api/a%2Fb/c?x=1&y=%20z".parse().unwrap();
-        assert_eq!(t.find(u.path()).unwrap().upstream_uri(&u).unwrap(), "http://127.0.0.1:3000/api/a%2Fb/c?x=1&y=%20z");
-        let u: Uri = "/s/x/y?q".parse().unwrap();
-        assert_eq!(t.find(u.path()).unwrap().upstream_uri(&u).unwrap(), "https://up.example/base/x/y?q");
-    }
-
-    #[test]
-    fn dot_segments_are_refused_even_when_encoded() {
-        for p in ["/api/../admin", "/api/./x", "/api/%2e%2e/admin", "/api/..%2fadmin", "/api/..\\admin", "/api/%2E%2E"]
-        {
-            assert_eq!(check_path(p), Err(RouteError::DotSegments), "{p}");
-        }
-        assert!(check_path("/api/a..b/c.d").is_ok());
+        let p = path("/api/%61b/c%20d");
+        let uri = t.find(&p).unwrap().upstream_uri(&p, Some("x=1&y=%20z")).unwrap();
+        assert_eq!(uri, "http://127.0.0.1:3000/api/ab/c%20d?x=1&y=%20z");
+        let p = path("/s/x/y");
+        assert_eq!(t.find(&p).unwrap().upstream_uri(&p, Some("q")).unwrap(), "https://up.example/base/x/y?q");
     }
 }

@@ -258,6 +258,21 @@ pub async fn raw_get_status(addr: SocketAddr, target: &str, token: &str) -> u16 
     head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status line in {head}"))
 }
 
+/// Sends a request exactly as given (method, target and header lines, `\r\n`-separated, no
+/// final blank line) and returns the status and the whole raw response.
+pub async fn raw_request(addr: SocketAddr, head: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = head.to_vec();
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
+    (status, text)
+}
+
 /// Writes a loaded config as YAML (for a gateway run as a child process).
 pub fn write_config(config: &Config, path: &std::path::Path) {
     let yaml = serde_saphyr::to_string(&serde_json::to_value(config).unwrap()).unwrap();
