@@ -78,9 +78,7 @@ fn remove_dot_segments(input: &[u8]) -> Vec<u8> {
     while !input.is_empty() {
         if input.starts_with(b"../") {
             input.drain(..3);
-        } else if input.starts_with(b"./") {
-            input.drain(..2);
-        } else if input.starts_with(b"/./") {
+        } else if input.starts_with(b"./") || input.starts_with(b"/./") {
             input.drain(..2);
         } else if input == b"/." {
             input = b"/".to_vec();

@@ -112,6 +112,9 @@ cache:
 proxy:
   identity_header_prefix: {{ $v.proxy.identityHeaderPrefix | quote }}
   forward_token: {{ $v.proxy.forwardToken }}
+  forward_auth:
+    original_uri: {{ $v.proxy.forwardAuth.originalUri | default "null" }}
+    unmatched: {{ $v.proxy.forwardAuth.unmatched | default "null" }}
   routes:{{ if not $v.proxy.routes }} []{{ end }}
   {{- range $v.proxy.routes }}
     - path_prefix: {{ .pathPrefix | quote }}
@@ -119,6 +122,7 @@ proxy:
       auth: {{ .auth | default "required" }}
       timeout: {{ .timeout | default "30s" | quote }}
       strip_prefix: {{ .stripPrefix | default false }}
+      allow_empty_segments: {{ .allowEmptySegments | default false }}
       {{- with .allowedGroups }}
       allowed_groups: {{ toJson . }}
       {{- end }}
