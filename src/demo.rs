@@ -65,6 +65,7 @@ fn seed_users(mock: &MockEntra) {
         surname: name.split(' ').nth(1).map(str::to_string),
         groups: groups.iter().map(|g| g.to_string()).collect(),
         photo: None,
+        tenant: None,
     };
     s.add_user(user("alice", "a11ce000-0000-4000-8000-000000000001", "Alice Jørgensen", &[ENGINEERING, ADMINS]));
     // Bob is in Platform, which is nested in Engineering: only Graph knows (token overage).

@@ -34,21 +34,36 @@ const KEY_PEMS: [&str; 3] = [
     include_str!("mock/keys/mock-rsa-3.pem"),
 ];
 
-/// The mock's tenant and app registration.
+/// The mock's tenants and app registration (a multi-tenant app, consented in every tenant).
 #[derive(Debug, Clone)]
 pub struct MockSettings {
+    /// The home tenant: users and tokens belong to it unless they say otherwise.
     pub tenant_id: String,
+    /// Further tenants (partners, guests' home tenants) the mock serves.
+    pub other_tenants: Vec<String>,
     pub client_id: String,
     pub client_secret: String,
 }
 
+/// A fictional tenant id (not anyone's real tenant).
+pub const MOCK_TENANT: &str = "c0ffee00-0000-4000-8000-00000000a0a0";
+/// A second fictional tenant, for multi-tenant set-ups.
+pub const MOCK_PARTNER_TENANT: &str = "c0ffee00-0000-4000-8000-00000000b0b0";
+
 impl Default for MockSettings {
     fn default() -> Self {
         MockSettings {
-            tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+            tenant_id: MOCK_TENANT.into(),
+            other_tenants: vec![MOCK_PARTNER_TENANT.into()],
             client_id: "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b".into(),
             client_secret: "mock-client-secret".into(),
         }
+    }
+}
+
+impl MockSettings {
+    fn knows_tenant(&self, tid: &str) -> bool {
+        self.tenant_id.eq_ignore_ascii_case(tid) || self.other_tenants.iter().any(|t| t.eq_ignore_ascii_case(tid))
     }
 }
 
@@ -66,6 +81,8 @@ pub struct MockUser {
     /// Direct group memberships; nesting comes from [`MockState::nest_group`].
     pub groups: Vec<String>,
     pub photo: Option<(String, Bytes)>,
+    /// The user's home tenant; `None`: the mock's home tenant.
+    pub tenant: Option<String>,
 }
 
 /// What a minted token says. Unset fields take the mock's defaults.
@@ -97,11 +114,15 @@ pub struct TokenSpec {
     pub not_before_in: Option<i64>,
     /// Header `kid` override (an unknown kid).
     pub kid: Option<String>,
-    /// Any further claims.
+    /// Any further claims (a `null` value removes a default claim, e.g. `scp`).
     pub extra: Option<serde_json::Map<String, Value>>,
+    /// Sign with this key (a kid of [`MockState::publish_tenant_key`]) instead of the current one.
+    pub signing_kid: Option<String>,
 }
 
 struct MockKey {
+    /// `None`: a key of every tenant (JWKS `issuer` with `{tenantid}`); `Some(tid)`: of one.
+    tenant: Option<String>,
     kid: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
@@ -112,7 +133,15 @@ struct MockKey {
 struct KeyState {
     keys: Vec<MockKey>,
     signing: usize,
+    /// How many of the shared keys are published (rotation publishes the next one).
     published: usize,
+}
+
+impl KeyState {
+    /// The keys in the JWKS: the published shared ones and every tenant-specific one.
+    fn published(&self) -> impl Iterator<Item = &MockKey> {
+        self.keys.iter().enumerate().filter(|(i, k)| k.tenant.is_some() || *i < self.published).map(|(_, k)| k)
+    }
 }
 
 #[derive(Default)]
@@ -125,10 +154,19 @@ struct Faults {
     jwks_status: Option<u16>,
 }
 
+/// Who a Graph token was issued to, and at which tenant's token endpoint.
 #[derive(Clone)]
 enum Principal {
-    App,
-    User(String),
+    App { tenant: String },
+    User { oid: String, tenant: String },
+}
+
+impl Principal {
+    fn tenant(&self) -> &str {
+        match self {
+            Principal::App { tenant } | Principal::User { tenant, .. } => tenant,
+        }
+    }
 }
 
 /// The mock's state: its directory, keys, fault switches and call counters.
@@ -257,7 +295,14 @@ fn load_keys() -> Vec<MockKey> {
             let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("embedded mock key is RSA");
             let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { unreachable!("RSA key") };
             let decoding = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).expect("valid components");
-            MockKey { kid: format!("mock-key-{}", i + 1), encoding, decoding, n: rsa.n.clone(), e: rsa.e.clone() }
+            MockKey {
+                tenant: None,
+                kid: format!("mock-key-{}", i + 1),
+                encoding,
+                decoding,
+                n: rsa.n.clone(),
+                e: rsa.e.clone(),
+            }
         })
         .collect()
 }
@@ -307,9 +352,31 @@ impl MockState {
     /// Publishes the next key and signs with it from now on; returns its kid.
     pub fn rotate_signing_key(&self) -> String {
         let mut k = lock(&self.keys);
-        k.signing = (k.signing + 1).min(k.keys.len() - 1);
+        k.signing = (k.signing + 1).min(KEY_PEMS.len() - 1);
         k.published = k.published.max(k.signing + 1);
         k.keys[k.signing].kid.clone()
+    }
+
+    /// Publishes a new RSA key that belongs to tenant `tid` alone (JWKS `issuer` naming that
+    /// tenant, as Entra publishes tenant-specific keys) in every tenant's JWKS; returns its kid.
+    /// Sign with it through [`TokenSpec::signing_kid`].
+    pub fn publish_tenant_key(&self, tid: &str) -> String {
+        let pem = crate::issuer::keys::generate_pem(crate::config::SigningAlgorithm::RS256).expect("RSA key");
+        let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("generated key is valid");
+        let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("RSA key");
+        let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { unreachable!("RSA key") };
+        let decoding = DecodingKey::from_rsa_components(&rsa.n, &rsa.e).expect("valid components");
+        let mut k = lock(&self.keys);
+        let kid = format!("mock-tenant-key-{}", k.keys.len() + 1);
+        k.keys.push(MockKey {
+            tenant: Some(tid.to_string()),
+            kid: kid.clone(),
+            encoding,
+            decoding,
+            n: rsa.n.clone(),
+            e: rsa.e.clone(),
+        });
+        kid
     }
 
     /// The kid new tokens are signed with.
@@ -394,7 +461,11 @@ impl MockState {
             .clone()
             .or_else(|| user.as_ref().map(|u| u.oid.clone()))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let tid = spec.tid.clone().unwrap_or_else(|| s.tenant_id.clone());
+        let tid = spec
+            .tid
+            .clone()
+            .or_else(|| user.as_ref().and_then(|u| u.tenant.clone()))
+            .unwrap_or_else(|| s.tenant_id.clone());
         let version = spec.version.unwrap_or(2);
         let now = unix_now() as i64;
         let mut c = serde_json::Map::new();
@@ -446,10 +517,17 @@ impl MockState {
             c.insert("hasgroups".into(), json!(true));
         }
         for (k, v) in spec.extra.clone().unwrap_or_default() {
-            c.insert(k, v);
+            if v.is_null() {
+                c.remove(&k);
+            } else {
+                c.insert(k, v);
+            }
         }
         let keys = lock(&self.keys);
-        let key = &keys.keys[keys.signing];
+        let key = match &spec.signing_kid {
+            Some(kid) => keys.keys.iter().find(|k| &k.kid == kid).expect("a published kid"),
+            None => &keys.keys[keys.signing],
+        };
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(spec.kid.clone().unwrap_or_else(|| key.kid.clone()));
         jsonwebtoken::encode(&header, &Value::Object(c), &key.encoding).expect("mock signing works")
@@ -514,9 +592,15 @@ impl MockState {
             );
         }
         let keys = lock(&self.keys);
-        let list: Vec<Value> = keys.keys[..keys.published]
-            .iter()
-            .map(|k| json!({"kty": "RSA", "use": "sig", "kid": k.kid, "x5t": k.kid, "n": k.n, "e": k.e, "issuer": format!("{}/{{tenantid}}/v2.0", self.base())}))
+        let base = self.base();
+        // One document for every tenant path, as an independent implementation may serve it:
+        // the gateway must check each key's `issuer` against the token's.
+        let list: Vec<Value> = keys
+            .published()
+            .map(|k| {
+                let issuer = format!("{base}/{}/v2.0", k.tenant.as_deref().unwrap_or("{tenantid}"));
+                json!({"kty": "RSA", "use": "sig", "kid": k.kid, "x5t": k.kid, "n": k.n, "e": k.e, "issuer": issuer})
+            })
             .collect();
         reply(StatusCode::OK, json!({"keys": list}))
     }
@@ -529,7 +613,16 @@ impl MockState {
         };
         let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
-        self.count(if grant == "client_credentials" { "token_app" } else { "token_obo" });
+        let endpoint = if grant == "client_credentials" { "token_app" } else { "token_obo" };
+        let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_ascii_lowercase();
+        self.count(endpoint);
+        self.count(&format!("{endpoint}:{tenant}"));
+        if !self.settings.knows_tenant(&tenant) {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "AADSTS90002: Tenant not found.", "error_codes": [90002]}),
+            );
+        }
         let token_url = format!("{}{path}", self.base());
         if !self.client_authenticated(&form, &token_url) {
             return reply(
@@ -541,14 +634,16 @@ impl MockState {
             return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_scope", "error_codes": [70011]}));
         }
         let principal = match grant {
-            "client_credentials" => Principal::App,
+            "client_credentials" => Principal::App { tenant },
             "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
                 if form.get("requested_token_use").map(String::as_str) != Some("on_behalf_of") {
                     return reply(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
                 }
+                // The assertion must come from the tenant whose endpoint is asked (Entra refuses
+                // an OBO for a user of another tenant at this one).
                 match self.check_assertion(form.get("assertion").map(String::as_str).unwrap_or("")) {
-                    Some(oid) => Principal::User(oid),
-                    None => {
+                    Some((oid, tid)) if tid == tenant => Principal::User { oid, tenant },
+                    _ => {
                         return reply(
                             StatusCode::BAD_REQUEST,
                             json!({"error": "invalid_grant", "error_codes": [50013]}),
@@ -597,22 +692,23 @@ impl MockState {
         // Federated credential: a token of the (mock) Kubernetes issuer for the exchange audience.
         let Some(kid) = header.kid else { return false };
         let keys = lock(&self.keys);
-        let Some(key) = keys.keys[..keys.published].iter().find(|k| k.kid == kid) else { return false };
+        let Some(key) = keys.published().find(|k| k.kid == kid) else { return false };
         v.set_audience(&[FEDERATION_AUDIENCE]);
         v.set_issuer(&[format!("{}/federation", self.base())]);
         jsonwebtoken::decode::<Value>(assertion, &key.decoding, &v).is_ok()
     }
 
-    /// An OBO assertion must be a valid token of this mock addressed to the app.
-    fn check_assertion(&self, assertion: &str) -> Option<String> {
+    /// An OBO assertion must be a valid token of this mock addressed to the app: its (oid, tid).
+    fn check_assertion(&self, assertion: &str) -> Option<(String, String)> {
         let kid = jsonwebtoken::decode_header(assertion).ok()?.kid?;
         let keys = lock(&self.keys);
-        let key = keys.keys[..keys.published].iter().find(|k| k.kid == kid)?;
+        let key = keys.published().find(|k| k.kid == kid)?;
         let mut v = Validation::new(Algorithm::RS256);
         let id = &self.settings.client_id;
         v.set_audience(&[format!("api://{id}"), id.clone()]);
         let data = jsonwebtoken::decode::<Value>(assertion, &key.decoding, &v).ok()?;
-        data.claims.get("oid").and_then(|o| o.as_str()).map(str::to_ascii_lowercase)
+        let claim = |name: &str| data.claims.get(name).and_then(|o| o.as_str()).map(str::to_ascii_lowercase);
+        Some((claim("oid")?, claim("tid")?))
     }
 
     async fn mint_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
@@ -658,8 +754,8 @@ impl MockState {
             );
         };
         let (oid, prefix, tail) = match (rest.first().map(String::as_str), &principal) {
-            (Some("me"), Principal::User(oid)) => (oid.clone(), "me".to_string(), &rest[1..]),
-            (Some("me"), Principal::App) => {
+            (Some("me"), Principal::User { oid, .. }) => (oid.clone(), "me".to_string(), &rest[1..]),
+            (Some("me"), Principal::App { .. }) => {
                 return graph_error(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
@@ -671,7 +767,12 @@ impl MockState {
             }
             _ => return graph_error(StatusCode::NOT_FOUND, "NotFound", "unsupported Graph path"),
         };
-        let Some(user) = lock(&self.users).get(&oid).cloned() else {
+        let home = self.settings.tenant_id.to_ascii_lowercase();
+        let user = lock(&self.users).get(&oid).cloned().filter(|u| {
+            // A token of one tenant sees only that tenant's directory.
+            u.tenant.as_deref().unwrap_or(&home).eq_ignore_ascii_case(principal.tenant())
+        });
+        let Some(user) = user else {
             return graph_error(StatusCode::NOT_FOUND, "Request_ResourceNotFound", "Resource does not exist.");
         };
         let tail: Vec<&str> = tail.iter().map(String::as_str).collect();

@@ -184,7 +184,7 @@ impl Canonicaliser {
             b';' => Err(PathError::Semicolon),
             0..=0x20 | 0x7f => Err(PathError::ControlCharacter),
             _ if is_unreserved(b) || is_plain_pchar(b) => {
-                self.push_decoded(b);
+                self.push_decoded(b)?;
                 Ok(1)
             }
             0x80.. => {
@@ -216,12 +216,7 @@ impl Canonicaliser {
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::Semicolon),
             0..=0x1f | 0x7f => return Err(PathError::ControlCharacter),
-            b'%' if bytes.get(i + 3).and_then(|&b| hex(b)).is_some()
-                && bytes.get(i + 4).and_then(|&b| hex(b)).is_some() =>
-            {
-                return Err(PathError::DoubleEncoded);
-            }
-            _ if is_unreserved(v) => self.push_decoded(v),
+            _ if is_unreserved(v) => self.push_decoded(v)?,
             b' ' => {
                 // Kept encoded, but a segment of dots and spaces is still a dot segment on
                 // servers that trim trailing spaces (Windows).
@@ -236,13 +231,22 @@ impl Canonicaliser {
         Ok(3)
     }
 
-    fn push_decoded(&mut self, b: u8) {
+    /// Pushes a literal character. Checked on the output, so that neither `%252e` nor
+    /// `%25%32%65` (which decodes to `%2e`) gets through: the canonical form never holds an
+    /// escaped `%` followed by two hex digits.
+    fn push_decoded(&mut self, b: u8) -> Result<(), PathError> {
         self.out.push(b as char);
         if b == b'.' {
             self.seg_has_dot = true;
         } else {
             self.seg_dots_only = false;
         }
+        let tail = self.out.as_bytes();
+        let n = tail.len();
+        if n >= 5 && tail[n - 5..n - 2] == *b"%25" && hex(tail[n - 2]).is_some() && hex(b).is_some() {
+            return Err(PathError::DoubleEncoded);
+        }
+        Ok(())
     }
 
     fn push_escape(&mut self, b: u8) {
@@ -349,6 +353,8 @@ mod tests {
     fn double_encoding_and_broken_escapes_are_refused() {
         assert_eq!(err("/api/%252e%252e/admin"), PathError::DoubleEncoded);
         assert_eq!(err("/api/%252F"), PathError::DoubleEncoded);
+        assert_eq!(err("/api/%25%32%65"), PathError::DoubleEncoded, "decodes to %2e");
+        assert_eq!(err("/%25%61dmin"), PathError::DoubleEncoded, "would become %25ad");
         assert_eq!(ok("/api/100%25"), "/api/100%25");
         assert_eq!(ok("/api/100%25x"), "/api/100%25x");
         assert_eq!(err("/api/%2"), PathError::BadEscape);

@@ -127,6 +127,8 @@ path_cases! {
     a_half_encoded_dot_dot_is_refused: b"/public/.%2e/admin/settings", Nobody => proxy 400, verify 400;
     a_single_dot_is_refused: b"/public/./x", Nobody => proxy 400, verify 400;
     double_encoding_is_refused: b"/public/%252e%252e/admin/settings", Nobody => proxy 400, verify 400;
+    an_escaped_percent_before_encoded_hex_is_refused:
+        b"/public/%25%32%65%25%32%65/admin/settings", Nobody => proxy 400, verify 400;
     an_encoded_slash_is_refused: b"/public/..%2fadmin/settings", Nobody => proxy 400, verify 400;
     an_encoded_slash_in_a_name_is_refused: b"/api/a%2Fb", Bob => proxy 400, verify 400;
     an_encoded_backslash_is_refused: b"/public/..%5cadmin/settings", Nobody => proxy 400, verify 400;

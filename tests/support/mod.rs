@@ -47,6 +47,7 @@ pub fn seed(mock: &MockEntra) {
         surname: name.split(' ').nth(1).map(str::to_string),
         groups,
         photo: None,
+        tenant: None,
     };
     s.add_user(user("alice", ALICE, "Alice Jørgensen", vec![ALLOWED.into(), ADMINS.into()]));
     s.add_user(user("bob", BOB, "Bob Builder", vec![NESTED_CHILD.into()]));
