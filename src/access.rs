@@ -14,7 +14,7 @@ use moka::Expiry;
 use sha2::{Digest, Sha256};
 
 use crate::directory::StoreError;
-use crate::issuer::{InternalClaims, InternalTokenError, Issuer, unix_now};
+use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer, unix_now};
 use crate::policy::route_allows;
 use crate::proxy::headers::IdentityHeaders;
 use crate::revocation::RevocationStore;
@@ -39,6 +39,8 @@ pub enum AccessError {
     Revoked,
     #[error("the user is not in a group allowed on this route")]
     RouteForbidden,
+    #[error("app callers are not allowed on this route")]
+    AppsNotAllowed,
     #[error("the revocation store is unavailable")]
     Unavailable(#[from] StoreError),
 }
@@ -47,7 +49,7 @@ struct UntilTokenExpiry;
 
 impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
     fn expire_after_create(&self, _key: &[u8; 32], p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(p.claims.exp.saturating_sub(unix_now())))
+        Some(Duration::from_secs(p.claims.exp.saturating_sub(unix_now()) + INTERNAL_LEEWAY_SECS))
     }
 }
 
@@ -81,7 +83,7 @@ impl Access {
     fn verify(&self, token: &str) -> Result<Arc<Principal>, AccessError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(p) = self.verified.get(&key)
-            && p.claims.exp > unix_now()
+            && p.claims.exp + INTERNAL_LEEWAY_SECS > unix_now()
         {
             return Ok(p);
         }
@@ -92,14 +94,25 @@ impl Access {
         Ok(principal)
     }
 
-    /// Checks a route's groups (`None`: any authenticated user).
-    pub fn authorize(&self, principal: &Principal, route_groups: Option<&[String]>) -> Result<(), AccessError> {
+    /// Checks a route's rules for the caller: app callers only where `allow_apps`; users by
+    /// the route's groups (`None`: any authenticated user).
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        route_groups: Option<&[String]>,
+        allow_apps: bool,
+    ) -> Result<(), AccessError> {
+        if principal.claims.is_app() {
+            return if allow_apps { Ok(()) } else { Err(AccessError::AppsNotAllowed) };
+        }
         if route_allows(route_groups, &principal.claims.groups) { Ok(()) } else { Err(AccessError::RouteForbidden) }
     }
 
-    /// Revokes the caller's token until it expires, on every replica sharing the store.
+    /// Revokes the caller's token until it expires (plus the verifier's leeway, so that it is
+    /// never accepted again), on every replica sharing the store.
     pub async fn revoke(&self, principal: &Principal) -> Result<(), StoreError> {
-        let ttl = Duration::from_secs(principal.claims.exp.saturating_sub(unix_now()) + 1);
+        let left = principal.claims.exp.saturating_sub(unix_now());
+        let ttl = Duration::from_secs(left + INTERNAL_LEEWAY_SECS + 1);
         self.revocations.revoke(&principal.claims.jti, ttl).await?;
         self.verified.invalidate(&principal.key);
         Ok(())

@@ -240,14 +240,51 @@ pub enum GroupLookup {
     TransitiveMemberOf,
 }
 
+/// Which Microsoft cloud the tenants live in: sets the authority and Graph hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    /// Global Azure: `login.microsoftonline.com`, `graph.microsoft.com`.
+    Public,
+    /// Azure US Government: `login.microsoftonline.us`, `graph.microsoft.us`.
+    Usgov,
+    /// Azure China (21Vianet): `login.chinacloudapi.cn`, `microsoftgraph.chinacloudapi.cn`.
+    China,
+}
+
+impl Cloud {
+    /// (authority host, Graph URL, host of v1 token issuers `https://{host}/{tid}/`).
+    pub fn hosts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Cloud::Public => {
+                ("https://login.microsoftonline.com", "https://graph.microsoft.com/v1.0", "sts.windows.net")
+            }
+            Cloud::Usgov => ("https://login.microsoftonline.us", "https://graph.microsoft.us/v1.0", "sts.windows.net"),
+            Cloud::China => (
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn/v1.0",
+                "sts.chinacloudapi.cn",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct EntraConfig {
-    /// Entra authority. Defaults to `https://login.microsoftonline.com`.
-    #[serde(default = "default_authority_host")]
+    /// `public`, `usgov` or `china`: sets `authority_host`, `graph_url` and the v1 issuer host.
+    /// Defaults to `public`.
+    #[serde(default = "default_cloud")]
+    pub cloud: Cloud,
+    /// Entra authority. Defaults to the cloud's (`https://login.microsoftonline.com`).
+    #[serde(default)]
     pub authority_host: String,
-    /// Microsoft Graph base URL. Defaults to `https://graph.microsoft.com/v1.0`.
-    #[serde(default = "default_graph_url")]
+    /// Microsoft Graph base URL. Defaults to the cloud's (`https://graph.microsoft.com/v1.0`).
+    #[serde(default)]
     pub graph_url: String,
+    /// Delegated scopes of which a user's token must carry at least one (`scp`), e.g.
+    /// `["access_as_user"]`. Defaults to none (any delegated scope of the API).
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
     /// Accepted tenant ids (`tid`); the first is the home tenant. Required, at least one.
     #[serde(default)]
     pub tenants: Vec<String>,
@@ -313,6 +350,29 @@ pub struct AuthorizationConfig {
     /// Defaults to `false`.
     #[serde(default)]
     pub allow_any_tenant_user: bool,
+    /// App callers (daemons, other services with client-credentials tokens). Defaults to none:
+    /// app-only tokens are refused.
+    #[serde(default)]
+    pub apps: AppsConfig,
+}
+
+/// Which calling apps may exchange an app-only token, and with which internal roles. An app
+/// is let in when its client id (`azp`/`appid`) is in `clients` or it holds an app role (the
+/// token's `roles`) listed in `app_roles`; its roles are the union of what matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct AppsConfig {
+    /// Client id -> internal roles. Defaults to none.
+    #[serde(default)]
+    pub clients: BTreeMap<String, Vec<String>>,
+    /// App role (as assigned in Entra) -> internal roles. Defaults to none.
+    #[serde(default)]
+    pub app_roles: BTreeMap<String, Vec<String>>,
+}
+
+impl AppsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.clients.is_empty() || !self.app_roles.is_empty()
+    }
 }
 
 /// Algorithms the gateway signs its own tokens with.
@@ -385,6 +445,10 @@ pub struct CacheConfig {
     /// How long a tenant's JWKS is used before it is refetched. Defaults to `24h`.
     #[serde(default = "default_jwks_ttl", with = "humantime_serde")]
     pub jwks_ttl: Duration,
+    /// How long past `jwks_ttl` the keys may still be used while Entra cannot be reached;
+    /// older keys fail closed (503). Defaults to `72h`.
+    #[serde(default = "default_jwks_max_stale", with = "humantime_serde")]
+    pub jwks_max_stale: Duration,
     /// How long a Graph profile (and photo) is reused; `0s` reads Graph at every sign-in.
     /// Defaults to `1h`.
     #[serde(default = "default_profile_ttl", with = "humantime_serde")]
@@ -420,6 +484,9 @@ pub struct RouteConfig {
     /// Route name used in metrics and logs. Defaults to the path prefix.
     #[serde(default)]
     pub name: Option<String>,
+    /// Let app callers (`authorization.apps`) use this route. Defaults to `false`: users only.
+    #[serde(default)]
+    pub allow_apps: bool,
     /// Accept paths with empty segments (`//`) on this route and forward them as they are.
     /// The route is still chosen as if `//` were `/`. Defaults to `false` (400).
     #[serde(default)]
@@ -552,11 +619,8 @@ fn default_exchange_body_timeout() -> Duration {
 fn default_max_exchange_body() -> usize {
     64 * 1024
 }
-fn default_authority_host() -> String {
-    "https://login.microsoftonline.com".into()
-}
-fn default_graph_url() -> String {
-    "https://graph.microsoft.com/v1.0".into()
+fn default_cloud() -> Cloud {
+    Cloud::Public
 }
 fn default_token_versions() -> Vec<u8> {
     vec![1, 2]
@@ -608,6 +672,9 @@ fn default_negative_ttl() -> Duration {
 }
 fn default_jwks_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(72 * 3600)
 }
 fn default_profile_ttl() -> Duration {
     Duration::from_secs(3600)
@@ -663,6 +730,7 @@ impl Default for CacheConfig {
             group_ttl: default_group_ttl(),
             negative_ttl: default_negative_ttl(),
             jwks_ttl: default_jwks_ttl(),
+            jwks_max_stale: default_jwks_max_stale(),
             profile_ttl: default_profile_ttl(),
         }
     }
@@ -765,6 +833,13 @@ impl Config {
 
     /// Fills values whose default depends on other keys.
     fn with_defaults(mut self) -> Config {
+        let (authority, graph, _) = self.entra.cloud.hosts();
+        if self.entra.authority_host.is_empty() {
+            self.entra.authority_host = authority.into();
+        }
+        if self.entra.graph_url.is_empty() {
+            self.entra.graph_url = graph.into();
+        }
         if self.entra.audiences.is_empty() {
             let id = &self.entra.client_id;
             self.entra.audiences = vec![format!("api://{id}"), id.clone()];
@@ -863,8 +938,20 @@ impl Config {
 
     fn validate_entra(&self, v: &mut Validator, files: FileChecks) {
         let e = &self.entra;
-        v.outbound_url("entra.authority_host", &e.authority_host);
-        v.outbound_url("entra.graph_url", &e.graph_url);
+        if !e.authority_host.is_empty() {
+            v.outbound_url("entra.authority_host", &e.authority_host);
+        }
+        if !e.graph_url.is_empty() {
+            v.outbound_url("entra.graph_url", &e.graph_url);
+        }
+        for (i, scope) in e.required_scopes.iter().enumerate() {
+            if scope.trim().is_empty() || scope.contains(' ') || scope.contains("://") {
+                v.push(
+                    &format!("entra.required_scopes[{i}]"),
+                    "a scope name as in `scp`, e.g. access_as_user (not the api:// URI)",
+                );
+            }
+        }
         if e.tenants.is_empty() {
             v.push("entra.tenants", "at least one tenant id is required");
         }
@@ -928,6 +1015,16 @@ impl Config {
 
     fn validate_authorization(&self, v: &mut Validator) {
         let a = &self.authorization;
+        for (client, roles) in &a.apps.clients {
+            v.guid(&format!("authorization.apps.clients.{client}"), client);
+            v.role_names(&format!("authorization.apps.clients.{client}"), roles);
+        }
+        for (role, roles) in &a.apps.app_roles {
+            if role.trim().is_empty() {
+                v.push("authorization.apps.app_roles", "app role names are non-empty");
+            }
+            v.role_names(&format!("authorization.apps.app_roles.{role}"), roles);
+        }
         if a.allowed_groups.is_empty() && !a.allow_any_tenant_user {
             v.push(
                 "authorization.allowed_groups",
@@ -1009,6 +1106,9 @@ impl Config {
         if c.jwks_ttl < Duration::from_secs(300) {
             v.push("cache.jwks_ttl", "at least 5m (Entra rotates keys over days)");
         }
+        if c.jwks_max_stale > Duration::from_secs(30 * 86_400) {
+            v.push("cache.jwks_max_stale", "at most 30d (older keys may have been revoked by Microsoft)");
+        }
     }
 
     fn validate_proxy(&self, v: &mut Validator) {
@@ -1050,6 +1150,9 @@ impl Config {
             if r.auth == RouteAuth::None && r.allowed_groups.is_some() {
                 v.push(&format!("{path}.allowed_groups"), "needs auth: required");
             }
+            if r.auth == RouteAuth::None && r.allow_apps {
+                v.push(&format!("{path}.allow_apps"), "needs auth: required (auth: none lets everyone in)");
+            }
         }
     }
 }
@@ -1068,6 +1171,14 @@ impl Validator {
     fn guid(&mut self, path: &str, value: &str) {
         if uuid::Uuid::parse_str(value).is_err() || value.len() != 36 {
             self.push(path, format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
+        }
+    }
+
+    fn role_names(&mut self, path: &str, roles: &[String]) {
+        for (i, r) in roles.iter().enumerate() {
+            if r.trim().is_empty() || r.contains(',') {
+                self.push(&format!("{path}[{i}]"), "role names are non-empty and have no comma");
+            }
         }
     }
 

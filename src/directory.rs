@@ -21,6 +21,15 @@ pub fn internal_user_id(tid: &str, oid: &str) -> String {
     uuid::Uuid::new_v5(&USER_ID_NAMESPACE, name.as_bytes()).to_string()
 }
 
+/// Namespace of app callers' ids: `uuid_v5(APP_ID_NAMESPACE, "{tid}:{client_id}")`.
+const APP_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x0c5e_79aa_52d1_4f8b_a0e3_7f6d_4c1b_9e2a);
+
+/// The stable internal id of an app caller in a tenant (never equal to a user's).
+pub fn internal_app_id(tid: &str, client_id: &str) -> String {
+    let name = format!("{}:{}", tid.to_ascii_lowercase(), client_id.to_ascii_lowercase());
+    uuid::Uuid::new_v5(&APP_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
 /// Profile attributes read from Graph (or, in `claims` mode, from the token).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {

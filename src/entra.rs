@@ -1,10 +1,15 @@
 //! Entra ID access-token validation.
 //!
 //! Owns: the rules an Entra access token must pass before the gateway trusts it: RS256 only,
-//! a known `kid` of the token's tenant, `tid` among `entra.tenants`, `iss` exactly the one of the
-//! token's version for that `tid` (v1 `https://sts.windows.net/{tid}/`, v2
-//! `{authority_host}/{tid}/v2.0`), `aud` among `entra.audiences`, `exp`/`nbf` with `clock_skew`,
-//! and reading the identity (tid, oid) and the `groups` claim (complete, overage or absent).
+//! a known `kid` of the token's tenant whose JWKS `issuer` (with `{tenantid}` replaced) is the
+//! token's issuer or that tenant's v2 issuer (so a key of one tenant cannot sign for another),
+//! `tid` among `entra.tenants`, `iss` exactly the one of the token's version for that `tid` (v1
+//! `https://{sts host of the cloud}/{tid}/`, v2 `{authority_host}/{tid}/v2.0`), `aud` among
+//! `entra.audiences`, `exp`/`nbf` with `clock_skew`; the token type as Microsoft.Identity.Web
+//! decides it (a user's delegated access token has a non-empty `scp`; `roles` without `scp`,
+//! `idtyp=app`, or `oid == sub` without `scp` is an app token; a `nonce`, or neither `scp` nor
+//! `roles`, is not an access token), `entra.required_scopes`; and reading the identity (tid,
+//! oid) and the `groups` claim (complete, overage or absent), or the calling app.
 //! Must not: call Graph, decide authorization, or trust any URL found in a token. Microsoft
 //! Graph tokens are recognised by their audience and refused without trying to verify them
 //! (their signatures are not verifiable by third parties).
@@ -19,7 +24,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use crate::config::EntraConfig;
-use jwks::{JwksCache, JwksError};
+use jwks::{JwksCache, JwksError, Key};
 
 /// Audiences of Microsoft Graph tokens (the classic mistake: sending MSAL's `User.Read` token).
 const GRAPH_AUDIENCES: &[&str] =
@@ -54,10 +59,40 @@ pub enum EntraError {
     NotYetValid,
     #[error("the token has no `{0}` claim")]
     MissingClaim(&'static str),
-    #[error("app-only tokens cannot be exchanged; sign a user in")]
-    AppOnlyToken,
+    #[error("the token was signed with a key that belongs to another tenant")]
+    KeyOfAnotherTenant,
+    /// An app-only token while app callers are off; says what was sent and what to send.
+    #[error("{0}")]
+    AppOnlyToken(String),
+    /// An ID token, or a token with neither `scp` nor `roles`.
+    #[error("{0}")]
+    NotAnAccessToken(String),
+    /// None of `entra.required_scopes` in `scp`.
+    #[error("{0}")]
+    MissingScope(String),
     #[error("{0}")]
     KeysUnavailable(String),
+}
+
+/// A validated app-only token (client credentials) of an app calling through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppIdentity {
+    pub tid: String,
+    /// The calling app's service principal in the tenant.
+    pub oid: String,
+    /// The calling app's client id (`azp` in v2, `appid` in v1).
+    pub client_id: String,
+    /// The app roles assigned to it (`roles`).
+    pub roles: Vec<String>,
+}
+
+/// What a validated token is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validated {
+    /// A signed-in user's delegated access token.
+    User(EntraIdentity),
+    /// An app's own token.
+    App(AppIdentity),
 }
 
 /// The `groups` claim as the token carries it.
@@ -99,6 +134,18 @@ struct EntraClaims {
     aud: Option<serde_json::Value>,
     #[serde(default)]
     idtyp: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    scp: Option<String>,
+    #[serde(default)]
+    roles: Option<Vec<String>>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    appid: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -148,18 +195,26 @@ pub struct EntraValidator {
     audiences: Vec<String>,
     versions: Vec<u8>,
     authority: String,
+    v1_issuer_host: &'static str,
     leeway: u64,
+    required_scopes: Vec<String>,
+    /// `api://<client-id>`: what to request, in error descriptions.
+    api: String,
     jwks: JwksCache,
 }
 
 impl EntraValidator {
     pub fn new(cfg: &EntraConfig, jwks: JwksCache) -> EntraValidator {
+        let api = cfg.audiences.iter().find(|a| a.starts_with("api://")).cloned();
         EntraValidator {
             tenants: cfg.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
             audiences: cfg.audiences.clone(),
             versions: cfg.accepted_token_versions.clone(),
             authority: cfg.authority_host.trim_end_matches('/').to_string(),
+            v1_issuer_host: cfg.cloud.hosts().2,
             leeway: cfg.clock_skew.as_secs(),
+            required_scopes: cfg.required_scopes.clone(),
+            api: api.unwrap_or_else(|| format!("api://{}", cfg.client_id)),
             jwks,
         }
     }
@@ -175,13 +230,30 @@ impl EntraValidator {
     /// The issuer a token of `version` from tenant `tid` must carry.
     pub fn expected_issuer(&self, version: u8, tid: &str) -> String {
         match version {
-            1 => format!("https://sts.windows.net/{tid}/"),
-            _ => format!("{}/{tid}/v2.0", self.authority),
+            1 => format!("https://{}/{tid}/", self.v1_issuer_host),
+            _ => self.v2_issuer(tid),
         }
     }
 
-    /// Validates `token` and returns the user it identifies.
-    pub async fn validate(&self, token: &str) -> Result<EntraIdentity, EntraError> {
+    fn v2_issuer(&self, tid: &str) -> String {
+        format!("{}/{tid}/v2.0", self.authority)
+    }
+
+    /// Microsoft's signing-key issuer rule: a key whose JWKS entry names an `issuer` verifies
+    /// only tokens whose issuer is that one (`{tenantid}` replaced by the token's `tid`), in its
+    /// v1 or v2 form.
+    fn check_key_issuer(&self, key: &Key, tid: &str, token_issuer: &str) -> Result<(), EntraError> {
+        let Some(template) = &key.issuer else { return Ok(()) };
+        let effective = template.replace("{tenantid}", tid);
+        if effective.eq_ignore_ascii_case(token_issuer) || effective.eq_ignore_ascii_case(&self.v2_issuer(tid)) {
+            Ok(())
+        } else {
+            Err(EntraError::KeyOfAnotherTenant)
+        }
+    }
+
+    /// Validates `token` and says whether it is a user's or an app's.
+    pub async fn validate(&self, token: &str) -> Result<Validated, EntraError> {
         let kid = check_header(token)?;
         let unverified: EntraClaims =
             jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| EntraError::Malformed)?;
@@ -204,17 +276,68 @@ impl EntraValidator {
             JwksError::UnknownKid => EntraError::UnknownKid,
             JwksError::Unavailable(why) => EntraError::KeysUnavailable(why),
         })?;
-        let validation = self.validation(version, &tid);
-        let claims =
-            jsonwebtoken::decode::<EntraClaims>(token, &key, &validation).map_err(|e| map_error(e.kind()))?.claims;
-        identity(claims, tid, version)
+        let issuer = self.expected_issuer(version, &tid);
+        self.check_key_issuer(&key, &tid, &issuer)?;
+        let validation = self.validation(&issuer);
+        let claims = jsonwebtoken::decode::<EntraClaims>(token, &key.decoding, &validation)
+            .map_err(|e| map_error(e.kind()))?
+            .claims;
+        self.classify(claims, tid, version)
     }
 
-    fn validation(&self, version: u8, tid: &str) -> Validation {
+    /// The token type, as Microsoft.Identity.Web decides it.
+    fn classify(&self, c: EntraClaims, tid: String, version: u8) -> Result<Validated, EntraError> {
+        let api = &self.api;
+        if c.nonce.is_some() {
+            return Err(EntraError::NotAnAccessToken(format!(
+                "the token is an ID token (it has a nonce), not an access token: send the access token \
+                 MSAL returns for a scope of {api} (e.g. {api}/access_as_user)"
+            )));
+        }
+        let scp = c.scp.as_deref().map(str::trim).filter(|s| !s.is_empty());
+        let has_roles = c.roles.as_ref().is_some_and(|r| !r.is_empty());
+        let oid_is_sub = c.oid.is_some() && c.oid == c.sub;
+        let app_because = match (c.idtyp.as_deref(), scp, has_roles, oid_is_sub) {
+            (Some("app"), _, _, _) => Some("idtyp=app"),
+            (_, None, true, _) => Some("roles without scp"),
+            (_, None, false, true) => Some("oid equals sub and no scp"),
+            _ => None,
+        };
+        if let Some(because) = app_because {
+            return app_identity(c, tid, because);
+        }
+        let Some(scp) = scp else {
+            return Err(EntraError::NotAnAccessToken(format!(
+                "the token has neither scp nor roles, so it is not an access token for this API: \
+                 request a scope of {api} (e.g. {api}/access_as_user)"
+            )));
+        };
+        if !self.required_scopes.is_empty() && !scp.split(' ').any(|s| self.required_scopes.iter().any(|r| r == s)) {
+            return Err(EntraError::MissingScope(format!(
+                "the token's scopes ({scp}) include none of the required ones ({}): request {api}/{}",
+                self.required_scopes.join(" "),
+                self.required_scopes[0]
+            )));
+        }
+        identity(c, tid, version).map(Validated::User)
+    }
+
+    /// The description of an app-only token refused because app callers are off.
+    pub fn app_token_refusal(&self, app: &AppIdentity) -> EntraError {
+        let api = &self.api;
+        EntraError::AppOnlyToken(format!(
+            "the token is an app-only token (client credentials) of app {}: app callers are not \
+             enabled (authorization.apps), so sign a user in and request a delegated scope of {api} \
+             (e.g. {api}/access_as_user)",
+            app.client_id
+        ))
+    }
+
+    fn validation(&self, issuer: &str) -> Validation {
         let mut v = Validation::new(Algorithm::RS256);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.set_issuer(&[self.expected_issuer(version, tid)]);
+        v.set_issuer(&[issuer]);
         v.set_audience(&self.audiences);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         v
@@ -252,10 +375,19 @@ fn map_error(kind: &ErrorKind) -> EntraError {
     }
 }
 
+fn app_identity(c: EntraClaims, tid: String, because: &str) -> Result<Validated, EntraError> {
+    let oid = c.oid.filter(|o| !o.is_empty()).ok_or(EntraError::MissingClaim("oid"))?;
+    let client_id = c.azp.or(c.appid).filter(|a| !a.is_empty()).ok_or(EntraError::MissingClaim("azp"))?;
+    tracing::debug!(because, client_id = %client_id, "app-only token");
+    Ok(Validated::App(AppIdentity {
+        tid,
+        oid: oid.to_ascii_lowercase(),
+        client_id: client_id.to_ascii_lowercase(),
+        roles: c.roles.unwrap_or_default(),
+    }))
+}
+
 fn identity(claims: EntraClaims, tid: String, version: u8) -> Result<EntraIdentity, EntraError> {
-    if claims.idtyp.as_deref() == Some("app") {
-        return Err(EntraError::AppOnlyToken);
-    }
     let groups = claims.groups_claim();
     let oid = claims.oid.filter(|o| !o.is_empty()).ok_or(EntraError::MissingClaim("oid"))?;
     let username = claims.preferred_username.or(claims.upn).or(claims.unique_name);

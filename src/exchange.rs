@@ -16,7 +16,7 @@ use crate::cache::TieredCache;
 use crate::cache::redis::RedisStore;
 use crate::config::{CacheConfig, GraphMode};
 use crate::directory::{Directory, Profile, StoreError, UserRecord};
-use crate::entra::{EntraError, EntraIdentity, EntraValidator, GroupsClaim};
+use crate::entra::{AppIdentity, EntraError, EntraIdentity, EntraValidator, GroupsClaim, Validated};
 use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
 use crate::issuer::{Issuer, MintError, Minted};
 use crate::metrics::Metrics;
@@ -33,6 +33,8 @@ pub enum ExchangeError {
     GroupsNotInToken(&'static str),
     #[error("the user no longer exists in the directory")]
     UserMissing,
+    #[error("the calling app {0} is not allowed: list its client id or one of its app roles in authorization.apps")]
+    AppNotAllowed(String),
     #[error("Microsoft Graph: {0}")]
     Graph(GraphError),
     #[error(transparent)]
@@ -53,20 +55,30 @@ impl ExchangeError {
         match self {
             ExchangeError::Token(EntraError::KeysUnavailable(_)) => "unavailable",
             ExchangeError::Token(_) => "invalid_token",
-            ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) | ExchangeError::UserMissing => {
-                "denied"
-            }
+            ExchangeError::NotInAllowedGroup
+            | ExchangeError::GroupsNotInToken(_)
+            | ExchangeError::UserMissing
+            | ExchangeError::AppNotAllowed(_) => "denied",
             ExchangeError::Graph(_) | ExchangeError::Directory(_) => "unavailable",
             ExchangeError::Mint(_) => "error",
         }
     }
 }
 
+/// Who an exchange was for.
+#[derive(Debug, Clone)]
+pub enum Subject {
+    /// A signed-in user and their record.
+    User(UserRecord),
+    /// An app caller (no user record).
+    App(AppIdentity),
+}
+
 /// A successful exchange.
 #[derive(Debug, Clone)]
 pub struct Exchanged {
     pub minted: Minted,
-    pub user: UserRecord,
+    pub subject: Subject,
 }
 
 /// The cached answer to "which configured groups is this user in".
@@ -126,20 +138,36 @@ impl ExchangeService {
 
     /// Runs the whole exchange for an Entra access token.
     pub async fn exchange(&self, token: &str) -> Result<Exchanged, ExchangeError> {
-        let id = self.validate(token).await?;
-        self.complete(&id, token).await
+        match self.validate(token).await? {
+            Validated::User(id) => self.complete(&id, token).await,
+            Validated::App(app) => self.complete_app(&app),
+        }
     }
 
-    /// Step 1: validate the Entra token (no Graph call yet).
-    pub async fn validate(&self, token: &str) -> Result<EntraIdentity, ExchangeError> {
+    /// Step 1: validate the Entra token (no Graph call yet): a user's, or an app's.
+    pub async fn validate(&self, token: &str) -> Result<Validated, ExchangeError> {
         Ok(self.entra.validate(token).await?)
+    }
+
+    /// An app caller: let in only when `authorization.apps` lists it; its internal token
+    /// carries its internal roles and no user.
+    pub fn complete_app(&self, app: &AppIdentity) -> Result<Exchanged, ExchangeError> {
+        let policy = self.policy.load();
+        if !policy.apps_enabled() {
+            return Err(ExchangeError::Token(self.entra.app_token_refusal(app)));
+        }
+        let roles = policy
+            .decide_app(&app.client_id, &app.roles)
+            .ok_or_else(|| ExchangeError::AppNotAllowed(app.client_id.clone()))?;
+        let minted = self.issuer.mint_app(app, roles)?;
+        Ok(Exchanged { minted, subject: Subject::App(app.clone()) })
     }
 
     /// Steps 2-5 for a validated token: groups, policy, profile, user record, internal token.
     pub async fn complete(&self, id: &EntraIdentity, token: &str) -> Result<Exchanged, ExchangeError> {
         let id = id.clone();
         let policy = self.policy.load_full();
-        let session = self.session(token);
+        let session = self.session(token, &id.tid);
         let member_of = self.membership(&id, &policy, session.as_ref()).await?;
         let (groups, roles) = match policy.decide(&member_of) {
             Decision::Allow { groups, roles } => (groups, roles),
@@ -148,14 +176,15 @@ impl ExchangeService {
         let profile = self.profile(&id, session.as_ref()).await?;
         let (user, _) = self.directory.sync_login(&id.tid, &id.oid, &profile).await?;
         let minted = self.issuer.mint(&user, groups, roles)?;
-        Ok(Exchanged { minted, user })
+        Ok(Exchanged { minted, subject: Subject::User(user) })
     }
 
-    fn session<'a>(&'a self, token: &'a str) -> Option<GraphSession<'a>> {
+    /// Graph calls for a user of tenant `tid`, with tokens from that tenant.
+    fn session<'a>(&'a self, token: &'a str, tid: &'a str) -> Option<GraphSession<'a>> {
         let graph = self.graph.as_deref()?;
         match self.mode {
-            GraphMode::App => Some(graph.session(GraphAuth::App)),
-            GraphMode::Obo => Some(graph.session(GraphAuth::Obo { user_token: token })),
+            GraphMode::App => Some(graph.session(GraphAuth::App, tid)),
+            GraphMode::Obo => Some(graph.session(GraphAuth::Obo { user_token: token }, tid)),
             GraphMode::Claims => None,
         }
     }

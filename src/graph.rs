@@ -1,13 +1,15 @@
 //! Microsoft Graph client (and the Entra token endpoint it needs).
 //!
-//! Owns: app-only (client credentials) and On-Behalf-Of tokens, `checkMemberGroups` (20 ids per
+//! Owns: app-only (client credentials) and On-Behalf-Of tokens, each requested from the user's
+//! own tenant (`{authority_host}/{tid}/oauth2/v2.0/token`: a guest tenant's directory answers
+//! only its own tokens) and app tokens cached per tenant; `checkMemberGroups` (20 ids per
 //! call), `transitiveMemberOf` with `@odata.nextLink` paging, the profile and photo reads, the
-//! bounded retry on 429/503 honouring `Retry-After`, and the `graph_requests_total` counts.
-//! Every URL is built from `graph_url` / `authority_host`; a `nextLink` outside `graph_url` is
-//! refused. Must not: cache decisions (the exchange does), decide authorization, turn any
+//! bounded retry on 429/503 honouring `Retry-After` (seconds, rounded up, or an HTTP-date), and
+//! the `graph_requests_total` counts. Every URL is built from `graph_url` / `authority_host`;
+//! a `nextLink` outside `graph_url` is refused. Must not: cache decisions (the exchange does), decide authorization, turn any
 //! failure (one page of a paged answer included) into "no groups", or log tokens and secrets.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,7 @@ use crate::config::{EntraConfig, GroupLookup, Secret};
 use crate::directory::Profile;
 use crate::issuer::unix_now;
 use crate::metrics::{Metrics, status_label};
+use crate::outbound::error_chain;
 
 /// `checkMemberGroups` accepts at most 20 ids per call.
 const CHECK_MEMBER_GROUPS_BATCH: usize = 20;
@@ -185,7 +188,7 @@ struct GraphUser {
 /// The Graph client shared by all requests.
 pub struct GraphClient {
     http: reqwest::Client,
-    token_url: String,
+    authority: String,
     graph_base: String,
     scope: String,
     client_id: String,
@@ -194,8 +197,8 @@ pub struct GraphClient {
     max_retries: u32,
     max_wait: Duration,
     metrics: Metrics,
-    // std Mutex: a clone in and out, never held across an await.
-    app_token: Mutex<Option<CachedToken>>,
+    // std Mutex: a clone in and out, never held across an await. Keyed by tenant id.
+    app_tokens: Mutex<HashMap<String, CachedToken>>,
 }
 
 impl GraphClient {
@@ -205,12 +208,10 @@ impl GraphClient {
         http: reqwest::Client,
         metrics: Metrics,
     ) -> GraphClient {
-        let authority = cfg.authority_host.trim_end_matches('/');
-        let home = cfg.tenants.first().map(String::as_str).unwrap_or("organizations");
         let graph_base = cfg.graph_url.trim_end_matches('/').to_string();
         GraphClient {
             http,
-            token_url: format!("{authority}/{home}/oauth2/v2.0/token"),
+            authority: cfg.authority_host.trim_end_matches('/').to_string(),
             scope: format!("{}/.default", origin(&graph_base)),
             graph_base,
             client_id: cfg.client_id.clone(),
@@ -219,18 +220,24 @@ impl GraphClient {
             max_retries: cfg.graph_max_retries,
             max_wait: cfg.graph_max_retry_wait,
             metrics,
-            app_token: Mutex::new(None),
+            app_tokens: Mutex::default(),
         }
     }
 
-    /// A session that acquires its token on first use and reuses it for every call.
-    pub fn session<'a>(&'a self, auth: GraphAuth<'a>) -> GraphSession<'a> {
-        GraphSession { client: self, auth, token: tokio::sync::OnceCell::new() }
+    /// The token endpoint of tenant `tid`.
+    fn token_url(&self, tid: &str) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.authority, seg(tid))
     }
 
-    /// The user's photo (app token), `None` when the user has none.
-    pub async fn photo(&self, oid: &str) -> Result<Option<Photo>, GraphError> {
-        let token = self.app_token().await?;
+    /// A session for a user of tenant `tid` that acquires its token (from that tenant) on first
+    /// use and reuses it for every call.
+    pub fn session<'a>(&'a self, auth: GraphAuth<'a>, tid: &'a str) -> GraphSession<'a> {
+        GraphSession { client: self, auth, tid, token: tokio::sync::OnceCell::new() }
+    }
+
+    /// The photo of user `oid` of tenant `tid` (app token), `None` when the user has none.
+    pub async fn photo(&self, tid: &str, oid: &str) -> Result<Option<Photo>, GraphError> {
+        let token = self.app_token(tid).await?;
         let url = format!("{}/users/{}/photo/$value", self.graph_base, seg(oid));
         let resp = self.send("photo", || self.http.get(&url).bearer_auth(&token)).await?;
         match resp.status() {
@@ -249,41 +256,48 @@ impl GraphClient {
         }
     }
 
-    async fn app_token(&self) -> Result<String, GraphError> {
-        if let Ok(guard) = self.app_token.lock()
-            && let Some(t) = guard.as_ref()
+    /// The gateway's own token at tenant `tid` (cached per tenant until shortly before expiry).
+    async fn app_token(&self, tid: &str) -> Result<String, GraphError> {
+        if let Ok(tokens) = self.app_tokens.lock()
+            && let Some(t) = tokens.get(tid)
             && t.expires_at > Instant::now()
         {
             return Ok(t.token.clone());
         }
         let form = [("grant_type", "client_credentials"), ("scope", self.scope.as_str())];
-        let cached = self.request_token("token_app", &form).await?;
-        if let Ok(mut guard) = self.app_token.lock() {
-            *guard = Some(cached.clone());
+        let cached = self.request_token(tid, "token_app", &form).await?;
+        if let Ok(mut tokens) = self.app_tokens.lock() {
+            tokens.insert(tid.to_string(), cached.clone());
         }
         Ok(cached.token)
     }
 
-    async fn obo_token(&self, user_token: &str) -> Result<String, GraphError> {
+    async fn obo_token(&self, tid: &str, user_token: &str) -> Result<String, GraphError> {
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", user_token),
             ("scope", self.scope.as_str()),
             ("requested_token_use", "on_behalf_of"),
         ];
-        Ok(self.request_token("token_obo", &form).await?.token)
+        Ok(self.request_token(tid, "token_obo", &form).await?.token)
     }
 
-    async fn request_token(&self, endpoint: &'static str, form: &[(&str, &str)]) -> Result<CachedToken, GraphError> {
-        let auth = self.credential.form_fields(&self.token_url, &self.client_id)?;
+    async fn request_token(
+        &self,
+        tid: &str,
+        endpoint: &'static str,
+        form: &[(&str, &str)],
+    ) -> Result<CachedToken, GraphError> {
+        let token_url = self.token_url(tid);
+        let auth = self.credential.form_fields(&token_url, &self.client_id)?;
         let mut fields: Vec<(&str, &str)> = vec![("client_id", self.client_id.as_str())];
         fields.extend(form.iter().copied());
         fields.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));
-        let resp = self.send(endpoint, || self.http.post(&self.token_url).form(&fields)).await?;
+        let resp = self.send(endpoint, || self.http.post(&token_url).form(&fields)).await?;
         let status = resp.status();
         if !status.is_success() {
             let body: TokenErrorBody = resp.json().await.unwrap_or_default();
-            tracing::error!(endpoint, %status, error = %body.error, codes = ?body.error_codes, "Entra token endpoint refused the gateway's request");
+            tracing::error!(endpoint, tid, %status, error = %body.error, codes = ?body.error_codes, "Entra token endpoint refused the gateway's request");
             return Err(GraphError::new(format!("token endpoint: HTTP {status} {}", body.error)));
         }
         let body: TokenResponse =
@@ -303,11 +317,11 @@ impl GraphClient {
             let result = build().send().await;
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             self.metrics.graph_requests_total.with_label_values(&[endpoint, status_label(status)]).inc();
-            let resp = result.map_err(|e| GraphError::new(format!("{endpoint}: {}", without_url(&e))))?;
+            let resp = result.map_err(|e| GraphError::new(format!("{endpoint}: {}", error_chain(&e))))?;
             if !matches!(resp.status().as_u16(), 429 | 503 | 504) {
                 return Ok(resp);
             }
-            let wait = retry_after(&resp).unwrap_or(Duration::from_secs(1));
+            let wait = retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or(Duration::from_secs(1));
             if attempt >= self.max_retries || wait > self.max_wait {
                 return Err(GraphError {
                     reason: format!("{endpoint}: HTTP {} after {} attempt(s)", resp.status(), attempt + 1),
@@ -331,6 +345,8 @@ impl GraphClient {
 pub struct GraphSession<'a> {
     client: &'a GraphClient,
     auth: GraphAuth<'a>,
+    /// The user's tenant: tokens come from its token endpoint.
+    tid: &'a str,
     token: tokio::sync::OnceCell<String>,
 }
 
@@ -339,8 +355,8 @@ impl GraphSession<'_> {
         self.token
             .get_or_try_init(|| async {
                 match self.auth {
-                    GraphAuth::App => self.client.app_token().await,
-                    GraphAuth::Obo { user_token } => self.client.obo_token(user_token).await,
+                    GraphAuth::App => self.client.app_token(self.tid).await,
+                    GraphAuth::Obo { user_token } => self.client.obo_token(self.tid, user_token).await,
                 }
             })
             .await
@@ -436,26 +452,21 @@ async fn ok_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response, what: 
     if !status.is_success() {
         return Err(GraphError::new(format!("{what}: HTTP {status}")));
     }
-    resp.json().await.map_err(|e| GraphError::new(format!("{what}: unreadable answer: {}", without_url(&e))))
+    resp.json().await.map_err(|e| GraphError::new(format!("{what}: unreadable answer: {}", error_chain(&e))))
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let v = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// reqwest errors include the URL; ours have no secrets in URLs, but keep log lines short.
-fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_decode() {
-        "invalid body"
-    } else {
-        "request failed"
-    };
-    kind.to_string()
+/// `Retry-After` as delay-seconds (a fraction rounded up) or an HTTP-date (RFC 9110 10.2.3).
+fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs(secs.ceil().min(86_400.0) as u64));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(now)
+            .map(|d| Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
+            .unwrap_or_default(),
+    )
 }
 
 fn seg(s: &str) -> String {
@@ -478,6 +489,25 @@ mod tests {
     fn scope_is_the_graph_origin_default_scope() {
         assert_eq!(origin("https://graph.microsoft.com/v1.0"), "https://graph.microsoft.com");
         assert_eq!(origin("http://127.0.0.1:4000/graph/v1.0"), "http://127.0.0.1:4000");
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_rounded_up_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = reqwest::header::HeaderMap::new();
+            m.insert(reqwest::header::RETRY_AFTER, v.parse().unwrap());
+            retry_after(&m, now)
+        };
+        assert_eq!(h("3"), Some(Duration::from_secs(3)));
+        assert_eq!(h("1.2"), Some(Duration::from_secs(2)), "a fraction is rounded up");
+        assert_eq!(h("0"), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(h(&later), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(h(&past), Some(Duration::ZERO));
+        assert_eq!(h("soon"), None);
+        assert_eq!(h("-1"), None);
     }
 
     #[test]

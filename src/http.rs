@@ -148,8 +148,10 @@ impl From<ExchangeError> for Rejection {
                 tracing::info!(reason = %t, "exchange refused: invalid token");
                 Rejection::InvalidToken(t.to_string())
             }
-            e
-            @ (ExchangeError::NotInAllowedGroup | ExchangeError::GroupsNotInToken(_) | ExchangeError::UserMissing) => {
+            e @ (ExchangeError::NotInAllowedGroup
+            | ExchangeError::GroupsNotInToken(_)
+            | ExchangeError::UserMissing
+            | ExchangeError::AppNotAllowed(_)) => {
                 tracing::info!(reason = %e, "exchange refused: access denied");
                 Rejection::AccessDenied(e.to_string())
             }
@@ -190,7 +192,7 @@ impl From<AccessError> for Rejection {
                 tracing::debug!(reason = %e, "request refused: no valid gateway token");
                 Rejection::InvalidToken(e.to_string())
             }
-            AccessError::RouteForbidden => {
+            AccessError::RouteForbidden | AccessError::AppsNotAllowed => {
                 tracing::debug!(reason = %e, "request refused by route policy");
                 Rejection::AccessDenied(e.to_string())
             }

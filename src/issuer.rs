@@ -15,17 +15,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::IssuerConfig;
 use crate::directory::UserRecord;
+use crate::entra::AppIdentity;
 use keys::KeyRing;
 
 /// Leeway on the gateway's own `exp`/`nbf`: the replicas share a clock source in practice.
-const INTERNAL_LEEWAY_SECS: u64 = 5;
+/// A revocation lives until `exp` plus this, so that a logged-out token is never accepted again.
+pub const INTERNAL_LEEWAY_SECS: u64 = 5;
 
 /// Claims of the internal token (the contract's list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InternalClaims {
     pub iss: String,
     pub aud: String,
-    /// Stable internal user id for (tid, oid).
+    /// Stable internal id of the user (tid, oid), or of the app (tid, client id).
     pub sub: String,
     pub oid: String,
     pub tid: String,
@@ -44,6 +46,19 @@ pub struct InternalClaims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+    /// `app` for an app caller; absent for users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idtyp: Option<String>,
+    /// The app caller's client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azp: Option<String>,
+}
+
+impl InternalClaims {
+    /// Whether the token is an app caller's.
+    pub fn is_app(&self) -> bool {
+        self.idtyp.as_deref() == Some("app")
+    }
 }
 
 /// A freshly minted token.
@@ -104,9 +119,7 @@ impl Issuer {
 
     /// Signs a token for `user` with the active key.
     pub fn mint(&self, user: &UserRecord, groups: Vec<String>, roles: Vec<String>) -> Result<Minted, MintError> {
-        let key = self.keys.active().ok_or_else(|| MintError("no signing key".into()))?;
         let now = unix_now();
-        let ttl = self.ttl.as_secs();
         let claims = InternalClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -120,9 +133,41 @@ impl Issuer {
             roles,
             iat: now,
             nbf: now,
-            exp: now + ttl,
+            exp: now + self.ttl.as_secs(),
             jti: uuid::Uuid::new_v4().to_string(),
+            idtyp: None,
+            azp: None,
         };
+        self.sign(claims)
+    }
+
+    /// Signs a token for an app caller: `sub` is the app's stable id, `idtyp: app`, no user.
+    pub fn mint_app(&self, app: &AppIdentity, roles: Vec<String>) -> Result<Minted, MintError> {
+        let now = unix_now();
+        let claims = InternalClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: crate::directory::internal_app_id(&app.tid, &app.client_id),
+            oid: app.oid.clone(),
+            tid: app.tid.clone(),
+            email: None,
+            name: None,
+            preferred_username: None,
+            groups: Vec::new(),
+            roles,
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl.as_secs(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            idtyp: Some("app".into()),
+            azp: Some(app.client_id.clone()),
+        };
+        self.sign(claims)
+    }
+
+    fn sign(&self, claims: InternalClaims) -> Result<Minted, MintError> {
+        let key = self.keys.active().ok_or_else(|| MintError("no signing key".into()))?;
+        let ttl = self.ttl.as_secs();
         let mut header = Header::new(key.algorithm);
         header.kid = Some(key.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| MintError(e.to_string()))?;
@@ -169,7 +214,7 @@ impl Issuer {
             "id_token_signing_alg_values_supported": algs,
             "subject_types_supported": ["public"],
             "claims_supported": ["iss", "aud", "sub", "oid", "tid", "email", "name",
-                "preferred_username", "groups", "roles", "iat", "nbf", "exp", "jti"],
+                "preferred_username", "groups", "roles", "iat", "nbf", "exp", "jti", "idtyp", "azp"],
         })
     }
 }

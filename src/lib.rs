@@ -42,6 +42,7 @@ pub mod http;
 pub mod issuer;
 pub mod metrics;
 pub mod mock;
+pub mod outbound;
 pub mod path;
 pub mod policy;
 pub mod proxy;

@@ -4,7 +4,9 @@
 //! of their values. Must not: take label values from requests (raw paths, user ids, tokens):
 //! callers pass `&'static str` outcomes or route names that come from the config.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Buckets from 100µs to 30s, so that sub-millisecond proxy overhead is visible.
 const LATENCY_BUCKETS: &[f64] =
@@ -28,6 +30,7 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     pub connection_events_total: IntCounterVec,
     pub open_connections: IntGauge,
+    pub jwks_stale: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -129,6 +132,15 @@ impl Metrics {
             open_connections: {
                 let g = IntGauge::new("entra_gateway_open_connections", "Open connections on the public listener.")
                     .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            jwks_stale: {
+                let opts = Opts::new(
+                    "entra_gateway_jwks_stale",
+                    "1 while a tenant's Entra signing keys are served past jwks_ttl because Entra cannot be reached.",
+                );
+                let g = IntGaugeVec::new(opts, &["tenant"]).expect("static metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },

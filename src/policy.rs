@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::Config;
+use crate::config::{AppsConfig, Config};
 
 /// The policy derived from `authorization` (and route groups, for the set Graph is asked about).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,7 @@ pub struct Policy {
     allow_any_tenant_user: bool,
     configured: BTreeSet<String>,
     fingerprint: String,
+    apps: AppsConfig,
 }
 
 /// The outcome for one user.
@@ -36,7 +37,28 @@ impl Policy {
             allow_any_tenant_user: a.allow_any_tenant_user,
             fingerprint: fingerprint(&config.configured_groups()),
             configured: config.configured_groups(),
+            apps: AppsConfig {
+                clients: a.apps.clients.iter().map(|(c, r)| (c.to_ascii_lowercase(), r.clone())).collect(),
+                app_roles: a.apps.app_roles.clone(),
+            },
         }
+    }
+
+    /// Whether app callers are configured at all.
+    pub fn apps_enabled(&self) -> bool {
+        self.apps.enabled()
+    }
+
+    /// The internal roles of an app caller (`client_id` lowercase, `app_roles` from its token),
+    /// or `None` when neither its client id nor any of its app roles is listed.
+    pub fn decide_app(&self, client_id: &str, app_roles: &[String]) -> Option<Vec<String>> {
+        let by_client = self.apps.clients.get(client_id);
+        let by_role: Vec<&Vec<String>> = app_roles.iter().filter_map(|r| self.apps.app_roles.get(r)).collect();
+        if by_client.is_none() && by_role.is_empty() {
+            return None;
+        }
+        let roles: BTreeSet<String> = by_client.into_iter().chain(by_role).flatten().cloned().collect();
+        Some(roles.into_iter().collect())
     }
 
     /// A short hash of the configured group set: cached group answers are keyed by it, so that
@@ -97,7 +119,14 @@ mod tests {
             roles.iter().map(|(g, r)| (g.to_string(), r.iter().map(|s| s.to_string()).collect())).collect();
         let mut configured = allowed.clone();
         configured.extend(group_roles.keys().cloned());
-        Policy { allowed, group_roles, allow_any_tenant_user: any, fingerprint: fingerprint(&configured), configured }
+        Policy {
+            allowed,
+            group_roles,
+            allow_any_tenant_user: any,
+            fingerprint: fingerprint(&configured),
+            configured,
+            apps: AppsConfig::default(),
+        }
     }
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -126,6 +155,19 @@ mod tests {
     fn allow_any_tenant_user_lets_in_users_without_groups() {
         let p = policy(&[], &[], true);
         assert_eq!(p.decide(&set(&[])), Decision::Allow { groups: vec![], roles: vec![] });
+    }
+
+    #[test]
+    fn apps_get_in_by_client_id_or_app_role_with_the_union_of_their_roles() {
+        let mut p = policy(&["a"], &[], false);
+        assert!(!p.apps_enabled());
+        p.apps.clients.insert("c1".into(), vec!["svc".into()]);
+        p.apps.app_roles.insert("Orders.Read".into(), vec!["orders-reader".into(), "svc".into()]);
+        assert!(p.apps_enabled());
+        assert_eq!(p.decide_app("c1", &[]), Some(vec!["svc".into()]));
+        assert_eq!(p.decide_app("c1", &["Orders.Read".into()]), Some(vec!["orders-reader".into(), "svc".into()]));
+        assert_eq!(p.decide_app("c2", &["Orders.Read".into()]), Some(vec!["orders-reader".into(), "svc".into()]));
+        assert_eq!(p.decide_app("c2", &["Other".into()]), None);
     }
 
     #[test]

@@ -106,6 +106,7 @@ impl AppState {
             http.clone(),
             &config.entra.authority_host,
             config.cache.jwks_ttl,
+            config.cache.jwks_max_stale,
             metrics.clone(),
             redis.clone(),
         );

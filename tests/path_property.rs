@@ -36,6 +36,7 @@ fn table() -> RouteTable {
                 strip_prefix: false,
                 name: None,
                 allow_empty_segments: *empty,
+                allow_apps: false,
             })
             .collect(),
         ..ProxyConfig::default()

@@ -69,7 +69,8 @@ async fn two_replicas_share_group_answers_and_a_logout_on_one_is_honoured_by_the
     assert_eq!(revoked.len(), 1);
     let mut c = redis.connection().await;
     let ttl: i64 = ::redis::cmd("TTL").arg(&revoked[0]).query_async(&mut c).await.unwrap();
-    assert!((800..=901).contains(&ttl), "revocation lives as long as the token: {ttl}");
+    // The token's remaining life plus the verifier's 5 s leeway (and 1 s of rounding).
+    assert!((800..=906).contains(&ttl), "revocation lives as long as the token is accepted: {ttl}");
 }
 
 #[tokio::test]

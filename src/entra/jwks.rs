@@ -1,29 +1,41 @@
 //! Entra signing keys (JWKS) per tenant: fetch, cache, refresh.
 //!
-//! Owns: `{authority_host}/{tenant}/discovery/v2.0/keys`, the in-memory key snapshot per tenant
-//! (`jwks_ttl`), collapsing concurrent fetches of one tenant into one request, the refetch on an
-//! unknown `kid` (at most once per [`UNKNOWN_KID_REFETCH_INTERVAL`] per tenant), and serving
-//! stale keys while a refresh fails. With Redis, a tenant's JWKS document is shared: a replica
-//! reads it there before asking Entra, and an unknown `kid` that another replica already
-//! fetched is found there. Must not: validate tokens (see `entra`), fetch keys for a
-//! tenant that is not configured (the caller checks `tid` first), or fetch from a URL taken
-//! from a token.
+//! Owns: `{authority_host}/{tenant}/discovery/v2.0/keys`, the key snapshot per tenant
+//! (`jwks_ttl`) with each key's JWKS `issuer`, collapsing concurrent fetches of one tenant into
+//! one request, the refetch on an unknown `kid`, and serving stale keys while a refresh fails
+//! (for at most `jwks_max_stale` past their TTL, counted in `entra_gateway_jwks_stale`).
+//!
+//! An unknown `kid` is refused only after the newest key set was looked at: a refetch in flight
+//! is joined, one that finished since this request read the keys is seen, and only then may this
+//! miss start a refetch of its own, at most once per [`UNKNOWN_KID_COOLDOWN`] per tenant and for
+//! at most [`MAX_UNKNOWN_KIDS`] distinct kids per [`UNKNOWN_KID_WINDOW`] (a kid already tried in
+//! the window does not trigger again), so that unsigned tokens with random kids cannot keep
+//! Entra busy nor hold a real rotation off for long. With Redis, a tenant's JWKS document is
+//! shared: a replica reads it there before asking Entra, and an unknown `kid` that another
+//! replica already fetched is found there. Time is `tokio::time`, so tests can pause it.
+//! Must not: validate tokens (see `entra`), fetch keys for a tenant that is not configured (the
+//! caller checks `tid` first), or fetch from a URL taken from a token.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::cache::redis::RedisStore;
 use crate::issuer::unix_now;
 use crate::metrics::Metrics;
 
-/// How often an unknown `kid` may trigger a refetch, per tenant.
-pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(300);
+/// Unknown-`kid` refetches of one tenant are at least this far apart.
+pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
+/// The window in which at most [`MAX_UNKNOWN_KIDS`] distinct unknown kids may trigger a refetch.
+pub const UNKNOWN_KID_WINDOW: Duration = Duration::from_secs(300);
+/// Distinct unknown kids per tenant and window that may trigger a refetch.
+pub const MAX_UNKNOWN_KIDS: usize = 4;
 /// After a failed refresh, stale keys are served this long without trying again, so that an
 /// Entra outage does not make every request wait for a failing fetch.
 pub const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
@@ -31,7 +43,7 @@ pub const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 /// Why no key could be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwksError {
-    /// The keys could not be fetched and none are cached.
+    /// The keys could not be fetched and none (young enough) are cached.
     #[error("the tenant's signing keys are unavailable: {0}")]
     Unavailable(String),
     /// The keys are known and none has this `kid`.
@@ -39,10 +51,17 @@ pub enum JwksError {
     UnknownKid,
 }
 
+/// One verification key and the issuer its JWKS entry names (`{tenantid}` not yet replaced).
+#[derive(Clone)]
+pub struct Key {
+    pub decoding: DecodingKey,
+    pub issuer: Option<String>,
+}
+
 /// One tenant's RS256 verification keys by `kid`.
 #[derive(Default)]
 pub struct KeySet {
-    keys: HashMap<String, DecodingKey>,
+    keys: HashMap<String, Key>,
 }
 
 impl KeySet {
@@ -55,9 +74,10 @@ impl KeySet {
             let field = |name: &str| k.get(name).and_then(|v| v.as_str());
             let usable = field("kty") == Some("RSA") && matches!(field("use"), None | Some("sig"));
             if let (true, Some(kid), Some(n), Some(e)) = (usable, field("kid"), field("n"), field("e"))
-                && let Ok(key) = DecodingKey::from_rsa_components(n, e)
+                && let Ok(decoding) = DecodingKey::from_rsa_components(n, e)
             {
-                keys.insert(kid.to_string(), key);
+                let issuer = field("issuer").filter(|i| !i.trim().is_empty()).map(str::to_string);
+                keys.insert(kid.to_string(), Key { decoding, issuer });
             }
         }
         if keys.is_empty() {
@@ -66,7 +86,7 @@ impl KeySet {
         Ok(KeySet { keys })
     }
 
-    pub fn get(&self, kid: &str) -> Option<&DecodingKey> {
+    pub fn get(&self, kid: &str) -> Option<&Key> {
         self.keys.get(kid)
     }
 
@@ -79,6 +99,13 @@ impl KeySet {
     }
 }
 
+/// Where a tenant's keys come from (Entra over HTTP; a fake in unit tests).
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync {
+    /// The tenant's JWKS; `want_kid` when a refetch looks for a key that was missing.
+    async fn fetch(&self, tid: &str, want_kid: Option<&str>) -> Result<Arc<KeySet>, String>;
+}
+
 #[derive(Clone)]
 struct TenantKeys {
     set: Arc<KeySet>,
@@ -87,65 +114,101 @@ struct TenantKeys {
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, JwksError>>>;
 
-/// A JWKS document as shared in Redis.
-#[derive(Serialize, Deserialize)]
-struct StoredJwks {
-    fetched_at: u64,
-    body: String,
+/// Per-tenant bookkeeping of refreshes.
+#[derive(Default)]
+struct TenantState {
+    /// The refresh in flight, with its id.
+    flight: Option<(u64, Flight)>,
+    last_forced: Option<Instant>,
+    last_failed: Option<Instant>,
+    window_start: Option<Instant>,
+    /// Unknown kids that triggered a refetch in the current window.
+    tried: HashSet<String>,
+}
+
+/// What a request does about a missing kid, decided under the state lock.
+enum OnMiss {
+    Join(Flight),
+    Found,
+    Refuse,
+}
+
+struct Inner {
+    source: Arc<dyn KeySource>,
+    ttl: Duration,
+    max_stale: Duration,
+    metrics: Metrics,
+    // std locks: each critical section is a map look-up or insert, never held across an await.
+    tenants: RwLock<HashMap<String, TenantKeys>>,
+    state: Mutex<HashMap<String, TenantState>>,
+    next_flight: std::sync::atomic::AtomicU64,
 }
 
 /// The JWKS cache of every configured tenant.
+#[derive(Clone)]
 pub struct JwksCache {
-    http: reqwest::Client,
-    authority: String,
-    ttl: Duration,
-    metrics: Metrics,
-    redis: Option<Arc<RedisStore>>,
-    // std locks: each critical section is a map look-up or insert, never held across an await.
-    tenants: RwLock<HashMap<String, TenantKeys>>,
-    last_forced: Mutex<HashMap<String, Instant>>,
-    last_failed: Mutex<HashMap<String, Instant>>,
-    inflight: Mutex<HashMap<String, Flight>>,
+    inner: Arc<Inner>,
 }
 
 impl JwksCache {
+    /// The production cache: keys from Entra (and Redis, when configured).
     pub fn new(
         http: reqwest::Client,
         authority_host: &str,
         ttl: Duration,
+        max_stale: Duration,
         metrics: Metrics,
         redis: Option<Arc<RedisStore>>,
     ) -> JwksCache {
-        JwksCache {
+        let source = HttpSource {
             http,
             authority: authority_host.trim_end_matches('/').to_string(),
-            ttl,
-            metrics,
+            metrics: metrics.clone(),
             redis,
-            tenants: RwLock::default(),
-            last_forced: Mutex::default(),
-            last_failed: Mutex::default(),
-            inflight: Mutex::default(),
+            ttl,
+        };
+        JwksCache::with_source(Arc::new(source), ttl, max_stale, metrics)
+    }
+
+    /// A cache over any key source.
+    pub fn with_source(source: Arc<dyn KeySource>, ttl: Duration, max_stale: Duration, metrics: Metrics) -> JwksCache {
+        JwksCache {
+            inner: Arc::new(Inner {
+                source,
+                ttl,
+                max_stale,
+                metrics,
+                tenants: RwLock::default(),
+                state: Mutex::default(),
+                next_flight: Default::default(),
+            }),
         }
     }
 
     /// The key `kid` of tenant `tid`, fetching or refreshing the tenant's keys as needed.
-    pub async fn key(&self, tid: &str, kid: &str) -> Result<DecodingKey, JwksError> {
+    pub async fn key(&self, tid: &str, kid: &str) -> Result<Key, JwksError> {
         let set = self.current(tid).await?;
         if let Some(k) = set.get(kid) {
             return Ok(k.clone());
         }
-        if !self.may_force_refresh(tid) {
-            return Err(JwksError::UnknownKid);
+        // Join a refetch in flight or see one that just finished, then maybe start one. Twice at
+        // most: a joined refresh that did not have the kid leaves one chance to force a refetch.
+        for _ in 0..2 {
+            let flight = match self.on_miss(tid, kid) {
+                OnMiss::Found => break,
+                OnMiss::Refuse => return Err(JwksError::UnknownKid),
+                OnMiss::Join(f) => f,
+            };
+            if let Some(k) = flight.await?.get(kid) {
+                return Ok(k.clone());
+            }
         }
-        tracing::info!(tid, "unknown kid: refetching the tenant's signing keys");
-        let set = self.refresh(tid, Some(kid)).await?;
-        set.get(kid).cloned().ok_or(JwksError::UnknownKid)
+        self.snapshot(tid).and_then(|t| t.set.get(kid).cloned()).ok_or(JwksError::UnknownKid)
     }
 
-    /// Whether keys for `tid` are loaded (readiness).
+    /// Whether usable keys for `tid` are loaded (readiness).
     pub fn has_keys(&self, tid: &str) -> bool {
-        self.tenants.read().map(|t| t.contains_key(tid)).unwrap_or(false)
+        self.snapshot(tid).is_some_and(|t| t.fetched_at.elapsed() < self.inner.ttl + self.inner.max_stale)
     }
 
     /// Makes sure `tid`'s keys are loaded (start-up warm-up); no fetch when they already are.
@@ -153,134 +216,169 @@ impl JwksCache {
         self.current(tid).await.map(|s| s.len())
     }
 
-    /// Fresh keys, or refreshed ones, or stale ones when the refresh fails.
+    fn snapshot(&self, tid: &str) -> Option<TenantKeys> {
+        self.inner.tenants.read().ok().and_then(|t| t.get(tid).cloned())
+    }
+
+    /// Fresh keys, or refreshed ones, or stale ones (within `max_stale`) when the refresh fails.
     async fn current(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
-        let cached = self.tenants.read().ok().and_then(|t| t.get(tid).cloned());
-        match cached {
-            Some(t) if t.fetched_at.elapsed() < self.ttl => Ok(t.set),
-            Some(stale) if self.failed_recently(tid) => Ok(stale.set),
-            Some(stale) => match self.refresh(tid, None).await {
-                Ok(set) => Ok(set),
-                Err(e) => {
-                    if let Ok(mut failed) = self.last_failed.lock() {
-                        failed.insert(tid.to_string(), Instant::now());
-                    }
-                    tracing::warn!(tid, error = %e, "JWKS refresh failed; serving the previous keys");
-                    Ok(stale.set)
+        let Some(cached) = self.snapshot(tid) else {
+            return self.refresh(tid).await;
+        };
+        let age = cached.fetched_at.elapsed();
+        if age < self.inner.ttl {
+            return Ok(cached.set);
+        }
+        let usable = age < self.inner.ttl + self.inner.max_stale;
+        if usable && self.failed_recently(tid) {
+            return Ok(cached.set);
+        }
+        match self.refresh(tid).await {
+            Ok(set) => Ok(set),
+            Err(e) => {
+                self.with_state(tid, |st| st.last_failed = Some(Instant::now()));
+                if !usable {
+                    tracing::error!(tid, error = %e, "JWKS refresh failed and the cached keys are too old to use");
+                    return Err(JwksError::Unavailable(format!(
+                        "{e}; cached keys older than jwks_ttl + jwks_max_stale"
+                    )));
                 }
-            },
-            None => self.refresh(tid, None).await,
+                self.inner.metrics.jwks_stale.with_label_values(&[tid]).set(1);
+                tracing::warn!(tid, error = %e, age_secs = age.as_secs(), "JWKS refresh failed; serving the previous keys");
+                Ok(cached.set)
+            }
         }
     }
 
     fn failed_recently(&self, tid: &str) -> bool {
-        self.last_failed
-            .lock()
-            .map(|f| f.get(tid).is_some_and(|t| t.elapsed() < FAILED_REFRESH_BACKOFF))
-            .unwrap_or(false)
+        self.with_state(tid, |st| st.last_failed.is_some_and(|t| t.elapsed() < FAILED_REFRESH_BACKOFF))
     }
 
-    /// Records a forced refresh unless one happened within the interval.
-    fn may_force_refresh(&self, tid: &str) -> bool {
-        let Ok(mut last) = self.last_forced.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        match last.get(tid) {
-            Some(t) if now.duration_since(*t) < UNKNOWN_KID_REFETCH_INTERVAL => false,
-            _ => {
-                last.insert(tid.to_string(), now);
-                true
+    fn with_state<T>(&self, tid: &str, f: impl FnOnce(&mut TenantState) -> T) -> T {
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(state.entry(tid.to_string()).or_default())
+    }
+
+    /// Joins the tenant's refresh in flight, or starts one.
+    async fn refresh(&self, tid: &str) -> Result<Arc<KeySet>, JwksError> {
+        let flight = self.with_state(tid, |st| match &st.flight {
+            Some((_, f)) => f.clone(),
+            None => self.start_flight(tid, None, st),
+        });
+        flight.await
+    }
+
+    /// Decides, under the state lock, what a miss of `kid` does.
+    fn on_miss(&self, tid: &str, kid: &str) -> OnMiss {
+        self.with_state(tid, |st| {
+            if let Some((_, f)) = &st.flight {
+                return OnMiss::Join(f.clone());
             }
-        }
-    }
-
-    /// Fetches `tid`'s keys (from Redis when it has them fresh, or with `want_kid`; else from
-    /// Entra); concurrent callers share one request.
-    async fn refresh(&self, tid: &str, want_kid: Option<&str>) -> Result<Arc<KeySet>, JwksError> {
-        let flight = {
-            let mut inflight = self.inflight.lock().map_err(|_| JwksError::Unavailable("lock".into()))?;
-            inflight
-                .entry(tid.to_string())
-                .or_insert_with(|| {
-                    let source = Source {
-                        http: self.http.clone(),
-                        url: self.url(tid),
-                        metrics: self.metrics.clone(),
-                        redis: self.redis.clone().map(|r| (r.key(&format!("jwks:{tid}")), r)),
-                        ttl: self.ttl,
-                    };
-                    source.fetch(want_kid.map(str::to_string)).boxed().shared()
-                })
-                .clone()
-        };
-        let result = flight.clone().await;
-        // Publish the keys before releasing the flight, so that no caller in between starts a
-        // second fetch.
-        if let Ok(set) = &result
-            && let Ok(mut tenants) = self.tenants.write()
-        {
-            let replace = tenants.get(tid).is_none_or(|t| !Arc::ptr_eq(&t.set, set));
-            if replace {
-                tenants.insert(tid.to_string(), TenantKeys { set: set.clone(), fetched_at: Instant::now() });
+            // A refresh may have finished since this request read the keys: look at the newest.
+            if self.snapshot(tid).is_some_and(|t| t.set.get(kid).is_some()) {
+                return OnMiss::Found;
             }
-        }
-        if let Ok(mut inflight) = self.inflight.lock()
-            && inflight.get(tid).is_some_and(|f| f.ptr_eq(&flight))
-        {
-            inflight.remove(tid);
-        }
-        result
+            let now = Instant::now();
+            if st.last_forced.is_some_and(|t| now.duration_since(t) < UNKNOWN_KID_COOLDOWN) {
+                return OnMiss::Refuse;
+            }
+            if st.window_start.is_none_or(|t| now.duration_since(t) >= UNKNOWN_KID_WINDOW) {
+                st.window_start = Some(now);
+                st.tried.clear();
+            }
+            if st.tried.contains(kid) || st.tried.len() >= MAX_UNKNOWN_KIDS {
+                return OnMiss::Refuse;
+            }
+            st.tried.insert(kid.to_string());
+            st.last_forced = Some(now);
+            tracing::info!(tid, "unknown kid: refetching the tenant's signing keys");
+            OnMiss::Join(self.start_flight(tid, Some(kid), st))
+        })
     }
 
-    fn url(&self, tid: &str) -> String {
-        format!("{}/{}/discovery/v2.0/keys", self.authority, tid)
+    /// A shared fetch that publishes its keys and then removes itself, whoever drives it.
+    fn start_flight(&self, tid: &str, want_kid: Option<&str>, st: &mut TenantState) -> Flight {
+        let id = self.inner.next_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let (tid, want) = (tid.to_string(), want_kid.map(str::to_string));
+        let flight = async move {
+            let result = inner.source.fetch(&tid, want.as_deref()).await.map_err(JwksError::Unavailable);
+            if let Ok(set) = &result {
+                if let Ok(mut tenants) = inner.tenants.write() {
+                    tenants.insert(tid.clone(), TenantKeys { set: set.clone(), fetched_at: Instant::now() });
+                }
+                inner.metrics.jwks_stale.with_label_values(&[&tid]).set(0);
+            }
+            let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(st) = state.get_mut(&tid)
+                && st.flight.as_ref().is_some_and(|(fid, _)| *fid == id)
+            {
+                st.flight = None;
+                if result.is_ok() {
+                    st.last_failed = None;
+                }
+            }
+            result
+        }
+        .boxed()
+        .shared();
+        st.flight = Some((id, flight.clone()));
+        flight
     }
 }
 
-/// Where a tenant's keys come from.
-struct Source {
+/// A JWKS document as shared in Redis.
+#[derive(Serialize, Deserialize)]
+struct StoredJwks {
+    fetched_at: u64,
+    body: String,
+}
+
+/// Keys from Entra, shared through Redis when it is configured.
+struct HttpSource {
     http: reqwest::Client,
-    url: String,
+    authority: String,
     metrics: Metrics,
-    redis: Option<(String, Arc<RedisStore>)>,
+    redis: Option<Arc<RedisStore>>,
     ttl: Duration,
 }
 
-impl Source {
-    async fn fetch(self, want_kid: Option<String>) -> Result<Arc<KeySet>, JwksError> {
-        if let Some(set) = self.shared_copy(want_kid.as_deref()).await {
+#[async_trait::async_trait]
+impl KeySource for HttpSource {
+    async fn fetch(&self, tid: &str, want_kid: Option<&str>) -> Result<Arc<KeySet>, String> {
+        let redis_key = self.redis.as_ref().map(|r| r.key(&format!("jwks:{tid}")));
+        if let (Some(redis), Some(key)) = (&self.redis, &redis_key)
+            && let Some(set) = shared_copy(redis, key, want_kid, self.ttl).await
+        {
             return Ok(Arc::new(set));
         }
-        let result = fetch_once(&self.http, &self.url).await;
+        let url = format!("{}/{}/discovery/v2.0/keys", self.authority, tid);
+        let result = fetch_once(&self.http, &url).await;
         let label = if result.is_ok() { "success" } else { "error" };
         self.metrics.jwks_refresh_total.with_label_values(&[label]).inc();
-        let (set, body) = result.map_err(|e| {
-            tracing::warn!(url = %self.url, error = %e, "JWKS fetch failed");
-            JwksError::Unavailable(e)
-        })?;
-        if let Some((key, redis)) = &self.redis {
+        let (set, body) = result.inspect_err(|e| tracing::warn!(url = %url, error = %e, "JWKS fetch failed"))?;
+        if let (Some(redis), Some(key)) = (&self.redis, &redis_key) {
             let stored = StoredJwks { fetched_at: unix_now(), body };
             let _ = redis.set_json("jwks", key, &stored, Some(self.ttl)).await;
         }
         Ok(Arc::new(set))
     }
+}
 
-    /// Keys another replica stored: fresh ones, or (for an unknown kid) ones that have it.
-    async fn shared_copy(&self, want_kid: Option<&str>) -> Option<KeySet> {
-        let (key, redis) = self.redis.as_ref()?;
-        let stored: StoredJwks = redis.get_json("jwks", key).await.ok()??;
-        let set = KeySet::parse(stored.body.as_bytes()).ok()?;
-        let usable = match want_kid {
-            Some(kid) => set.get(kid).is_some(),
-            None => unix_now().saturating_sub(stored.fetched_at) < self.ttl.as_secs(),
-        };
-        usable.then_some(set)
-    }
+/// Keys another replica stored: fresh ones, or (for an unknown kid) ones that have it.
+async fn shared_copy(redis: &RedisStore, key: &str, want_kid: Option<&str>, ttl: Duration) -> Option<KeySet> {
+    let stored: StoredJwks = redis.get_json("jwks", key).await.ok()??;
+    let set = KeySet::parse(stored.body.as_bytes()).ok()?;
+    let usable = match want_kid {
+        Some(kid) => set.get(kid).is_some(),
+        None => unix_now().saturating_sub(stored.fetched_at) < ttl.as_secs(),
+    };
+    usable.then_some(set)
 }
 
 async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<(KeySet, String), String> {
-    let resp = http.get(url).send().await.map_err(|e| format!("request failed: {e}"))?;
+    let resp =
+        http.get(url).send().await.map_err(|e| format!("request failed: {}", crate::outbound::error_chain(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("HTTP {}", resp.status()));
     }
@@ -291,37 +389,177 @@ async fn fetch_once(http: &reqwest::Client, url: &str) -> Result<(KeySet, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::{MockEntra, MockSettings};
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-    #[tokio::test]
-    async fn stale_keys_keep_serving_during_an_outage_without_a_fetch_per_request() {
-        let mock = MockEntra::start(MockSettings::default()).await.unwrap();
-        let tid = mock.settings().tenant_id.clone();
-        let kid = mock.state().signing_kid();
-        // ttl 0: the keys are stale as soon as they are fetched.
-        let cache =
-            JwksCache::new(reqwest::Client::new(), &mock.authority_host(), Duration::ZERO, Metrics::new(), None);
-        assert!(cache.key(&tid, &kid).await.is_ok());
-        assert_eq!(mock.state().calls("jwks"), 1);
-        mock.state().set_jwks_status(Some(503));
-        assert!(cache.key(&tid, &kid).await.is_ok(), "stale keys serve while the refresh fails");
-        assert_eq!(mock.state().calls("jwks"), 2);
-        for _ in 0..5 {
-            assert!(cache.key(&tid, &kid).await.is_ok());
+    const GOOD_N: &str = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+
+    fn doc(kids: &[&str]) -> String {
+        let keys: Vec<serde_json::Value> = kids
+            .iter()
+            .map(|k| serde_json::json!({"kty": "RSA", "use": "sig", "kid": k, "n": GOOD_N, "e": "AQAB"}))
+            .collect();
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
+    /// A key source whose published kids and availability the test sets; counts fetches.
+    struct Fake {
+        kids: Mutex<Vec<String>>,
+        down: std::sync::atomic::AtomicBool,
+        fetches: AtomicUsize,
+        /// Fetches wait for this many `gate` permits (0: no waiting).
+        hold: AtomicU32,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl KeySource for Fake {
+        async fn fetch(&self, _tid: &str, _want: Option<&str>) -> Result<Arc<KeySet>, String> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if self.hold.load(Ordering::SeqCst) > 0 {
+                let _ = self.gate.acquire().await.map(|p| p.forget());
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err("HTTP 503".into());
+            }
+            let kids = self.kids.lock().unwrap().clone();
+            let kids: Vec<&str> = kids.iter().map(String::as_str).collect();
+            KeySet::parse(doc(&kids).as_bytes()).map(Arc::new)
         }
-        assert_eq!(mock.state().calls("jwks"), 2, "no refetch within the back-off");
+    }
+
+    fn cache(fake: &Arc<Fake>, ttl: Duration, max_stale: Duration) -> JwksCache {
+        JwksCache::with_source(fake.clone(), ttl, max_stale, Metrics::new())
+    }
+
+    fn fake(kids: &[&str]) -> Arc<Fake> {
+        let f = Fake {
+            kids: Mutex::default(),
+            down: Default::default(),
+            fetches: Default::default(),
+            hold: Default::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        };
+        *f.kids.lock().unwrap() = kids.iter().map(|k| k.to_string()).collect();
+        Arc::new(f)
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_kid_refetches_once_per_cooldown_and_a_rotation_is_found() {
+        let f = fake(&["k1"]);
+        let c = cache(&f, DAY, DAY);
+        assert!(c.key("t", "k1").await.is_ok());
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(c.key("t", "random-1").await.err(), Some(JwksError::UnknownKid));
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 2, "one refetch for the miss");
+        // A real rotation inside the cooldown is refused without a fetch...
+        f.kids.lock().unwrap().push("k2".into());
+        tokio::time::advance(UNKNOWN_KID_COOLDOWN - Duration::from_secs(1)).await;
+        assert_eq!(c.key("t", "k2").await.err(), Some(JwksError::UnknownKid));
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 2);
+        // ...and found right after it.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(c.key("t", "k2").await.is_ok());
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kid_already_tried_and_more_than_the_cap_of_distinct_kids_do_not_refetch() {
+        let f = fake(&["k1"]);
+        let c = cache(&f, DAY, DAY);
+        c.key("t", "k1").await.unwrap();
+        for i in 0..MAX_UNKNOWN_KIDS {
+            tokio::time::advance(UNKNOWN_KID_COOLDOWN).await;
+            let _ = c.key("t", &format!("random-{i}")).await;
+        }
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 1 + MAX_UNKNOWN_KIDS);
+        tokio::time::advance(UNKNOWN_KID_COOLDOWN).await;
+        let _ = c.key("t", "random-0").await;
+        let _ = c.key("t", "one-more").await;
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 1 + MAX_UNKNOWN_KIDS, "capped within the window");
+        // A new window allows refetches again.
+        tokio::time::advance(UNKNOWN_KID_WINDOW).await;
+        f.kids.lock().unwrap().push("k2".into());
+        assert!(c.key("t", "k2").await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn misses_during_a_refetch_join_it_instead_of_being_refused() {
+        let f = fake(&["k1"]);
+        let c = cache(&f, DAY, DAY);
+        c.key("t", "k1").await.unwrap();
+        f.kids.lock().unwrap().push("k2".into());
+        f.hold.store(1, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.key("t", "k2").await.is_ok() })
+            })
+            .collect();
+        // Let every task reach the miss, then release the one fetch.
+        while f.fetches.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        f.gate.add_permits(1);
+        for t in tasks {
+            assert!(t.await.unwrap(), "a concurrent sign-in with the new key was refused");
+        }
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 2, "one refetch for all of them");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_right_after_another_refetch_sees_its_keys() {
+        let f = fake(&["k1"]);
+        let c = cache(&f, DAY, DAY);
+        let old = c.current("t").await.unwrap();
+        f.kids.lock().unwrap().push("k2".into());
+        // Another request refetched (forced) and finished; this one still holds `old`.
+        assert!(c.key("t", "k2").await.is_ok());
+        assert!(old.get("k2").is_none());
+        assert!(matches!(c.on_miss("t", "k2"), OnMiss::Found), "the newest set is consulted before the cooldown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_keys_serve_during_an_outage_within_max_stale_then_fail_closed() {
+        let f = fake(&["k1"]);
+        let ttl = Duration::from_secs(3600);
+        let c = cache(&f, ttl, Duration::from_secs(7200));
+        c.key("t", "k1").await.unwrap();
+        f.down.store(true, Ordering::SeqCst);
+        tokio::time::advance(ttl).await;
+        assert!(c.key("t", "k1").await.is_ok(), "stale keys serve while the refresh fails");
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 2);
+        for _ in 0..5 {
+            assert!(c.key("t", "k1").await.is_ok());
+        }
+        assert_eq!(f.fetches.load(Ordering::SeqCst), 2, "no refetch within the back-off");
+        assert!(c.has_keys("t"));
+        tokio::time::advance(Duration::from_secs(7199)).await;
+        assert!(c.key("t", "k1").await.is_ok(), "one second before max_stale");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(c.key("t", "k1").await, Err(JwksError::Unavailable(_))), "too old: fail closed");
+        assert!(!c.has_keys("t"));
+        f.down.store(false, Ordering::SeqCst);
+        tokio::time::advance(FAILED_REFRESH_BACKOFF).await;
+        assert!(c.key("t", "k1").await.is_ok(), "recovers once Entra answers");
     }
 
     #[test]
-    fn jwks_parsing_keeps_rsa_signature_keys_only() {
-        let doc = br#"{"keys":[
-            {"kty":"RSA","use":"enc","kid":"enc","n":"sXch","e":"AQAB"},
-            {"kty":"EC","kid":"ec","crv":"P-256","x":"a","y":"b"},
-            {"kty":"RSA","use":"sig","kid":"good","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}
-        ]}"#;
-        let set = KeySet::parse(doc).unwrap();
+    fn jwks_parsing_keeps_rsa_signature_keys_and_their_issuer() {
+        let doc = format!(
+            r#"{{"keys":[
+            {{"kty":"RSA","use":"enc","kid":"enc","n":"sXch","e":"AQAB"}},
+            {{"kty":"EC","kid":"ec","crv":"P-256","x":"a","y":"b"}},
+            {{"kty":"RSA","use":"sig","kid":"good","n":"{GOOD_N}","e":"AQAB","issuer":"https://login.example/{{tenantid}}/v2.0"}}
+        ]}}"#
+        );
+        let set = KeySet::parse(doc.as_bytes()).unwrap();
         assert_eq!(set.len(), 1);
-        assert!(set.get("good").is_some());
+        assert_eq!(set.get("good").unwrap().issuer.as_deref(), Some("https://login.example/{tenantid}/v2.0"));
         assert!(KeySet::parse(br#"{"keys":[]}"#).is_err());
         assert!(KeySet::parse(b"<html>").is_err());
     }

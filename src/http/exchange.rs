@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 use super::{AccessInfo, Body, Rejection, bearer, json};
 use crate::directory::UserRecord;
-use crate::exchange::{ExchangeError, Exchanged};
+use crate::entra::Validated;
+use crate::exchange::{ExchangeError, Exchanged, Subject};
 use crate::server::AppState;
 
 const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -56,8 +57,14 @@ pub async fn handle(
         }
     };
     state.metrics.exchange_total.with_label_values(&["success"]).inc();
-    info.user_id = Some(exchanged.user.id.clone());
-    tracing::info!(user_id = %exchanged.user.id, tid = %exchanged.user.tenant_id, "exchange succeeded");
+    let claims = &exchanged.minted.claims;
+    info.user_id = Some(claims.sub.clone());
+    match &exchanged.subject {
+        Subject::User(_) => tracing::info!(user_id = %claims.sub, tid = %claims.tid, "exchange succeeded"),
+        Subject::App(app) => {
+            tracing::info!(app_id = %claims.sub, client_id = %app.client_id, tid = %claims.tid, "app exchange succeeded")
+        }
+    }
     Ok(json(StatusCode::OK, &response_body(&exchanged)))
 }
 
@@ -66,11 +73,18 @@ enum Failure {
     RateLimited(Duration),
 }
 
-/// Validate, then (within the user's budget) the rest of the exchange.
+/// Validate, then (within the caller's budget) the rest of the exchange.
 async fn run(state: &AppState, token: &str) -> Result<Exchanged, Failure> {
-    let id = state.exchange.validate(token).await.map_err(Failure::Exchange)?;
-    state.limits.check_user(&id.tid, &id.oid).map_err(Failure::RateLimited)?;
-    state.exchange.complete(&id, token).await.map_err(Failure::Exchange)
+    match state.exchange.validate(token).await.map_err(Failure::Exchange)? {
+        Validated::User(id) => {
+            state.limits.check_user(&id.tid, &id.oid).map_err(Failure::RateLimited)?;
+            state.exchange.complete(&id, token).await.map_err(Failure::Exchange)
+        }
+        Validated::App(app) => {
+            state.limits.check_user(&app.tid, &app.oid).map_err(Failure::RateLimited)?;
+            state.exchange.complete_app(&app).map_err(Failure::Exchange)
+        }
+    }
 }
 
 fn rate_limited(state: &AppState, limit: &'static str, wait: Duration) -> Rejection {
@@ -95,13 +109,22 @@ pub fn user_json(user: &UserRecord, groups: &[String], roles: &[String]) -> serd
 }
 
 fn response_body(e: &Exchanged) -> serde_json::Value {
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "access_token": e.minted.token,
         "issued_token_type": TOKEN_TYPE_JWT,
         "token_type": "Bearer",
         "expires_in": e.minted.expires_in,
-        "user": user_json(&e.user, &e.minted.claims.groups, &e.minted.claims.roles),
-    })
+    });
+    let c = &e.minted.claims;
+    match &e.subject {
+        Subject::User(user) => body["user"] = user_json(user, &c.groups, &c.roles),
+        Subject::App(app) => {
+            body["app"] = serde_json::json!({
+                "id": c.sub, "client_id": app.client_id, "oid": app.oid, "tenant_id": app.tid, "roles": c.roles,
+            });
+        }
+    }
+    body
 }
 
 /// The Entra token, from the `Authorization` header or the RFC 8693 form; the body must arrive

@@ -63,7 +63,7 @@ async fn forward(
         RouteAuth::Required => {
             let p = state.access.authenticate(bearer(req.headers())).await?;
             info.user_id = Some(p.claims.sub.clone());
-            state.access.authorize(&p, route.groups.as_deref())?;
+            state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
             Some(p)
         }
     };

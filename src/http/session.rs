@@ -45,6 +45,9 @@ pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo)
     let c = &p.claims;
     let record = state.directory.find(&c.tid, &c.oid).await?;
     let Some(user) = record else {
+        if c.is_app() {
+            return Err(Rejection::NotFound("app callers have no user record"));
+        }
         return Err(Rejection::NotFound("no user record for this token; exchange an Entra token again"));
     };
     let mut body = user_json(&user, &c.groups, &c.roles);
@@ -62,13 +65,16 @@ pub async fn photo(
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
     info.user_id = Some(p.claims.sub.clone());
+    if p.claims.is_app() {
+        return Err(Rejection::NotFound("app callers have no photo"));
+    }
     let Some(graph) = state.graph.clone() else {
         return Err(Rejection::NotFound("photos need graph_mode app or obo"));
     };
-    let oid = p.claims.oid.clone();
+    let (tid, oid) = (p.claims.tid.clone(), p.claims.oid.clone());
     let ttl = state.config.cache.profile_ttl;
-    let key = format!("{}:{oid}", p.claims.tid);
-    let load = async move { graph.photo(&oid).await.map(|photo| (photo.map(std::sync::Arc::new), ttl)) };
+    let key = format!("{tid}:{oid}");
+    let load = async move { graph.photo(&tid, &oid).await.map(|photo| (photo.map(std::sync::Arc::new), ttl)) };
     let photo = state.photos.get_or_load(key, load).await.map_err(|e| Rejection::from((*e).clone()))?;
     let Some(photo) = photo else {
         return Err(Rejection::NotFound("the user has no photo"));

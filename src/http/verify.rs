@@ -62,8 +62,9 @@ pub async fn handle(
     let principal = state.access.authenticate(bearer(req.headers())).await?;
     info.user_id = Some(principal.claims.sub.clone());
     match route {
-        Some(r) => state.access.authorize(&principal, r.groups.as_deref())?,
-        None if routes.unmatched == Unmatched::Authenticated => {}
+        Some(r) => state.access.authorize(&principal, r.groups.as_deref(), r.allow_apps)?,
+        // Unmatched paths are for users only: app callers need a route with allow_apps.
+        None if routes.unmatched == Unmatched::Authenticated => state.access.authorize(&principal, None, false)?,
         None => return Err(Rejection::AccessDenied("no route matches the original path".into())),
     }
     let mut resp = Response::new(full(""));

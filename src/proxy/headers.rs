@@ -54,6 +54,10 @@ pub struct IdentityHeaders {
     pub name: HeaderName,
     pub groups: HeaderName,
     pub roles: HeaderName,
+    /// `user` or `app`.
+    pub principal_type: HeaderName,
+    /// The app caller's client id.
+    pub client_id: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -72,6 +76,8 @@ impl IdentityHeaders {
             name: name("Name"),
             groups: name("Groups"),
             roles: name("Roles"),
+            principal_type: name("Principal-Type"),
+            client_id: name("Client-Id"),
         }
     }
 
@@ -93,8 +99,22 @@ impl IdentityHeaders {
     }
 
     /// The header values for a verified token, computed once per token.
+    /// An app caller gets `Principal-Type: app`, its `Client-Id`, `Oid` (its service principal),
+    /// `Tenant-Id`, `Roles` and empty `Groups`, and no `User-Id`, `Email` or `Name`: an
+    /// upstream that needs a user finds none.
     pub fn values(&self, c: &InternalClaims) -> Vec<(HeaderName, HeaderValue)> {
+        if c.is_app() {
+            return vec![
+                (self.principal_type.clone(), HeaderValue::from_static("app")),
+                (self.client_id.clone(), encode(c.azp.as_deref().unwrap_or_default())),
+                (self.oid.clone(), encode(&c.oid)),
+                (self.tenant_id.clone(), encode(&c.tid)),
+                (self.groups.clone(), HeaderValue::from_static("")),
+                (self.roles.clone(), encode(&c.roles.join(","))),
+            ];
+        }
         let mut v = vec![
+            (self.principal_type.clone(), HeaderValue::from_static("user")),
             (self.user_id.clone(), encode(&c.sub)),
             (self.oid.clone(), encode(&c.oid)),
             (self.tenant_id.clone(), encode(&c.tid)),

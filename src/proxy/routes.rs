@@ -27,6 +27,8 @@ pub struct Route {
     pub strip_prefix: bool,
     /// Paths with `//` are accepted (and forwarded as they are).
     pub allow_empty_segments: bool,
+    /// App callers may use this route.
+    pub allow_apps: bool,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -56,6 +58,7 @@ impl Route {
             groups: c.allowed_groups.as_ref().map(|g| g.iter().map(|x| x.to_ascii_lowercase()).collect()),
             strip_prefix: c.strip_prefix,
             allow_empty_segments: c.allow_empty_segments,
+            allow_apps: c.allow_apps,
             scheme,
             authority: authority.parse().ok()?,
             base_path: url.path().trim_end_matches('/').to_string(),
@@ -147,6 +150,7 @@ mod tests {
                     strip_prefix: *strip,
                     name: None,
                     allow_empty_segments: false,
+                    allow_apps: false,
                 })
                 .collect(),
             ..ProxyConfig::default()
