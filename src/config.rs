@@ -1414,6 +1414,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cloud_preset_sets_the_hosts_and_explicit_ones_win() {
+        let c = Config::from_yaml(
+            &minimal().replace("graph_mode: claims", "graph_mode: claims\n  cloud: usgov"),
+            &no_env(),
+            FileChecks::Skip,
+        )
+        .unwrap();
+        assert_eq!(c.entra.authority_host, "https://login.microsoftonline.us");
+        assert_eq!(c.entra.graph_url, "https://graph.microsoft.us/v1.0");
+        let yaml = minimal()
+            .replace("graph_mode: claims", "graph_mode: claims\n  cloud: china\n  graph_url: https://g.example/v1.0");
+        let c = Config::from_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap();
+        assert_eq!(c.entra.authority_host, "https://login.chinacloudapi.cn");
+        assert_eq!(c.entra.graph_url, "https://g.example/v1.0");
+        let c = Config::from_yaml(&minimal(), &no_env(), FileChecks::Skip).unwrap();
+        assert_eq!(c.entra.authority_host, "https://login.microsoftonline.com");
+    }
+
+    #[test]
     fn empty_allowed_groups_needs_explicit_allow_any() {
         let yaml = minimal().replace(&format!("allowed_groups: [\"{GROUP}\"]"), "allow_any_tenant_user: true");
         assert!(Config::from_yaml(&yaml, &no_env(), FileChecks::Skip).is_ok());

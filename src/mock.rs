@@ -148,7 +148,7 @@ impl KeyState {
 struct Faults {
     graph_status: Option<u16>,
     throttle_remaining: u32,
-    retry_after_secs: u64,
+    retry_after: String,
     delay: Duration,
     fail_page: Option<usize>,
     jwks_status: Option<u16>,
@@ -392,9 +392,15 @@ impl MockState {
 
     /// The next `count` Graph calls answer 429 with `Retry-After: retry_after_secs`.
     pub fn throttle_graph(&self, count: u32, retry_after_secs: u64) {
+        self.throttle_graph_with(count, &retry_after_secs.to_string());
+    }
+
+    /// The next `count` Graph calls answer 429 with this `Retry-After` value (seconds, a
+    /// fraction, or an HTTP-date).
+    pub fn throttle_graph_with(&self, count: u32, retry_after: &str) {
         let mut f = lock(&self.faults);
         f.throttle_remaining = count;
-        f.retry_after_secs = retry_after_secs;
+        f.retry_after = retry_after.to_string();
     }
 
     /// Every Graph call waits this long first.
@@ -804,7 +810,8 @@ impl MockState {
         if f.throttle_remaining > 0 {
             f.throttle_remaining -= 1;
             let mut r = graph_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests.");
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(f.retry_after_secs));
+            let value = header::HeaderValue::from_str(&f.retry_after).unwrap_or(header::HeaderValue::from_static("1"));
+            r.headers_mut().insert(header::RETRY_AFTER, value);
             return Some(r);
         }
         if let Some(s) = f.graph_status {

@@ -43,10 +43,11 @@ impl ExchangeLimits {
         self.trusted.client_ip(peer, headers)
     }
 
-    /// `Err(wait)` when `ip` is over its budget.
+    /// `Err(wait)` when `ip` is over its budget. IPv6 clients share a bucket per /64: one
+    /// subscriber usually holds a whole /64, so per-address buckets would be unlimited.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Duration> {
         match &self.per_ip {
-            Some(l) => l.check_key(&ip).map_err(|n| n.wait_time_from(self.clock.now())),
+            Some(l) => l.check_key(&bucket(ip)).map_err(|n| n.wait_time_from(self.clock.now())),
             None => Ok(()),
         }
     }
@@ -67,6 +68,14 @@ impl ExchangeLimits {
         if let Some(l) = &self.per_user {
             l.retain_recent();
         }
+    }
+}
+
+/// The bucket of an address: itself for IPv4 (and v4-mapped IPv6), its /64 for IPv6.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match crate::forwarded::canonical_ip(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
     }
 }
 
@@ -92,5 +101,17 @@ mod tests {
         let wait = l.check_ip(ip).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
         assert!(l.check_ip("5.6.7.8".parse().unwrap()).is_ok(), "buckets are per IP");
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64() {
+        let l = limits(Some(BucketConfig { per_minute: 60, burst: 2 }));
+        assert!(l.check_ip("2001:db8:1:2::1".parse().unwrap()).is_ok());
+        assert!(l.check_ip("2001:db8:1:2:ffff::9".parse().unwrap()).is_ok());
+        assert!(l.check_ip("2001:db8:1:2:abcd::7".parse().unwrap()).is_err(), "same /64");
+        assert!(l.check_ip("2001:db8:1:3::1".parse().unwrap()).is_ok(), "another /64");
+        assert!(l.check_ip("::ffff:1.2.3.4".parse().unwrap()).is_ok());
+        assert!(l.check_ip("1.2.3.4".parse().unwrap()).is_ok());
+        assert!(l.check_ip("1.2.3.4".parse().unwrap()).is_err(), "a v4-mapped address is its IPv4 bucket");
     }
 }

@@ -62,9 +62,15 @@ server:
     key_file: {{ printf "%s/tls.key" $p.tls | quote }}
   {{- end }}
 entra:
-  authority_host: {{ $v.entra.authorityHost | quote }}
-  graph_url: {{ $v.entra.graphUrl | quote }}
+  cloud: {{ $v.entra.cloud }}
+  {{- with $v.entra.authorityHost }}
+  authority_host: {{ . | quote }}
+  {{- end }}
+  {{- with $v.entra.graphUrl }}
+  graph_url: {{ . | quote }}
+  {{- end }}
   tenants: {{ toJson $v.entra.tenantIds }}
+  required_scopes: {{ toJson $v.entra.requiredScopes }}
   client_id: {{ $v.entra.clientId | quote }}
   {{- with $v.entra.audiences }}
   audiences: {{ toJson . }}
@@ -89,6 +95,9 @@ authorization:
   allowed_groups: {{ toJson $v.authorization.allowedGroups }}
   group_roles: {{ toJson $v.authorization.groupRoles }}
   allow_any_tenant_user: {{ $v.authorization.allowAnyTenantUser }}
+  apps:
+    clients: {{ toJson $v.authorization.apps.clients }}
+    app_roles: {{ toJson $v.authorization.apps.appRoles }}
 issuer:
   issuer: {{ $v.issuer.issuer | quote }}
   audience: {{ $v.issuer.audience | quote }}
@@ -123,6 +132,7 @@ proxy:
       timeout: {{ .timeout | default "30s" | quote }}
       strip_prefix: {{ .stripPrefix | default false }}
       allow_empty_segments: {{ .allowEmptySegments | default false }}
+      allow_apps: {{ .allowApps | default false }}
       {{- with .allowedGroups }}
       allowed_groups: {{ toJson . }}
       {{- end }}
