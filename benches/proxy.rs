@@ -52,7 +52,7 @@ fn wrk(name: &'static str, url: &str, token: Option<&str>, secs: u32, connection
 
 async fn gateway(mock: &MockEntra, upstream: std::net::SocketAddr, dir: &std::path::Path) -> std::net::SocketAddr {
     let key = dir.join("k1.pem");
-    std::fs::write(&key, entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap()).unwrap();
+    std::fs::write(&key, entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap()).unwrap();
     let s = mock.settings();
     let yaml = format!(
         r#"

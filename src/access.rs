@@ -13,10 +13,11 @@ use http::{HeaderName, HeaderValue};
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
-use crate::directory::StoreError;
-use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer, unix_now};
+use crate::cache::StoreError;
+use crate::clock::unix_now;
+use crate::identity::IdentityHeaders;
+use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer};
 use crate::policy::route_allows;
-use crate::proxy::headers::IdentityHeaders;
 use crate::revocation::RevocationStore;
 
 /// A verified caller.

@@ -20,6 +20,11 @@ use serde::de::DeserializeOwned;
 use crate::metrics::Metrics;
 use redis::RedisStore;
 
+/// A storage failure (Redis down or slow); the message names the operation, never a value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
 /// How long a replica may hold the load lock of a key before others stop waiting for it.
 const LOCK_TTL: Duration = Duration::from_secs(5);
 

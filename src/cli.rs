@@ -88,7 +88,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig { config, syntax_only } => check_config(&config, syntax_only),
         Command::Keys { command: KeysCommand::Generate { algorithm, out } } => {
-            match crate::issuer::keys::generate_to_file(algorithm.into(), &out) {
+            match crate::keys::generate_to_file(algorithm.into(), &out) {
                 Ok(()) => {
                     println!("wrote a new {:?} signing key to {}", SigningAlgorithm::from(algorithm), out.display());
                     ExitCode::SUCCESS

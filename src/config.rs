@@ -375,13 +375,7 @@ impl AppsConfig {
     }
 }
 
-/// Algorithms the gateway signs its own tokens with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum SigningAlgorithm {
-    ES256,
-    RS256,
-    EdDSA,
-}
+pub use crate::keys::SigningAlgorithm;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SigningKeyConfig {
@@ -1072,7 +1066,7 @@ impl Config {
                 v.push(&format!("{path}.kid"), "duplicate kid");
             }
             if files == FileChecks::Read
-                && let Err(e) = crate::issuer::keys::SigningKey::load(k)
+                && let Err(e) = crate::keys::SigningKey::load(&k.kid, k.algorithm, &k.private_key_file)
             {
                 v.push(&format!("{path}.private_key_file"), e.to_string());
             }

@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::body::{Body, json};
 use crate::config::{Config, FileChecks, SigningAlgorithm};
-use crate::http::{Body, json};
 use crate::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
 use crate::server::{AppState, Listeners};
 
@@ -92,7 +92,7 @@ impl DemoFiles {
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
         let files = DemoFiles { dir };
         let _ = std::fs::remove_file(files.key());
-        crate::issuer::keys::generate_to_file(SigningAlgorithm::ES256, &files.key()).map_err(|e| e.to_string())?;
+        crate::keys::generate_to_file(SigningAlgorithm::ES256, &files.key()).map_err(|e| e.to_string())?;
         std::fs::write(files.secret(), &mock.settings().client_secret).map_err(|e| format!("secret file: {e}"))?;
         Ok(files)
     }

@@ -97,10 +97,7 @@ impl UserRecord {
     }
 }
 
-/// A storage failure (Redis down or slow); the message names the operation, never a value.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+pub use crate::cache::StoreError;
 
 /// Where user records live.
 #[async_trait::async_trait]

@@ -17,9 +17,9 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use crate::clock::unix_now;
 use crate::config::{EntraConfig, GroupLookup, Secret};
 use crate::directory::Profile;
-use crate::issuer::unix_now;
 use crate::metrics::{Metrics, status_label};
 use crate::outbound::error_chain;
 

@@ -17,39 +17,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 
 use crate::access::AccessError;
-use crate::directory::StoreError;
+use crate::app::AppState;
+use crate::cache::StoreError;
 use crate::entra::EntraError;
 use crate::exchange::ExchangeError;
 use crate::graph::GraphError;
 use crate::path::CanonicalPath;
 use crate::proxy::ProxyError;
-use crate::server::AppState;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every response the gateway sends.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// A complete body.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
-}
-
-/// A JSON response; `Cache-Control: no-store` unless the caller sets its own.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(full(value.to_string()));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
+pub use crate::body::{Body, BoxError, full, json};
 
 /// Every way a request can be refused or fail, before or instead of an answer.
 #[derive(Debug)]
@@ -360,6 +341,7 @@ pub fn bearer(req_headers: &http::HeaderMap) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     async fn body_json(r: Response<Body>) -> serde_json::Value {
         let bytes = r.into_body().collect().await.unwrap().to_bytes();

@@ -5,18 +5,17 @@
 //! algorithm per `kid`, `iss`, `aud`, `exp`/`nbf`). Must not: know about Entra tokens, Graph,
 //! HTTP or revocation (the caller checks `jti` against the revocation store).
 
-pub mod keys;
-
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_now;
 use crate::config::IssuerConfig;
 use crate::directory::UserRecord;
 use crate::entra::AppIdentity;
-use keys::KeyRing;
+use crate::keys::KeyRing;
 
 /// Leeway on the gateway's own `exp`/`nbf`: the replicas share a clock source in practice.
 /// A revocation lives until `exp` plus this, so that a logged-out token is never accepted again.
@@ -230,16 +229,10 @@ fn map_jwt_error(kind: &ErrorKind) -> InternalTokenError {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::keys::{SigningKey, generate_pem};
     use super::*;
-    use crate::config::SigningAlgorithm;
+    use crate::keys::{SigningAlgorithm, SigningKey, generate_pem};
 
     fn issuer(algs: &[SigningAlgorithm]) -> Issuer {
         let keys = algs

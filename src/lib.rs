@@ -29,8 +29,11 @@
 #![deny(rust_2018_idioms)]
 
 pub mod access;
+pub mod app;
+pub mod body;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod directory;
@@ -39,7 +42,9 @@ pub mod exchange;
 pub mod forwarded;
 pub mod graph;
 pub mod http;
+pub mod identity;
 pub mod issuer;
+pub mod keys;
 pub mod metrics;
 pub mod mock;
 pub mod outbound;

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::{Body, full};
-use crate::issuer::unix_now;
+use crate::body::{Body, full};
+use crate::clock::unix_now;
 
 const KEY_PEMS: [&str; 3] = [
     include_str!("mock/keys/mock-rsa-1.pem"),
@@ -361,7 +361,7 @@ impl MockState {
     /// tenant, as Entra publishes tenant-specific keys) in every tenant's JWKS; returns its kid.
     /// Sign with it through [`TokenSpec::signing_kid`].
     pub fn publish_tenant_key(&self, tid: &str) -> String {
-        let pem = crate::issuer::keys::generate_pem(crate::config::SigningAlgorithm::RS256).expect("RSA key");
+        let pem = crate::keys::generate_pem(crate::config::SigningAlgorithm::RS256).expect("RSA key");
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("generated key is valid");
         let jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).expect("RSA key");
         let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { unreachable!("RSA key") };

@@ -22,11 +22,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::access::Principal;
+use crate::body::{Body, BoxError};
 use crate::config::RouteAuth;
 use crate::forwarded::TrustedProxies;
-use crate::http::{Body, BoxError};
+use crate::identity::IdentityHeaders;
 use crate::path::CanonicalPath;
-use headers::IdentityHeaders;
 use routes::Route;
 
 /// How long a TCP (and TLS) connect to an upstream may take.

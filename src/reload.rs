@@ -15,11 +15,11 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::app::AppState;
 use crate::config::{Config, ConfigError, FileChecks, ProcessEnv};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::routes::RouteTable;
-use crate::server::AppState;
 use crate::tls::ReloadingCert;
 
 /// Files are also re-checked this often, for mounts that send no change events.

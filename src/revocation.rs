@@ -13,7 +13,7 @@ use crate::cache::redis::RedisStore;
 
 use moka::Expiry;
 
-use crate::directory::StoreError;
+use crate::cache::StoreError;
 
 /// Where revoked token ids live.
 #[async_trait::async_trait]

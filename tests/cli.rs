@@ -68,12 +68,8 @@ fn keys_generate_writes_a_private_key_file_that_the_gateway_loads() {
         let path = dir.path().join(format!("{alg}.pem"));
         let out = bin().args(["keys", "generate", "--algorithm", alg, "--out"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let cfg = entra_gateway::config::SigningKeyConfig {
-            kid: "k".into(),
-            algorithm: serde_json::from_value(serde_json::json!(alg)).unwrap(),
-            private_key_file: path.clone(),
-        };
-        entra_gateway::issuer::keys::SigningKey::load(&cfg).unwrap();
+        let algorithm = serde_json::from_value(serde_json::json!(alg)).unwrap();
+        entra_gateway::keys::SigningKey::load("k", algorithm, &path).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

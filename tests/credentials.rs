@@ -41,7 +41,7 @@ async fn workload_identity_sends_the_federated_token_and_rereads_the_file_each_t
     assert_eq!(mock.state().calls("token_obo"), 1);
 
     // The kubelet rotates the file; a token of another audience is refused by Entra -> 503.
-    let claims = serde_json::json!({"aud": "someone-else", "exp": entra_gateway::issuer::unix_now() + 60});
+    let claims = serde_json::json!({"aud": "someone-else", "exp": entra_gateway::clock::unix_now() + 60});
     let foreign =
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"x"))
             .unwrap();
@@ -53,7 +53,7 @@ async fn workload_identity_sends_the_federated_token_and_rereads_the_file_each_t
 
 /// A certificate for the app's RSA key, and what Entra knows of it (thumbprint, public key).
 fn certificate() -> (String, String, String, jsonwebtoken::DecodingKey) {
-    let key_pem = entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::RS256).unwrap();
+    let key_pem = entra_gateway::keys::generate_pem(SigningAlgorithm::RS256).unwrap();
     let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "entra-gateway client");

@@ -443,7 +443,7 @@ async fn entra_keys_unavailable_is_503_and_not_ready() {
 #[tokio::test]
 async fn internal_key_rotation_publishes_both_keys_and_old_tokens_still_verify() {
     let mock = mock().await;
-    let old_pem = entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
+    let old_pem = entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
     let old = GatewayBuilder::new(&mock).key("k1", SigningAlgorithm::ES256, Some(old_pem.clone())).start().await;
     let (_, _, body) = exchange(&old, &token_for(&mock, "alice")).await;
     let old_token = body["access_token"].as_str().unwrap().to_string();

@@ -105,7 +105,7 @@ async fn refused_requests_get_401_or_403_and_never_reach_the_upstream() {
         h.kid = Some("k1".into());
         jsonwebtoken::encode(&h, &c, &key).unwrap()
     };
-    let now = entra_gateway::issuer::unix_now();
+    let now = entra_gateway::clock::unix_now();
     let other_gw = GatewayBuilder::new(&mock).start().await;
     let foreign = login(&other_gw, &mock, "bob").await;
     let revoked = login(&gw, &mock, "bob").await;

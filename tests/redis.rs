@@ -14,7 +14,7 @@ use support::*;
 /// Replicas of one deployment share Redis and the signing key (one key per test process).
 async fn replica(mock: &MockEntra, redis: &RedisServer) -> Gateway {
     static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let pem = KEY.get_or_init(|| entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap());
+    let pem = KEY.get_or_init(|| entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap());
     GatewayBuilder::new(mock)
         .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
         .set("CACHE__REDIS_URL", redis.url())

@@ -14,7 +14,7 @@ use support::*;
 /// Two replicas with `settings`: a user signed in on A is known on B without a second Graph
 /// call, and a logout on A is refused on B.
 async fn replicas_share_state(mock: &MockEntra, settings: &[(&str, String)]) {
-    let pem = entra_gateway::issuer::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
+    let pem = entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
     let start = || {
         let mut b = GatewayBuilder::new(mock)
             .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))

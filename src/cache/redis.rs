@@ -17,8 +17,8 @@ use redis::cluster_async::ClusterConnection;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::cache::StoreError;
 use crate::config::CacheConfig;
-use crate::directory::StoreError;
 use crate::metrics::Metrics;
 
 /// Version of the value envelope `{"v": 1, "d": ...}`.

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::cache::redis::RedisStore;
-use crate::issuer::unix_now;
+use crate::clock::unix_now;
 use crate::metrics::Metrics;
 
 /// Unknown-`kid` refetches of one tenant are at least this far apart.

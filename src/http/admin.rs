@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::{Body, full, json};
-use crate::server::AppState;
+use crate::app::AppState;
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {

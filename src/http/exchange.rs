@@ -14,10 +14,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{AccessInfo, Body, Rejection, bearer, json};
+use crate::app::AppState;
 use crate::directory::UserRecord;
 use crate::entra::Validated;
 use crate::exchange::{ExchangeError, Exchanged, Subject};
-use crate::server::AppState;
 
 const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";

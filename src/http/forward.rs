@@ -12,10 +12,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::{AccessInfo, Body, Rejection, bearer};
+use crate::app::AppState;
 use crate::config::RouteAuth;
 use crate::metrics::status_label;
 use crate::path::CanonicalPath;
-use crate::server::AppState;
 
 pub async fn handle(
     state: &AppState,

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::{AccessInfo, Body, Rejection, bearer, exchange::user_json, full, json, only_get};
 use crate::access::AccessError;
-use crate::server::AppState;
+use crate::app::AppState;
 
 pub async fn logout(
     state: &AppState,

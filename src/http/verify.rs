@@ -12,9 +12,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::{AccessInfo, Body, Rejection, bearer, full};
+use crate::app::AppState;
 use crate::config::{OriginalUriSource, RouteAuth, Unmatched};
 use crate::path::{CanonicalPath, original_uri_path};
-use crate::server::AppState;
 
 /// The canonical path of the request the ingress is asking about.
 fn original_path<B>(

@@ -7,7 +7,7 @@
 use http::{Request, Response, StatusCode, header};
 
 use super::{Body, Rejection, full, json, only_get};
-use crate::server::AppState;
+use crate::app::AppState;
 
 pub fn jwks<B>(state: &AppState, req: &Request<B>) -> Result<Response<Body>, Rejection> {
     only_get(req)?;

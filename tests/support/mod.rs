@@ -185,7 +185,7 @@ impl<'a> GatewayBuilder<'a> {
         let mut keys_yaml = String::from("[");
         for (kid, alg, pem) in &self.keys {
             let path = self.dir.path().join(format!("{kid}.pem"));
-            let pem = pem.clone().unwrap_or_else(|| entra_gateway::issuer::keys::generate_pem(*alg).unwrap());
+            let pem = pem.clone().unwrap_or_else(|| entra_gateway::keys::generate_pem(*alg).unwrap());
             std::fs::write(&path, pem).unwrap();
             keys_yaml.push_str(&format!(
                 "{{kid: \"{kid}\", algorithm: {alg:?}, private_key_file: \"{}\"}},",

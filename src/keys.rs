@@ -14,7 +14,13 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed2551
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
-use crate::config::{SigningAlgorithm, SigningKeyConfig};
+/// Algorithms the gateway signs its own tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum SigningAlgorithm {
+    ES256,
+    RS256,
+    EdDSA,
+}
 
 /// Why a signing key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +58,11 @@ pub fn jwt_algorithm(alg: SigningAlgorithm) -> Algorithm {
 }
 
 impl SigningKey {
-    /// Reads and checks the key file of a config entry.
-    pub fn load(cfg: &SigningKeyConfig) -> Result<SigningKey, KeyError> {
-        let path = cfg.private_key_file.display().to_string();
-        let pem =
-            std::fs::read(&cfg.private_key_file).map_err(|source| KeyError::Read { path: path.clone(), source })?;
-        SigningKey::from_pem(&cfg.kid, cfg.algorithm, &pem).map_err(|reason| KeyError::Parse {
-            path,
-            alg: cfg.algorithm,
-            reason,
-        })
+    /// Reads and checks a PEM key file.
+    pub fn load(kid: &str, algorithm: SigningAlgorithm, file: &Path) -> Result<SigningKey, KeyError> {
+        let path = file.display().to_string();
+        let pem = std::fs::read(file).map_err(|source| KeyError::Read { path: path.clone(), source })?;
+        SigningKey::from_pem(kid, algorithm, &pem).map_err(|reason| KeyError::Parse { path, alg: algorithm, reason })
     }
 
     /// Builds a key from PEM bytes; the error is a reason without key material.
@@ -104,11 +105,6 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn load(configs: &[SigningKeyConfig]) -> Result<KeyRing, KeyError> {
-        let keys = configs.iter().map(SigningKey::load).collect::<Result<Vec<_>, _>>()?;
-        Ok(KeyRing::from_keys(keys))
-    }
-
     pub fn from_keys(keys: Vec<SigningKey>) -> KeyRing {
         let by_kid = keys.iter().enumerate().map(|(i, k)| (k.kid.clone(), i)).collect();
         KeyRing { keys, by_kid }

@@ -1,0 +1,342 @@
+//! Connections of a listener: accept, limits, timeouts, graceful close.
+//!
+//! Owns: the accept loop, the cap on open connections, the TLS handshake deadline, HTTP/1.1
+//! and HTTP/2 settings (header size, stream cap, PINGs), a watchdog per connection (the first
+//! request head within `header_read_timeout`, which also bounds protocol detection and a quiet
+//! TLS client; graceful close after `idle_timeout` with nothing in flight), graceful close of
+//! every connection when the listener stops, and counting each of these events. Must not: look
+//! at requests (the handler does).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ::http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::Body;
+use crate::metrics::Metrics;
+
+/// Largest request head (request line + headers) accepted.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Per-listener connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections may finish this long after the listener stops.
+    pub grace: Duration,
+    /// How long a client may take to send a request head: the first one counts from the
+    /// connection (after TLS), which also bounds protocol detection and an HTTP/2 preface;
+    /// later ones from the previous response (an idle HTTP/1.1 keep-alive connection).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is shut down gracefully
+    /// (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
+    /// Open connections at most; one more is closed at once.
+    pub max_connections: usize,
+    /// Concurrent streams per HTTP/2 connection (announced in SETTINGS).
+    pub h2_max_streams: u32,
+}
+
+impl ConnLimits {
+    /// The public listener's limits from `server.*`.
+    pub fn from_config(s: &crate::config::ServerConfig) -> ConnLimits {
+        ConnLimits {
+            grace: s.shutdown_grace,
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            max_connections: s.max_connections,
+            h2_max_streams: s.http2_max_concurrent_streams,
+        }
+    }
+
+    /// Limits for the mock and test servers: short grace, the default timeouts.
+    pub fn short() -> ConnLimits {
+        ConnLimits {
+            grace: Duration::from_secs(1),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            h2_max_streams: 100,
+        }
+    }
+}
+
+/// How long a TLS client may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PING interval, and how long the answer may take before the connection is closed.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Counts connection events (limit hit, timeouts) and open connections, when the listener has
+/// metrics (the mock and test servers do not).
+#[derive(Clone, Default)]
+pub struct ConnEvents {
+    metrics: Option<Metrics>,
+    last_limit_log: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ConnEvents {
+    pub fn new(metrics: Metrics) -> ConnEvents {
+        ConnEvents { metrics: Some(metrics), last_limit_log: Arc::default() }
+    }
+
+    fn event(&self, event: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.connection_events_total.with_label_values(&[event]).inc();
+        }
+    }
+
+    fn open(&self, delta: i64) {
+        if let Some(m) = &self.metrics {
+            m.open_connections.add(delta);
+        }
+    }
+
+    /// One warn line per second at most while connections are being turned away.
+    fn limit_hit(&self, max: usize) {
+        self.event("rejected_limit");
+        let now = crate::clock::unix_now();
+        if self.last_limit_log.swap(now, Ordering::Relaxed) != now {
+            tracing::warn!(max_connections = max, "connection limit reached; closing new connections");
+        }
+    }
+}
+
+/// What a connection's requests tell its watchdog: requests in flight and the last activity.
+struct Activity {
+    started: tokio::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds after `started` of the last request start or end; `u64::MAX`: none yet.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Why a watchdog ends a connection.
+enum Expired {
+    /// No complete request head since the connection was established: dropped.
+    FirstRequest,
+    /// Nothing in flight for `idle_timeout`: shut down gracefully.
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            started: tokio::time::Instant::now(),
+            in_flight: Default::default(),
+            last_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn end(&self) {
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Completes when the connection has outlived its first-request or idle deadline.
+    async fn expired(&self, limits: &ConnLimits) -> Expired {
+        loop {
+            let last = self.last_ms.load(Ordering::Relaxed);
+            if last == u64::MAX {
+                tokio::time::sleep_until(self.started + limits.header_read_timeout).await;
+                if self.last_ms.load(Ordering::Relaxed) == u64::MAX {
+                    return Expired::FirstRequest;
+                }
+                continue;
+            }
+            let deadline = self.started + Duration::from_millis(last) + limits.idle_timeout;
+            if tokio::time::Instant::now() >= deadline && self.in_flight.load(Ordering::Relaxed) == 0 {
+                return Expired::Idle;
+            }
+            let next = deadline.max(tokio::time::Instant::now() + Duration::from_millis(10));
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+/// Ends the in-flight count of a request when its handler completes (or is dropped).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Accepts connections on `listener` (over TLS with `tls`) and serves them with `handler`
+/// until `stop` turns true; then stops accepting, asks every connection to finish gracefully,
+/// and waits up to `grace` for them.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    serve_with_events(listener, tls, stop, limits, ConnEvents::default(), handler).await
+}
+
+/// [`serve`], counting connection events in `events`.
+pub async fn serve_with_events<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    events: ConnEvents,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(limits.h2_max_streams)
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+    let builder = Arc::new(builder);
+    let local = listener.local_addr().ok();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            events.limit_hit(limits.max_connections);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Conn { builder: builder.clone(), limits, events: events.clone(), stop: stop.clone() };
+        let (handler, tls) = (handler.clone(), tls.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            let events = conn.events.clone();
+            events.open(1);
+            match tls {
+                None => conn.serve(stream, peer, handler).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => conn.serve(tls_stream, peer, handler).await,
+                    Ok(Err(e)) => {
+                        events.event("tls_handshake_failed");
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        events.event("tls_handshake_timeout");
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                    }
+                },
+            }
+            events.open(-1);
+        });
+    }
+    drop(listener);
+    tracing::info!(addr = %local.map(|a| a.to_string()).unwrap_or_default(), "listener closed");
+    tracker.close();
+    if tokio::time::timeout(limits.grace, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// One accepted connection and what it needs to be served.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ConnLimits,
+    events: ConnEvents,
+    stop: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the client leaves, a deadline passes, or the
+    /// listener stops (then gracefully).
+    async fn serve<S, H, F>(mut self, io: S, peer: SocketAddr, handler: H)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let activity = Activity::new();
+        let svc_activity = activity.clone();
+        let svc = service_fn(move |req| {
+            svc_activity.begin();
+            let guard = InFlight(svc_activity.clone());
+            let fut = handler(req, peer);
+            async move {
+                let resp = fut.await;
+                drop(guard);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let expired = activity.expired(&self.limits);
+        tokio::pin!(expired);
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                why = &mut expired, if !closing => match why {
+                    Expired::FirstRequest => {
+                        self.events.event("first_request_timeout");
+                        tracing::debug!(%peer, "no request head in time; connection dropped");
+                        return;
+                    }
+                    Expired::Idle => {
+                        self.events.event("idle_timeout");
+                        tracing::debug!(%peer, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                },
+                () = stopped(&mut self.stop), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
