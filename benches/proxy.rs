@@ -10,7 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use entra_gateway::config::{Config, FileChecks, SigningAlgorithm};
+use entra_gateway::config::{Config, SigningAlgorithm};
 use entra_gateway::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
 use entra_gateway::server::{AppState, Listeners};
 use tokio::net::TcpListener;
@@ -72,7 +72,7 @@ proxy:
         c = s.client_id,
         k = key.display()
     );
-    let config = Config::from_yaml(&yaml, &Vec::new(), FileChecks::Read).unwrap();
+    let config = Config::from_yaml(&yaml, &Vec::new()).unwrap();
     let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = public.local_addr().unwrap();

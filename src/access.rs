@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::cache::StoreError;
 use crate::clock::unix_now;
-use crate::identity::IdentityHeaders;
+use crate::identity::{IdentityHeaders, encode};
 use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer};
 use crate::policy::route_allows;
 use crate::revocation::RevocationStore;
@@ -89,7 +89,7 @@ impl Access {
             return Ok(p);
         }
         let claims = self.issuer.verify(token)?;
-        let identity = self.headers.values(&claims);
+        let identity = identity_values(&self.headers, &claims);
         let principal = Arc::new(Principal { claims, identity, key });
         self.verified.insert(key, principal.clone());
         Ok(principal)
@@ -118,4 +118,36 @@ impl Access {
         self.verified.invalidate(&principal.key);
         Ok(())
     }
+}
+
+/// The identity header values of a verified caller, computed once per token.
+/// An app caller gets `Principal-Type: app`, its `Client-Id`, `Oid` (its service principal),
+/// `Tenant-Id`, `Roles` and empty `Groups`, and no `User-Id`, `Email` or `Name`: an
+/// upstream that needs a user finds none.
+fn identity_values(h: &IdentityHeaders, c: &InternalClaims) -> Vec<(HeaderName, HeaderValue)> {
+    if c.is_app() {
+        return vec![
+            (h.principal_type.clone(), HeaderValue::from_static("app")),
+            (h.client_id.clone(), encode(c.azp.as_deref().unwrap_or_default())),
+            (h.oid.clone(), encode(&c.oid)),
+            (h.tenant_id.clone(), encode(&c.tid)),
+            (h.groups.clone(), HeaderValue::from_static("")),
+            (h.roles.clone(), encode(&c.roles.join(","))),
+        ];
+    }
+    let mut v = vec![
+        (h.principal_type.clone(), HeaderValue::from_static("user")),
+        (h.user_id.clone(), encode(&c.sub)),
+        (h.oid.clone(), encode(&c.oid)),
+        (h.tenant_id.clone(), encode(&c.tid)),
+        (h.groups.clone(), encode(&c.groups.join(","))),
+        (h.roles.clone(), encode(&c.roles.join(","))),
+    ];
+    if let Some(e) = &c.email {
+        v.push((h.email.clone(), encode(e)));
+    }
+    if let Some(n) = &c.name {
+        v.push((h.name.clone(), encode(n)));
+    }
+    v
 }

@@ -1,9 +1,10 @@
-//! The application: every component built from the config, and the state handlers share.
+//! The application: every component built from the typed config, and the state handlers share.
 //!
 //! Owns: [`AppState`] (built once at start; the reloadable policy and routes are swapped in
-//! place), building each component from the typed config and failing at start (not at first
-//! use) on a bad key, secret or certificate, and the readiness checks. Must not: serve sockets
-//! (see `server`) or handle requests (see `http`).
+//! place in [`Live`]), wiring each component from the config (whose keys, secrets and
+//! certificates are already loaded, so nothing here reads a file), and the readiness checks.
+//! Must not: serve sockets (see `server`), handle requests (see `http`), or keep a copy of the
+//! config that a reload would make stale.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,32 +15,25 @@ use arc_swap::ArcSwap;
 use crate::access::Access;
 use crate::cache::TtlCache;
 use crate::cache::redis::RedisStore;
-use crate::config::{ClientCredentialKind, Config, GraphMode, Secret};
+use crate::config::{Config, ServerSettings};
 use crate::directory::{Directory, MemoryUserStore, RedisUserStore, UserStore};
 use crate::entra::EntraValidator;
 use crate::entra::jwks::JwksCache;
 use crate::exchange::{ExchangeParts, ExchangeService};
-use crate::graph::{ClientCredential, GraphClient, Photo};
-use crate::identity::IdentityHeaders;
+use crate::graph::{GraphClient, GraphError, Photo};
 use crate::issuer::Issuer;
-use crate::keys::{KeyError, KeyRing};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::routes::RouteTable;
 use crate::proxy::{Proxy, client_tls, upstream_client};
 use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
-use crate::tls::ReloadingCert;
 
-/// Why the gateway could not start.
+/// Why the gateway could not start (the config itself was already checked).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("signing key: {0}")]
-    Keys(#[from] KeyError),
-    #[error("client credential: {0}")]
-    Secret(String),
     #[error("HTTP client: {0}")]
     HttpClient(String),
     #[error("redis: {0}")]
@@ -58,103 +52,125 @@ pub struct Check {
     pub detail: String,
 }
 
+/// What a config reload swaps in place. Each request loads the snapshot it starts with.
+pub struct Live {
+    /// Who may sign in and with which roles (`authorization`).
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The routes and forward-auth's settings (`proxy.routes`, `proxy.forward_auth`).
+    pub routes: ArcSwap<RouteTable>,
+}
+
+/// The caller's Graph photo, cached per (tid, oid) for `profile_ttl`.
+pub struct Photos {
+    graph: Option<Arc<GraphClient>>,
+    cache: TtlCache<Option<Arc<Photo>>>,
+    ttl: Duration,
+}
+
+impl Photos {
+    /// `Ok(None)`: the user has no photo. `Err(None)`: there is no Graph (`claims` mode).
+    pub async fn get(&self, tid: &str, oid: &str) -> Result<Option<Arc<Photo>>, Option<GraphError>> {
+        let Some(graph) = self.graph.clone() else { return Err(None) };
+        let (t, o, ttl) = (tid.to_string(), oid.to_string(), self.ttl);
+        let load = async move { graph.photo(&t, &o).await.map(|photo| (photo.map(Arc::new), ttl)) };
+        self.cache.get_or_load(format!("{tid}:{oid}"), load).await.map_err(|e| Some((*e).clone()))
+    }
+}
+
 /// Everything the request handlers share.
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// Listener, limit and timeout settings; they change only with a restart.
+    pub server: ServerSettings,
+    /// The reloadable policy and routes.
+    pub live: Live,
+    /// The token exchange: Entra validation, groups, profile, user record, minting.
     pub exchange: ExchangeService,
+    /// The internal token issuer (`/.well-known/*`).
     pub issuer: Arc<Issuer>,
+    /// User records (`/auth/me`).
     pub directory: Directory,
-    pub graph: Option<Arc<GraphClient>>,
-    pub metrics: Metrics,
-    pub policy: Arc<ArcSwap<Policy>>,
+    /// Photos (`/auth/me/photo`).
+    pub photos: Photos,
+    /// The internal-token check of the hot path (verified-token cache, revocations).
     pub access: Access,
-    pub routes: ArcSwap<RouteTable>,
+    /// The reverse proxy and its pooled upstream client.
     pub proxy: Proxy,
-    pub photos: TtlCache<Option<Arc<Photo>>>,
+    /// Shared state, when Redis is configured (readiness pings it).
     pub redis: Option<Arc<RedisStore>>,
+    /// Exchange rate limits per client IP and per user.
     pub limits: ExchangeLimits,
-    /// The listener certificate, when the public listener serves HTTPS.
-    pub listener_tls: Option<Arc<ReloadingCert>>,
+    pub metrics: Metrics,
+    /// A Redis outage makes the gateway not ready (`cache.revocation_requires_redis`).
+    revocation_requires_redis: bool,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
-    /// Builds every component; fails on a bad key or secret (fail at start, not at first use).
+    /// Builds every component from a loaded config.
     pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
+        let Config { server, entra, authorization, issuer, cache, proxy, .. } = config;
         let metrics = Metrics::new();
-        let outbound_tls = outbound_tls(&config)?;
-        let http = outbound_client(&config, outbound_tls.clone())?;
-        let keys = config
-            .issuer
-            .signing_keys
-            .iter()
-            .map(|k| crate::keys::SigningKey::load(&k.kid, k.algorithm, &k.private_key_file))
-            .collect::<Result<Vec<_>, _>>()?;
-        let issuer = Arc::new(Issuer::new(&config.issuer, KeyRing::from_keys(keys)));
-        let redis = RedisStore::connect(&config.cache, metrics.clone()).map_err(StartError::Redis)?;
+        let outbound_tls = client_tls(&server.extra_ca).map_err(StartError::Tls)?;
+        let http = outbound_client(entra.request_timeout, outbound_tls.clone())?;
+        let issuer = Arc::new(Issuer::new(issuer));
+        let redis = RedisStore::connect(&cache, metrics.clone()).map_err(StartError::Redis)?;
         let jwks = JwksCache::new(
             http.clone(),
-            &config.entra.authority_host,
-            config.cache.jwks_ttl,
-            config.cache.jwks_max_stale,
+            &entra.authority,
+            cache.jwks_ttl,
+            cache.jwks_max_stale,
             metrics.clone(),
             redis.clone(),
         );
-        let entra = EntraValidator::new(&config.entra, jwks);
-        let graph = match config.entra.graph_mode {
-            GraphMode::Claims => None,
-            GraphMode::App | GraphMode::Obo => {
-                let credential = client_credential(&config)?;
-                Some(Arc::new(GraphClient::new(&config.entra, credential, http.clone(), metrics.clone())))
-            }
-        };
-        let policy = Arc::new(ArcSwap::from_pointee(Policy::from_config(&config)));
+        let validator = EntraValidator::new(&entra, jwks);
+        let graph = entra
+            .credential
+            .clone()
+            .map(|credential| Arc::new(GraphClient::new(&entra, credential, http.clone(), metrics.clone())));
+        let policy = Arc::new(ArcSwap::from_pointee(Policy::new(&authorization)));
         let (users, revocations): (Arc<dyn UserStore>, Arc<dyn RevocationStore>) = match &redis {
             Some(r) => (
                 Arc::new(RedisUserStore::new(r.clone())),
-                Arc::new(RedisRevocations::new(r.clone(), config.cache.revocation_requires_redis)),
+                Arc::new(RedisRevocations::new(r.clone(), cache.revocation_requires_redis)),
             ),
             None => (Arc::new(MemoryUserStore::default()), Arc::new(MemoryRevocations::default())),
         };
         let directory = Directory::new(users);
         let exchange = ExchangeService::new(ExchangeParts {
-            entra,
+            entra: validator,
             graph: graph.clone(),
-            mode: config.entra.graph_mode,
+            mode: entra.graph_mode,
             policy: policy.clone(),
             directory: directory.clone(),
             issuer: issuer.clone(),
-            cache: config.cache.clone(),
+            cache: cache.clone(),
             metrics: metrics.clone(),
             redis: redis.clone(),
         });
-        let access =
-            Access::new(issuer.clone(), revocations, IdentityHeaders::new(&config.proxy.identity_header_prefix));
-        let listener_tls = match config.server.tls.as_ref().and_then(|t| t.listener()) {
-            Some((cert, key)) => Some(ReloadingCert::load(cert, key).map_err(StartError::Tls)?),
-            None => None,
-        };
-        let proto = if listener_tls.is_some() { "https" } else { "http" };
-        let trusted = crate::forwarded::TrustedProxies::new(config.server.trusted_proxies.clone());
-        let proxy = Proxy::new(upstream_client(outbound_tls), config.proxy.forward_token, proto, trusted);
-        let config_server = config.server.clone();
+        let access = Access::new(issuer.clone(), revocations, proxy.identity.clone());
+        let proto = if server.listener_tls.is_some() { "https" } else { "http" };
+        let forwarder =
+            Proxy::new(upstream_client(outbound_tls), proxy.forward_token, proto, server.trusted_proxies.clone());
         Ok(Arc::new(AppState {
-            routes: ArcSwap::from_pointee(RouteTable::from_config(&config.proxy)),
-            photos: TtlCache::new("photo", 10_000, metrics.clone()),
-            config: Arc::new(config),
+            live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy)) },
+            photos: Photos { graph, cache: TtlCache::new("photo", 10_000, metrics.clone()), ttl: cache.profile_ttl },
+            limits: ExchangeLimits::new(&server.rate_limit, server.trusted_proxies.clone()),
+            server,
             exchange,
             issuer,
             directory,
-            graph,
-            metrics,
-            policy,
             access,
-            proxy,
+            proxy: forwarder,
             redis,
-            limits: ExchangeLimits::new(&config_server),
-            listener_tls,
+            metrics,
+            revocation_requires_redis: cache.revocation_requires_redis,
             shutting_down: AtomicBool::new(false),
         }))
+    }
+
+    /// Readiness turns 503 from now on (shutdown has begun).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
     }
 
     /// Signing keys loaded (always, once built), each tenant's JWKS present, Redis answering (or
@@ -171,7 +187,7 @@ impl AppState {
                 Ok(()) => Check { name: "redis".into(), ok: true, detail: "reachable".into() },
                 // Without Redis the gateway still decides safely from its in-process state,
                 // unless revocations must be checked in Redis.
-                Err(e) if self.config.cache.revocation_requires_redis => Check {
+                Err(e) if self.revocation_requires_redis => Check {
                     name: "redis".into(),
                     ok: false,
                     detail: format!("unreachable ({e}); revocations cannot be checked"),
@@ -193,69 +209,14 @@ impl AppState {
     }
 }
 
-/// The TLS client configuration of every outbound call: system roots plus `extra_ca_file`.
-fn outbound_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
-    let extra = match config.server.tls.as_ref().and_then(|t| t.extra_ca_file.as_deref()) {
-        Some(path) => crate::tls::read_certs(path).map_err(StartError::Tls)?,
-        None => Vec::new(),
-    };
-    client_tls(&extra).map_err(StartError::Tls)
-}
-
-fn outbound_client(config: &Config, tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
+/// The client of every call to Entra and Graph.
+fn outbound_client(timeout: Duration, tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .timeout(config.entra.request_timeout)
-        .connect_timeout(config.entra.request_timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("entra-gateway/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartError::HttpClient(e.to_string()))
-}
-
-/// The configured way of authenticating to Entra's token endpoint.
-fn client_credential(config: &Config) -> Result<ClientCredential, StartError> {
-    let e = &config.entra;
-    match e.client_credential {
-        ClientCredentialKind::Secret => client_secret(config).map(ClientCredential::Secret),
-        ClientCredentialKind::WorkloadIdentity => {
-            let path = e
-                .federated_token_file
-                .clone()
-                .or_else(|| std::env::var_os("AZURE_FEDERATED_TOKEN_FILE").map(Into::into))
-                .ok_or_else(|| {
-                    StartError::Secret(
-                        "workload_identity needs entra.federated_token_file or AZURE_FEDERATED_TOKEN_FILE".into(),
-                    )
-                })?;
-            Ok(ClientCredential::FederatedTokenFile(path))
-        }
-        ClientCredentialKind::Certificate => {
-            let (Some(cert), Some(key)) = (&e.client_certificate_file, &e.client_certificate_key_file) else {
-                return Err(StartError::Secret("certificate needs client_certificate_file and _key_file".into()));
-            };
-            ClientCredential::certificate(cert, key).map_err(StartError::Secret)
-        }
-    }
-}
-
-fn client_secret(config: &Config) -> Result<Secret, StartError> {
-    if let Some(s) = &config.entra.client_secret {
-        return Ok(s.clone());
-    }
-    let path = config.entra.client_secret_file.as_ref().ok_or_else(|| StartError::Secret("not configured".into()))?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| StartError::Secret(format!("cannot read {}: {e}", path.display())))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(StartError::Secret(format!("{} is empty", path.display())));
-    }
-    Ok(Secret::new(secret))
-}
-
-impl AppState {
-    /// Readiness turns 503 from now on (shutdown has begun).
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-    }
 }

@@ -109,9 +109,9 @@ pub fn run(cli: Cli) -> ExitCode {
 
 fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
     let files = if syntax_only { FileChecks::Skip } else { FileChecks::Read };
-    match Config::load(path, &ProcessEnv, files) {
-        Ok(config) => {
-            print!("{}", config.redacted_yaml());
+    match crate::config::check(path, &ProcessEnv, files) {
+        Ok(raw) => {
+            print!("{}", raw.redacted_yaml());
             eprintln!("configuration is valid{}", if syntax_only { " (key and secret files not read)" } else { "" });
             ExitCode::SUCCESS
         }
@@ -123,7 +123,7 @@ fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> Result<(), String> {
-    let config = Config::load(&path, &ProcessEnv, FileChecks::Read).map_err(|e| e.to_string())?;
+    let config = Config::load(&path, &ProcessEnv).map_err(|e| e.to_string())?;
     init_logging(&config.logging.level, config.logging.format);
     let listeners = crate::server::Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{Body, json};
-use crate::config::{Config, FileChecks, SigningAlgorithm};
+use crate::config::{Config, SigningAlgorithm};
 use crate::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
 use crate::server::{AppState, Listeners};
 
@@ -131,7 +131,7 @@ fn demo_config(
         set("PROXY__ROUTES__1__UPSTREAM", echo_url.clone()),
         set("PROXY__ROUTES__2__UPSTREAM", echo_url),
     ];
-    Config::from_yaml(DEMO_YAML, &overrides, FileChecks::Read).map_err(|e| e.to_string())
+    Config::from_yaml(DEMO_YAML, &overrides).map_err(|e| e.to_string())
 }
 
 /// Runs the flow once so that the demo proves itself before printing instructions.

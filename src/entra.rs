@@ -23,7 +23,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
-use crate::config::EntraConfig;
+use crate::config::EntraSettings;
 use jwks::{JwksCache, JwksError, Key};
 
 /// Audiences of Microsoft Graph tokens (the classic mistake: sending MSAL's `User.Read` token).
@@ -204,14 +204,14 @@ pub struct EntraValidator {
 }
 
 impl EntraValidator {
-    pub fn new(cfg: &EntraConfig, jwks: JwksCache) -> EntraValidator {
+    pub fn new(cfg: &EntraSettings, jwks: JwksCache) -> EntraValidator {
         let api = cfg.audiences.iter().find(|a| a.starts_with("api://")).cloned();
         EntraValidator {
-            tenants: cfg.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+            tenants: cfg.tenants.clone(),
             audiences: cfg.audiences.clone(),
             versions: cfg.accepted_token_versions.clone(),
-            authority: cfg.authority_host.trim_end_matches('/').to_string(),
-            v1_issuer_host: cfg.cloud.hosts().2,
+            authority: cfg.authority.clone(),
+            v1_issuer_host: cfg.v1_issuer_host,
             leeway: cfg.clock_skew.as_secs(),
             required_scopes: cfg.required_scopes.clone(),
             api: api.unwrap_or_else(|| format!("api://{}", cfg.client_id)),
@@ -449,7 +449,8 @@ mod tests {
              authorization:\n  allow_any_tenant_user: true\n\
              issuer:\n  issuer: https://gw.example\n  signing_keys: [{{ kid: k1, private_key_file: /x.pem }}]\n"
         );
-        let cfg = crate::config::Config::from_yaml(&yaml, &Vec::new(), crate::config::FileChecks::Skip).unwrap();
+        let raw = crate::config::check_yaml(&yaml, &Vec::new(), crate::config::FileChecks::Skip).unwrap();
+        let cfg = test_settings(&raw.entra);
         struct NoKeys;
         #[async_trait::async_trait]
         impl jwks::KeySource for NoKeys {
@@ -459,7 +460,29 @@ mod tests {
         }
         let d = std::time::Duration::from_secs(3600);
         let jwks = JwksCache::with_source(std::sync::Arc::new(NoKeys), d, d, crate::metrics::Metrics::new());
-        EntraValidator::new(&cfg.entra, jwks)
+        EntraValidator::new(&cfg, jwks)
+    }
+
+    /// The typed settings of a raw `entra` section (no files needed in claims mode).
+    fn test_settings(e: &crate::config::EntraConfig) -> EntraSettings {
+        EntraSettings {
+            cloud: e.cloud,
+            authority: e.authority_host.clone(),
+            graph_url: e.graph_url.clone(),
+            v1_issuer_host: e.cloud.hosts().2,
+            tenants: e.tenants.clone(),
+            client_id: e.client_id.clone(),
+            audiences: e.audiences.clone(),
+            required_scopes: e.required_scopes.clone(),
+            accepted_token_versions: e.accepted_token_versions.clone(),
+            clock_skew: e.clock_skew,
+            graph_mode: e.graph_mode,
+            group_lookup: e.group_lookup,
+            request_timeout: e.request_timeout,
+            graph_max_retries: e.graph_max_retries,
+            graph_max_retry_wait: e.graph_max_retry_wait,
+            credential: None,
+        }
     }
 
     fn classify(v: &EntraValidator, claims: serde_json::Value) -> Result<Validated, EntraError> {

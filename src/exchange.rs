@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::cache::TieredCache;
 use crate::cache::redis::RedisStore;
-use crate::config::{CacheConfig, GraphMode};
+use crate::config::{CacheSettings, GraphMode};
 use crate::directory::{Directory, Profile, StoreError, UserRecord};
 use crate::entra::{AppIdentity, EntraError, EntraIdentity, EntraValidator, GroupsClaim, Validated};
 use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
@@ -112,7 +112,7 @@ pub struct ExchangeParts {
     pub policy: Arc<ArcSwap<Policy>>,
     pub directory: Directory,
     pub issuer: Arc<Issuer>,
-    pub cache: CacheConfig,
+    pub cache: CacheSettings,
     pub metrics: Metrics,
     pub redis: Option<Arc<RedisStore>>,
 }

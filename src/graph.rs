@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::clock::unix_now;
-use crate::config::{EntraConfig, GroupLookup, Secret};
+use crate::config::{ClientCredential, EntraSettings, GroupLookup};
 use crate::directory::Profile;
 use crate::metrics::{Metrics, status_label};
 use crate::outbound::error_chain;
@@ -55,63 +55,33 @@ const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:
 /// Lifetime of a certificate client assertion.
 const ASSERTION_TTL_SECS: u64 = 600;
 
-/// How the gateway proves who it is to Entra's token endpoint.
-pub enum ClientCredential {
-    /// `client_secret`.
-    Secret(Secret),
-    /// A federated token read from this file at every token request (AKS rotates it).
-    FederatedTokenFile(std::path::PathBuf),
-    /// A JWT signed with the certificate's key; `x5t#S256` names the certificate.
-    Certificate { key: jsonwebtoken::EncodingKey, x5t_s256: String },
-}
-
-impl std::fmt::Debug for ClientCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClientCredential::Secret(_) => f.write_str("Secret(<redacted>)"),
-            ClientCredential::FederatedTokenFile(p) => write!(f, "FederatedTokenFile({})", p.display()),
-            ClientCredential::Certificate { x5t_s256, .. } => write!(f, "Certificate(x5t#S256={x5t_s256})"),
+/// The form fields that authenticate the client at `token_url`.
+fn form_fields(
+    credential: &ClientCredential,
+    token_url: &str,
+    client_id: &str,
+) -> Result<Vec<(&'static str, String)>, GraphError> {
+    match credential {
+        ClientCredential::Secret(s) => Ok(vec![("client_secret", s.expose().to_string())]),
+        ClientCredential::FederatedTokenFile(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| GraphError::new(format!("federated token file {}: {e}", path.display())))?;
+            Ok(vec![
+                ("client_assertion_type", JWT_BEARER_ASSERTION.into()),
+                ("client_assertion", token.trim().to_string()),
+            ])
         }
-    }
-}
-
-impl ClientCredential {
-    /// Loads a certificate credential: the PEM certificate (its SHA-256 thumbprint is sent)
-    /// and its RSA private key.
-    pub fn certificate(cert_file: &std::path::Path, key_file: &std::path::Path) -> Result<ClientCredential, String> {
-        use base64::Engine;
-        use sha2::Digest;
-        let cert = crate::tls::read_certs(cert_file)?.into_iter().next().ok_or("no certificate")?;
-        let pem = std::fs::read(key_file).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| format!("{}: {e}", key_file.display()))?;
-        let x5t_s256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(cert.as_ref()));
-        Ok(ClientCredential::Certificate { key, x5t_s256 })
-    }
-
-    /// The form fields that authenticate the client at `token_url`.
-    fn form_fields(&self, token_url: &str, client_id: &str) -> Result<Vec<(&'static str, String)>, GraphError> {
-        match self {
-            ClientCredential::Secret(s) => Ok(vec![("client_secret", s.expose().to_string())]),
-            ClientCredential::FederatedTokenFile(path) => {
-                let token = std::fs::read_to_string(path)
-                    .map_err(|e| GraphError::new(format!("federated token file {}: {e}", path.display())))?;
-                Ok(vec![
-                    ("client_assertion_type", JWT_BEARER_ASSERTION.into()),
-                    ("client_assertion", token.trim().to_string()),
-                ])
-            }
-            ClientCredential::Certificate { key, x5t_s256 } => {
-                let now = unix_now();
-                let claims = serde_json::json!({
-                    "aud": token_url, "iss": client_id, "sub": client_id,
-                    "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + ASSERTION_TTL_SECS,
-                });
-                let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-                header.x5t_s256 = Some(x5t_s256.clone());
-                let assertion = jsonwebtoken::encode(&header, &claims, key)
-                    .map_err(|e| GraphError::new(format!("signing the client assertion: {e}")))?;
-                Ok(vec![("client_assertion_type", JWT_BEARER_ASSERTION.into()), ("client_assertion", assertion)])
-            }
+        ClientCredential::Certificate { key, x5t_s256 } => {
+            let now = unix_now();
+            let claims = serde_json::json!({
+                "aud": token_url, "iss": client_id, "sub": client_id,
+                "jti": uuid::Uuid::new_v4().to_string(), "nbf": now, "iat": now, "exp": now + ASSERTION_TTL_SECS,
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+            header.x5t_s256 = Some(x5t_s256.clone());
+            let assertion = jsonwebtoken::encode(&header, &claims, key)
+                .map_err(|e| GraphError::new(format!("signing the client assertion: {e}")))?;
+            Ok(vec![("client_assertion_type", JWT_BEARER_ASSERTION.into()), ("client_assertion", assertion)])
         }
     }
 }
@@ -203,15 +173,15 @@ pub struct GraphClient {
 
 impl GraphClient {
     pub fn new(
-        cfg: &EntraConfig,
+        cfg: &EntraSettings,
         credential: ClientCredential,
         http: reqwest::Client,
         metrics: Metrics,
     ) -> GraphClient {
-        let graph_base = cfg.graph_url.trim_end_matches('/').to_string();
+        let graph_base = cfg.graph_url.clone();
         GraphClient {
             http,
-            authority: cfg.authority_host.trim_end_matches('/').to_string(),
+            authority: cfg.authority.clone(),
             scope: format!("{}/.default", origin(&graph_base)),
             graph_base,
             client_id: cfg.client_id.clone(),
@@ -289,7 +259,7 @@ impl GraphClient {
         form: &[(&str, &str)],
     ) -> Result<CachedToken, GraphError> {
         let token_url = self.token_url(tid);
-        let auth = self.credential.form_fields(&token_url, &self.client_id)?;
+        let auth = form_fields(&self.credential, &token_url, &self.client_id)?;
         let mut fields: Vec<(&str, &str)> = vec![("client_id", self.client_id.as_str())];
         fields.extend(form.iter().copied());
         fields.extend(auth.iter().map(|(k, v)| (*k, v.as_str())));

@@ -1,17 +1,15 @@
 //! Who the caller is, as upstreams see it: the identity headers.
 //!
 //! Owns: the identity header names (computed once from `proxy.identity_header_prefix`),
-//! rendering their values for a verified caller (lists comma-separated, non-ASCII and `%`
-//! percent-encoded as UTF-8; users and app callers get different sets), and removing every
+//! encoding values (non-ASCII and `%` percent-encoded as UTF-8), and removing every
 //! client-sent header that could pass for one: any name with the prefix, in any case and with
 //! `_` read as `-` (CGI, WSGI, PHP and Rack read `X_Auth_User_Id` as `HTTP_X_AUTH_USER_ID`, the
 //! same variable as the real header), and the `_` twins of the forwarding headers the gateway
-//! sets. Must not: decide whether a request is allowed.
+//! sets. Which values a caller gets is `access`'s. Must not: decide whether a request is
+//! allowed.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-
-use crate::issuer::InternalClaims;
 
 /// Controls, `%` (so that decoding is unambiguous) and every non-ASCII byte are encoded.
 const VALUE_ENCODE: &AsciiSet = &CONTROLS.add(b'%');
@@ -49,23 +47,24 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// `prefix` was validated by the config (`X-Auth-` by default).
-    pub fn new(prefix: &str) -> IdentityHeaders {
-        let name = |suffix: &str| {
-            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
-                .unwrap_or(HeaderName::from_static("x-auth-invalid"))
-        };
-        IdentityHeaders {
-            prefix: prefix.to_ascii_lowercase().replace('_', "-"),
-            user_id: name("User-Id"),
-            oid: name("Oid"),
-            tenant_id: name("Tenant-Id"),
-            email: name("Email"),
-            name: name("Name"),
-            groups: name("Groups"),
-            roles: name("Roles"),
-            principal_type: name("Principal-Type"),
-            client_id: name("Client-Id"),
+    /// The names for `prefix` (`X-Auth-` by default); an error when they are not header names.
+    pub fn new(prefix: &str) -> Result<IdentityHeaders, http::header::InvalidHeaderName> {
+        if prefix.len() < 2 {
+            return Err(HeaderName::from_bytes(b"").unwrap_err());
         }
+        let name = |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes());
+        Ok(IdentityHeaders {
+            prefix: prefix.to_ascii_lowercase().replace('_', "-"),
+            user_id: name("User-Id")?,
+            oid: name("Oid")?,
+            tenant_id: name("Tenant-Id")?,
+            email: name("Email")?,
+            name: name("Name")?,
+            groups: name("Groups")?,
+            roles: name("Roles")?,
+            principal_type: name("Principal-Type")?,
+            client_id: name("Client-Id")?,
+        })
     }
 
     /// Removes every header whose name, with `_` read as `-`, starts with the prefix, and the
@@ -83,38 +82,6 @@ impl IdentityHeaders {
         for name in names {
             headers.remove(&name);
         }
-    }
-
-    /// The header values for a verified token, computed once per token.
-    /// An app caller gets `Principal-Type: app`, its `Client-Id`, `Oid` (its service principal),
-    /// `Tenant-Id`, `Roles` and empty `Groups`, and no `User-Id`, `Email` or `Name`: an
-    /// upstream that needs a user finds none.
-    pub fn values(&self, c: &InternalClaims) -> Vec<(HeaderName, HeaderValue)> {
-        if c.is_app() {
-            return vec![
-                (self.principal_type.clone(), HeaderValue::from_static("app")),
-                (self.client_id.clone(), encode(c.azp.as_deref().unwrap_or_default())),
-                (self.oid.clone(), encode(&c.oid)),
-                (self.tenant_id.clone(), encode(&c.tid)),
-                (self.groups.clone(), HeaderValue::from_static("")),
-                (self.roles.clone(), encode(&c.roles.join(","))),
-            ];
-        }
-        let mut v = vec![
-            (self.principal_type.clone(), HeaderValue::from_static("user")),
-            (self.user_id.clone(), encode(&c.sub)),
-            (self.oid.clone(), encode(&c.oid)),
-            (self.tenant_id.clone(), encode(&c.tid)),
-            (self.groups.clone(), encode(&c.groups.join(","))),
-            (self.roles.clone(), encode(&c.roles.join(","))),
-        ];
-        if let Some(e) = &c.email {
-            v.push((self.email.clone(), encode(e)));
-        }
-        if let Some(n) = &c.name {
-            v.push((self.name.clone(), encode(n)));
-        }
-        v
     }
 }
 
@@ -136,7 +103,7 @@ mod tests {
 
     #[test]
     fn strips_identity_headers_whatever_their_case() {
-        let ids = IdentityHeaders::new("X-Auth-");
+        let ids = IdentityHeaders::new("X-Auth-").unwrap();
         let mut h = HeaderMap::new();
         h.insert(HeaderName::from_static("x-auth-user-id"), HeaderValue::from_static("evil"));
         h.insert(HeaderName::from_bytes(b"X-AUTH-ROLES").unwrap(), HeaderValue::from_static("admin"));
@@ -157,7 +124,7 @@ mod tests {
 
     #[test]
     fn underscore_spellings_of_identity_and_forwarding_headers_are_stripped() {
-        let ids = IdentityHeaders::new("X-Auth-");
+        let ids = IdentityHeaders::new("X-Auth-").unwrap();
         let mut h = HeaderMap::new();
         for name in ["x_auth_user_id", "x-auth_groups", "x_forwarded_for", "x_real_ip", "x_request_id"] {
             h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
@@ -169,7 +136,7 @@ mod tests {
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 3, "{left:?}");
         assert!(h.contains_key("x-forwarded-for") && h.contains_key("x_custom_app") && h.contains_key("x_auth"));
-        let ids = IdentityHeaders::new("X_Auth_");
+        let ids = IdentityHeaders::new("X_Auth_").unwrap();
         let mut h = HeaderMap::new();
         h.insert(HeaderName::from_static("x-auth-user-id"), HeaderValue::from_static("evil"));
         ids.strip(&mut h);

@@ -12,7 +12,7 @@ use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
-use crate::config::IssuerConfig;
+use crate::config::IssuerSettings;
 use crate::directory::UserRecord;
 use crate::entra::AppIdentity;
 use crate::keys::KeyRing;
@@ -101,11 +101,12 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    pub fn new(cfg: &IssuerConfig, keys: KeyRing) -> Issuer {
+    pub fn new(cfg: IssuerSettings) -> Issuer {
+        let keys = cfg.keys;
         let jwks = serde_json::json!({ "keys": keys.iter().map(|k| &k.jwk).collect::<Vec<_>>() });
         Issuer {
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
+            issuer: cfg.issuer,
+            audience: cfg.audience,
             ttl: cfg.token_ttl,
             keys,
             jwks_json: bytes::Bytes::from(jwks.to_string()),
@@ -240,13 +241,12 @@ mod tests {
             .enumerate()
             .map(|(i, a)| SigningKey::from_pem(&format!("k{i}"), *a, generate_pem(*a).unwrap().as_bytes()).unwrap())
             .collect();
-        let cfg = IssuerConfig {
+        Issuer::new(IssuerSettings {
             issuer: "https://gw.test".into(),
             audience: "internal".into(),
             token_ttl: Duration::from_secs(900),
-            signing_keys: vec![],
-        };
-        Issuer::new(&cfg, KeyRing::from_keys(keys))
+            keys: KeyRing::from_keys(keys),
+        })
     }
 
     fn user() -> UserRecord {
@@ -285,13 +285,12 @@ mod tests {
             generate_pem(SigningAlgorithm::ES256).unwrap().as_bytes(),
         )
         .unwrap();
-        let cfg = IssuerConfig {
+        let rotated = Issuer::new(IssuerSettings {
             issuer: "https://gw.test".into(),
             audience: "internal".into(),
             token_ttl: Duration::from_secs(60),
-            signing_keys: vec![],
-        };
-        let rotated = Issuer::new(&cfg, KeyRing::from_keys(vec![new_key, old_key]));
+            keys: KeyRing::from_keys(vec![new_key, old_key]),
+        });
         assert!(rotated.verify(&token).is_ok());
         let fresh = rotated.mint(&user(), vec![], vec![]).unwrap().token;
         assert_eq!(jsonwebtoken::decode_header(&fresh).unwrap().kid.as_deref(), Some("k9"));

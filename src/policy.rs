@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::config::{AppsConfig, Config};
+use crate::config::{AppsConfig, AuthorizationSettings};
 
 /// The policy derived from `authorization` (and route groups, for the set Graph is asked about).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,18 +29,15 @@ pub enum Decision {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Policy {
-        let a = &config.authorization;
+    /// The policy of `authorization` (ids already lowercase, configured groups computed).
+    pub fn new(a: &AuthorizationSettings) -> Policy {
         Policy {
-            allowed: a.allowed_groups.iter().map(|g| g.to_ascii_lowercase()).collect(),
-            group_roles: a.group_roles.iter().map(|(g, r)| (g.to_ascii_lowercase(), r.clone())).collect(),
+            allowed: a.allowed_groups.clone(),
+            group_roles: a.group_roles.clone(),
             allow_any_tenant_user: a.allow_any_tenant_user,
-            fingerprint: fingerprint(&config.configured_groups()),
-            configured: config.configured_groups(),
-            apps: AppsConfig {
-                clients: a.apps.clients.iter().map(|(c, r)| (c.to_ascii_lowercase(), r.clone())).collect(),
-                app_roles: a.apps.app_roles.clone(),
-            },
+            fingerprint: fingerprint(&a.configured_groups),
+            configured: a.configured_groups.clone(),
+            apps: a.apps.clone(),
         }
     }
 
@@ -72,9 +69,10 @@ impl Policy {
         &self.configured
     }
 
-    /// Keeps only the configured groups of a membership list (lowercased, sorted, deduplicated).
+    /// Keeps only the configured groups of a membership list (lowercase ids, as the token
+    /// and Graph answers are normalised by `entra` and `graph`).
     pub fn relevant<'a>(&self, member_of: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
-        member_of.into_iter().map(|g| g.to_ascii_lowercase()).filter(|g| self.configured.contains(g)).collect()
+        member_of.into_iter().filter(|g| self.configured.contains(*g)).cloned().collect()
     }
 
     /// Decides for a user who is in `member_of` (any groups; irrelevant ones are ignored).
@@ -105,7 +103,7 @@ fn fingerprint(groups: &BTreeSet<String>) -> String {
 pub fn route_allows(route_groups: Option<&[String]>, token_groups: &[String]) -> bool {
     match route_groups {
         None => true,
-        Some(required) => required.iter().any(|r| token_groups.iter().any(|g| g.eq_ignore_ascii_case(r))),
+        Some(required) => required.iter().any(|r| token_groups.contains(r)),
     }
 }
 
@@ -136,7 +134,7 @@ mod tests {
     #[test]
     fn member_of_an_allowed_group_gets_in_with_the_roles_of_all_its_configured_groups() {
         let p = policy(&["a", "b"], &[("a", &["reader"]), ("c", &["admin", "reader"])], false);
-        let d = p.decide(&set(&["A", "c", "unrelated"]));
+        let d = p.decide(&set(&["a", "c", "unrelated"]));
         assert_eq!(
             d,
             Decision::Allow { groups: vec!["a".into(), "c".into()], roles: vec!["admin".into(), "reader".into()] }
@@ -173,7 +171,7 @@ mod tests {
     #[test]
     fn route_groups_need_any_one_match() {
         assert!(route_allows(None, &[]));
-        assert!(route_allows(Some(&["X".into()]), &["x".into()]));
+        assert!(route_allows(Some(&["x".into()]), &["x".into()]));
         assert!(!route_allows(Some(&["x".into()]), &["y".into()]));
     }
 }

@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderMap;
 
-use crate::config::{BucketConfig, ServerConfig};
+use crate::config::{BucketConfig, RateLimitConfig};
 use crate::forwarded::TrustedProxies;
 
 fn limiter<K: std::hash::Hash + Eq + Clone>(b: Option<BucketConfig>) -> Option<DefaultKeyedRateLimiter<K>> {
@@ -29,11 +29,11 @@ pub struct ExchangeLimits {
 }
 
 impl ExchangeLimits {
-    pub fn new(cfg: &ServerConfig) -> ExchangeLimits {
+    pub fn new(cfg: &RateLimitConfig, trusted: TrustedProxies) -> ExchangeLimits {
         ExchangeLimits {
-            per_ip: limiter(cfg.rate_limit.exchange_per_ip),
-            per_user: limiter(cfg.rate_limit.exchange_per_user),
-            trusted: TrustedProxies::new(cfg.trusted_proxies.clone()),
+            per_ip: limiter(cfg.exchange_per_ip),
+            per_user: limiter(cfg.exchange_per_user),
+            trusted,
             clock: DefaultClock::default(),
         }
     }
@@ -82,14 +82,10 @@ fn bucket(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RateLimitConfig;
 
     fn limits(per_ip: Option<BucketConfig>) -> ExchangeLimits {
-        let cfg = ServerConfig {
-            rate_limit: RateLimitConfig { exchange_per_ip: per_ip, exchange_per_user: None },
-            ..ServerConfig::default()
-        };
-        ExchangeLimits::new(&cfg)
+        let cfg = RateLimitConfig { exchange_per_ip: per_ip, exchange_per_user: None };
+        ExchangeLimits::new(&cfg, TrustedProxies::default())
     }
 
     #[test]

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::config::{Config, ConfigError, FileChecks, ProcessEnv};
+use crate::config::{Config, ConfigError, ProcessEnv, RawConfig};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::routes::RouteTable;
@@ -74,8 +74,9 @@ async fn next_trigger(events: &mut Option<mpsc::Receiver<()>>, hup: &mut Option<
     }
 }
 
-/// Reloads the config at `path` on SIGHUP and on change, for as long as the task runs.
-pub async fn config_reloader(state: Arc<AppState>, path: PathBuf) {
+/// Reloads the config at `path` on SIGHUP and on change, for as long as the task runs;
+/// `initial` is the raw config the gateway started with.
+pub async fn config_reloader(state: Arc<AppState>, path: PathBuf, initial: RawConfig) {
     let watched = watch(&[&path]);
     let (_watcher, mut events) = match watched {
         Some((w, rx)) => (Some(w), Some(rx)),
@@ -86,7 +87,7 @@ pub async fn config_reloader(state: Arc<AppState>, path: PathBuf) {
         .ok();
     // What is in effect is the config loaded at start, whatever the file says by the time this
     // task runs: the first check compares against it, never against a hash taken here.
-    let mut current = (*state.config).clone();
+    let mut current = initial;
     let mut last = None;
     // The first check runs at once, after the watcher is registered: a change made before it
     // was watching is caught here, any later one sends an event.
@@ -109,48 +110,55 @@ pub async fn config_reloader(state: Arc<AppState>, path: PathBuf) {
     }
 }
 
-fn section<T: serde::Serialize>(v: &T) -> serde_json::Value {
-    serde_json::to_value(v).unwrap_or_default()
-}
-
-/// Loads and applies a new config; returns it (the new "current") when valid, `None` when a
-/// file event brought nothing new (SIGHUP always reloads).
-pub fn reload(state: &AppState, current: &Config, path: &Path, forced: bool) -> Result<Option<Config>, ConfigError> {
-    let new = Config::load(path, &ProcessEnv, FileChecks::Read)?;
-    if !forced && section(&new) == section(current) {
-        return Ok(None);
-    }
-    let mut applied = Vec::new();
-    let routes_changed = section(&new.proxy.routes) != section(&current.proxy.routes);
-    if section(&new.authorization) != section(&current.authorization) || routes_changed {
-        state.policy.store(Arc::new(Policy::from_config(&new)));
-        applied.push("authorization");
-    }
-    if routes_changed || section(&new.proxy.forward_auth) != section(&current.proxy.forward_auth) {
-        state.routes.store(Arc::new(RouteTable::from_config(&new.proxy)));
-        applied.push("proxy.routes, proxy.forward_auth");
-    }
-    let restart: Vec<&str> = [
-        ("server", section(&new.server) != section(&current.server)),
-        ("entra", section(&new.entra) != section(&current.entra)),
-        ("issuer", section(&new.issuer) != section(&current.issuer)),
-        ("cache", section(&new.cache) != section(&current.cache)),
-        ("logging", section(&new.logging) != section(&current.logging)),
+/// The sections of `new` that differ from `current` and take effect only after a restart.
+/// Raw configs compare by value, secrets included (a changed `cache.redis_url` is seen).
+pub fn restart_needed(current: &RawConfig, new: &RawConfig) -> Vec<&'static str> {
+    [
+        ("server", new.server != current.server),
+        ("entra", new.entra != current.entra),
+        ("issuer", new.issuer != current.issuer),
+        ("cache", new.cache != current.cache),
+        ("logging", new.logging != current.logging),
         (
-            "proxy (other than routes)",
+            "proxy (other than routes and forward_auth)",
             new.proxy.identity_header_prefix != current.proxy.identity_header_prefix
                 || new.proxy.forward_token != current.proxy.forward_token,
         ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
-    .collect();
+    .collect()
+}
+
+/// Loads and applies a new config; returns its raw form (the new "current") when valid, `None`
+/// when a file event brought nothing new (SIGHUP always reloads).
+pub fn reload(
+    state: &AppState,
+    current: &RawConfig,
+    path: &Path,
+    forced: bool,
+) -> Result<Option<RawConfig>, ConfigError> {
+    let new = Config::load(path, &ProcessEnv)?;
+    if !forced && new.raw == *current {
+        return Ok(None);
+    }
+    let mut applied = Vec::new();
+    let routes_changed = new.raw.proxy.routes != current.proxy.routes;
+    if new.raw.authorization != current.authorization || routes_changed {
+        state.live.policy.store(Arc::new(Policy::new(&new.authorization)));
+        applied.push("authorization");
+    }
+    if routes_changed || new.raw.proxy.forward_auth != current.proxy.forward_auth {
+        state.live.routes.store(Arc::new(RouteTable::new(&new.proxy)));
+        applied.push("proxy.routes, proxy.forward_auth");
+    }
+    let restart = restart_needed(current, &new.raw);
     if !restart.is_empty() {
         tracing::warn!(sections = %restart.join(", "), "these changes take effect after a restart");
     }
     state.metrics.config_reloads_total.with_label_values(&["success"]).inc();
     tracing::info!(applied = %applied.join(", "), "configuration reloaded");
-    Ok(Some(new))
+    Ok(Some(new.raw))
 }
 
 /// Swaps the listener certificate when its files change.
@@ -174,5 +182,29 @@ pub async fn tls_reloader(cert: Arc<ReloadingCert>, metrics: Metrics) {
                 tracing::error!(error = %e, "new TLS certificate refused; the previous one keeps serving");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(extra_env: &[(&str, &str)]) -> RawConfig {
+        let yaml = "entra:\n  tenants: [\"11111111-1111-1111-1111-111111111111\"]\n  \
+                    client_id: \"22222222-2222-2222-2222-222222222222\"\n  graph_mode: claims\n\
+                    authorization:\n  allow_any_tenant_user: true\n\
+                    issuer:\n  issuer: https://gw.example\n  signing_keys: [{ kid: k1, private_key_file: /x.pem }]\n";
+        let env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        crate::config::check_yaml(yaml, &env, crate::config::FileChecks::Skip).unwrap()
+    }
+
+    #[test]
+    fn a_changed_secret_is_seen_as_a_change_needing_a_restart() {
+        let a = raw(&[("ENTRA_GATEWAY__CACHE__REDIS_URL", "redis://:one@127.0.0.1:6379")]);
+        let b = raw(&[("ENTRA_GATEWAY__CACHE__REDIS_URL", "redis://:two@127.0.0.1:6379")]);
+        assert_eq!(restart_needed(&a, &b), vec!["cache"]);
+        assert!(restart_needed(&a, &a.clone()).is_empty());
+        let c = raw(&[("ENTRA_GATEWAY__AUTHORIZATION__ALLOWED_GROUPS", "[\"33333333-3333-3333-3333-333333333333\"]")]);
+        assert!(restart_needed(&raw(&[]), &c).is_empty(), "authorization applies live");
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use crate::app::{AppState, Check, StartError};
-use crate::config::Config;
+use crate::config::{Config, RawConfig};
 use crate::http;
 
 pub mod conn;
@@ -28,12 +28,18 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
-        Ok(Listeners { public: bind(&config.server.listen).await?, admin: bind(&config.server.admin_listen).await? })
+        Ok(Listeners { public: bind(config.server.listen).await?, admin: bind(config.server.admin_listen).await? })
     }
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, StartError> {
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: addr.to_string(), source })
+}
+
+/// Where the config came from, for live reload: the file and the raw config in effect.
+pub struct Reload {
+    pub path: std::path::PathBuf,
+    pub initial: RawConfig,
 }
 
 /// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`. With
@@ -44,8 +50,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
+    let reload = config_path.map(|path| Reload { path, initial: config.raw.clone() });
     let state = AppState::build(config)?;
-    run_with_state(state, listeners, shutdown, config_path).await;
+    run_with_state(state, listeners, shutdown, reload).await;
     Ok(())
 }
 
@@ -57,7 +64,7 @@ pub async fn run_with_state(
     state: Arc<AppState>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    config_path: Option<std::path::PathBuf>,
+    reload: Option<Reload>,
 ) {
     let (public_stop, public_rx) = watch::channel(false);
     let (admin_stop, admin_rx) = watch::channel(false);
@@ -66,10 +73,10 @@ pub async fn run_with_state(
         let state = state.clone();
         background.spawn(async move { warm_jwks(&state, &tid).await });
     }
-    if let Some(path) = config_path {
-        background.spawn(crate::reload::config_reloader(state.clone(), path));
+    if let Some(Reload { path, initial }) = reload {
+        background.spawn(crate::reload::config_reloader(state.clone(), path, initial));
     }
-    if let Some(cert) = state.listener_tls.clone() {
+    if let Some(cert) = state.server.listener_tls.clone() {
         background.spawn(crate::reload::tls_reloader(cert, state.metrics.clone()));
     }
     let limiter_state = state.clone();
@@ -79,9 +86,9 @@ pub async fn run_with_state(
             limiter_state.limits.retain_recent();
         }
     });
-    let grace = state.config.server.shutdown_grace;
-    let limits = ConnLimits::from_config(&state.config.server);
-    let tls = match &state.listener_tls {
+    let grace = state.server.shutdown_grace;
+    let limits = ConnLimits::from_config(&state.server);
+    let tls = match &state.server.listener_tls {
         Some(cert) => match cert.server_config() {
             Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
             Err(e) => {

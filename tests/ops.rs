@@ -282,7 +282,7 @@ async fn changing_allowed_groups_in_the_file_applies_without_restart_and_a_bad_e
     };
     assert_eq!(exchange_status("carol").await, 403);
 
-    config.authorization.allowed_groups.push(OTHER.to_string());
+    config.raw.authorization.allowed_groups.push(OTHER.to_string());
     write_config(&config, &path);
     gw.wait_for_line("configuration reloaded");
     assert_eq!(exchange_status("carol").await, 200, "carol's group is allowed now");
@@ -296,7 +296,7 @@ async fn changing_allowed_groups_in_the_file_applies_without_restart_and_a_bad_e
     assert_eq!(exchange_status("alice").await, 200);
 
     // SIGHUP re-reads too (here: a valid file again, with carol's group removed).
-    config.authorization.allowed_groups.pop();
+    config.raw.authorization.allowed_groups.pop();
     write_config(&config, &path);
     gw.wait_for_line("configuration reloaded");
     gw.signal("HUP");
@@ -370,7 +370,7 @@ async fn a_config_change_made_while_the_gateway_starts_is_not_lost() {
     let mock = mock().await;
     let (gw, mut config, dir) = GatewayBuilder::new(&mock).spawn();
     // Right after "listening": the reloader may not be watching yet.
-    config.authorization.allowed_groups.push(OTHER.to_string());
+    config.raw.authorization.allowed_groups.push(OTHER.to_string());
     write_config(&config, &dir.path().join("gateway.yaml"));
     gw.wait_for_line("configuration reloaded");
     let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "carol")).send().await.unwrap();

@@ -8,7 +8,7 @@
 //! The test command runs 4096 cases; a long run:
 //!   PROPTEST_CASES=1000000 cargo test --release --test path_property
 
-use entra_gateway::config::{ProxyConfig, RouteAuth, RouteConfig};
+use entra_gateway::config::{ProxyConfig, ProxySettings, RouteAuth, RouteConfig};
 use entra_gateway::path::CanonicalPath;
 use entra_gateway::proxy::routes::RouteTable;
 use proptest::prelude::*;
@@ -41,7 +41,7 @@ fn table() -> RouteTable {
             .collect(),
         ..ProxyConfig::default()
     };
-    RouteTable::from_config(&cfg)
+    RouteTable::new(&ProxySettings::try_from(&cfg).unwrap())
 }
 
 /// Full percent-decoding (every `%XX`, once per pass, until nothing changes: what a server

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cache::StoreError;
-use crate::config::CacheConfig;
+use crate::config::{CacheSettings, RedisTarget};
 use crate::metrics::Metrics;
 
 /// Version of the value envelope `{"v": 1, "d": ...}`.
@@ -50,47 +50,44 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn tls_certs(cfg: &CacheConfig) -> Result<Option<redis::TlsCertificates>, String> {
-    let Some(path) = &cfg.redis_ca_file else { return Ok(None) };
-    let pem = std::fs::read(path).map_err(|e| format!("cache.redis_ca_file {}: {e}", path.display()))?;
-    Ok(Some(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) }))
-}
-
 impl RedisStore {
     /// Prepares the connection without dialing; `None` when no Redis is configured.
-    pub fn connect(cfg: &CacheConfig, metrics: Metrics) -> Result<Option<Arc<RedisStore>>, String> {
-        let certs = tls_certs(cfg)?;
-        let conn = if let Some(url) = &cfg.redis_url {
-            let client = match certs {
-                Some(c) => redis::Client::build_with_tls(url.expose(), c),
-                None => redis::Client::open(url.expose()),
+    pub fn connect(cfg: &CacheSettings, metrics: Metrics) -> Result<Option<Arc<RedisStore>>, String> {
+        let Some(redis) = &cfg.redis else { return Ok(None) };
+        let certs = redis.ca_pem.clone().map(|pem| redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
+        let timeout = redis.timeout;
+        let conn = match &redis.target {
+            RedisTarget::Single(url) => {
+                let client = match certs {
+                    Some(c) => redis::Client::build_with_tls(url.expose(), c),
+                    None => redis::Client::open(url.expose()),
+                }
+                .map_err(|e| format!("cache.redis_url: {e}"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout))
+                    .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                let manager =
+                    client.get_connection_manager_lazy(config).map_err(|e| format!("cache.redis_url: {e}"))?;
+                Conn::Single(manager)
             }
-            .map_err(|e| format!("cache.redis_url: {e}"))?;
-            let config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(cfg.redis_timeout))
-                .set_connection_timeout(Some(cfg.redis_timeout.max(Duration::from_secs(1))))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
-            let manager = client.get_connection_manager_lazy(config).map_err(|e| format!("cache.redis_url: {e}"))?;
-            Conn::Single(manager)
-        } else if !cfg.cluster_urls.is_empty() {
-            let mut b =
-                redis::cluster::ClusterClientBuilder::new(cfg.cluster_urls.iter().map(|u| u.expose().to_string()))
-                    .connection_timeout(cfg.redis_timeout.max(Duration::from_secs(1)))
-                    .response_timeout(cfg.redis_timeout)
+            RedisTarget::Cluster(urls) => {
+                let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(|u| u.expose().to_string()))
+                    .connection_timeout(timeout.max(Duration::from_secs(1)))
+                    .response_timeout(timeout)
                     .retries(1);
-            if let Some(c) = certs {
-                b = b.certs(c);
+                if let Some(c) = certs {
+                    b = b.certs(c);
+                }
+                let client = b.build().map_err(|e| format!("cache.cluster_urls: {e}"))?;
+                Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) }))
             }
-            let client = b.build().map_err(|e| format!("cache.cluster_urls: {e}"))?;
-            Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) }))
-        } else {
-            return Ok(None);
         };
         Ok(Some(Arc::new(RedisStore {
             conn,
             prefix: cfg.key_prefix.clone(),
-            timeout: cfg.redis_timeout,
+            timeout,
             healthy: AtomicBool::new(true),
             latency: metrics.redis_latency.clone(),
             metrics,

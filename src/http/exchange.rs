@@ -44,7 +44,7 @@ pub async fn handle(
         return Err(rate_limited(state, "ip", wait));
     }
     let started = Instant::now();
-    let server = &state.config.server;
+    let server = &state.server;
     let token = read_token(req, server.max_exchange_body_bytes, server.exchange_body_timeout).await?;
     let result = run(state, &token).await;
     state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());

@@ -25,13 +25,13 @@ pub async fn handle(
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
-    let routes = state.routes.load();
+    let routes = state.live.routes.load();
     let Some(route) = routes.find(&path).cloned() else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
     info.endpoint = route.label.clone().into();
-    info.upstream = Some(route.upstream_authority());
+    info.upstream = Some(route.upstream_authority().to_string());
     let result = forward(state, &route, req, &path, peer, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),

@@ -68,14 +68,11 @@ pub async fn photo(
     if p.claims.is_app() {
         return Err(Rejection::NotFound("app callers have no photo"));
     }
-    let Some(graph) = state.graph.clone() else {
-        return Err(Rejection::NotFound("photos need graph_mode app or obo"));
+    let photo = match state.photos.get(&p.claims.tid, &p.claims.oid).await {
+        Ok(photo) => photo,
+        Err(None) => return Err(Rejection::NotFound("photos need graph_mode app or obo")),
+        Err(Some(e)) => return Err(e.into()),
     };
-    let (tid, oid) = (p.claims.tid.clone(), p.claims.oid.clone());
-    let ttl = state.config.cache.profile_ttl;
-    let key = format!("{tid}:{oid}");
-    let load = async move { graph.photo(&tid, &oid).await.map(|photo| (photo.map(std::sync::Arc::new), ttl)) };
-    let photo = state.photos.get_or_load(key, load).await.map_err(|e| Rejection::from((*e).clone()))?;
     let Some(photo) = photo else {
         return Err(Rejection::NotFound("the user has no photo"));
     };

@@ -45,7 +45,7 @@ pub async fn handle(
     own_path: &CanonicalPath,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let routes = state.routes.load();
+    let routes = state.live.routes.load();
     let Some(source) = routes.original_uri else {
         return Err(Rejection::NotFound(
             "forward-auth is off: set proxy.forward_auth.original_uri for the ingress in front",

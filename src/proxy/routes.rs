@@ -7,32 +7,14 @@
 //! the query unchanged, byte for byte). Must not: touch headers or bodies.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::config::{OriginalUriSource, ProxyConfig, RouteAuth, RouteConfig, Unmatched};
+use crate::config::{OriginalUriSource, ProxySettings, RouteSpec, Unmatched};
 use crate::path::{CanonicalPath, PathError};
 use http::Uri;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 
-/// One configured route, ready for the hot path.
-#[derive(Debug)]
-pub struct Route {
-    /// The metrics/log label: `name`, or the path prefix.
-    pub label: String,
-    pub prefix: String,
-    pub auth: RouteAuth,
-    pub timeout: Duration,
-    /// Lowercase group ids; `None` means any authenticated user.
-    pub groups: Option<Vec<String>>,
-    pub strip_prefix: bool,
-    /// Paths with `//` are accepted (and forwarded as they are).
-    pub allow_empty_segments: bool,
-    /// App callers may use this route.
-    pub allow_apps: bool,
-    scheme: Scheme,
-    authority: Authority,
-    base_path: String,
-}
+/// One configured route, ready for the hot path (parsed by the config).
+pub type Route = RouteSpec;
 
 /// Why no upstream URI could be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,41 +23,13 @@ pub enum RouteError {
     InvalidUri,
 }
 
-impl Route {
-    fn from_config(c: &RouteConfig) -> Option<Route> {
-        let url = url::Url::parse(&c.upstream).ok()?;
-        let scheme = if url.scheme() == "https" { Scheme::HTTPS } else { Scheme::HTTP };
-        let host = url.host_str()?;
-        let authority = match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        };
-        Some(Route {
-            label: c.name.clone().unwrap_or_else(|| c.path_prefix.clone()),
-            prefix: c.path_prefix.clone(),
-            auth: c.auth,
-            timeout: c.timeout,
-            groups: c.allowed_groups.as_ref().map(|g| g.iter().map(|x| x.to_ascii_lowercase()).collect()),
-            strip_prefix: c.strip_prefix,
-            allow_empty_segments: c.allow_empty_segments,
-            allow_apps: c.allow_apps,
-            scheme,
-            authority: authority.parse().ok()?,
-            base_path: url.path().trim_end_matches('/').to_string(),
-        })
-    }
-
+impl RouteSpec {
     /// Whether `path` falls under this route (segment boundary unless the prefix ends in `/`).
     fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.prefix.as_str()) {
             Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
-    }
-
-    /// `host:port` of the upstream (for logs).
-    pub fn upstream_authority(&self) -> String {
-        self.authority.to_string()
     }
 
     /// Refuses `//` unless this route accepts it.
@@ -115,10 +69,10 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn from_config(c: &ProxyConfig) -> RouteTable {
-        let mut routes: Vec<Arc<Route>> = c.routes.iter().filter_map(Route::from_config).map(Arc::new).collect();
+    pub fn new(c: &ProxySettings) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = c.routes.iter().cloned().map(Arc::new).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        RouteTable { routes, original_uri: c.forward_auth.original_uri, unmatched: c.forward_auth.unmatched(&c.routes) }
+        RouteTable { routes, original_uri: c.original_uri, unmatched: c.unmatched }
     }
 
     /// The route of a canonical path: the longest prefix matching its `for_matching` form.
@@ -138,14 +92,14 @@ mod tests {
     use super::*;
 
     fn table(routes: &[(&str, &str, bool)]) -> RouteTable {
-        let cfg = ProxyConfig {
+        let cfg = crate::config::ProxyConfig {
             routes: routes
                 .iter()
-                .map(|(p, u, strip)| RouteConfig {
+                .map(|(p, u, strip)| crate::config::RouteConfig {
                     path_prefix: p.to_string(),
                     upstream: u.to_string(),
-                    auth: RouteAuth::Required,
-                    timeout: Duration::from_secs(30),
+                    auth: crate::config::RouteAuth::Required,
+                    timeout: std::time::Duration::from_secs(30),
                     allowed_groups: None,
                     strip_prefix: *strip,
                     name: None,
@@ -153,9 +107,9 @@ mod tests {
                     allow_apps: false,
                 })
                 .collect(),
-            ..ProxyConfig::default()
+            ..Default::default()
         };
-        RouteTable::from_config(&cfg)
+        RouteTable::new(&ProxySettings::try_from(&cfg).unwrap())
     }
 
     fn path(p: &str) -> CanonicalPath {

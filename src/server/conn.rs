@@ -48,7 +48,7 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     /// The public listener's limits from `server.*`.
-    pub fn from_config(s: &crate::config::ServerConfig) -> ConnLimits {
+    pub fn from_config(s: &crate::config::ServerSettings) -> ConnLimits {
         ConnLimits {
             grace: s.shutdown_grace,
             header_read_timeout: s.header_read_timeout,

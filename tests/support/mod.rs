@@ -11,7 +11,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use entra_gateway::config::{Config, FileChecks, SigningAlgorithm};
+use entra_gateway::config::{Config, SigningAlgorithm};
 use entra_gateway::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
 use entra_gateway::server::{AppState, Listeners};
 use tokio::net::TcpListener;
@@ -195,7 +195,7 @@ impl<'a> GatewayBuilder<'a> {
         keys_yaml.push(']');
         overrides.push(("ENTRA_GATEWAY__ISSUER__SIGNING_KEYS".into(), keys_yaml));
         overrides.extend(self.overrides);
-        let config = Config::from_yaml(&self.yaml, &overrides, FileChecks::Read).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::from_yaml(&self.yaml, &overrides).unwrap_or_else(|e| panic!("{e}"));
         (config, self.dir)
     }
 
@@ -276,7 +276,7 @@ pub async fn raw_request(addr: SocketAddr, head: &[u8]) -> (u16, String) {
 
 /// Writes a loaded config as YAML (for a gateway run as a child process).
 pub fn write_config(config: &Config, path: &std::path::Path) {
-    let yaml = serde_saphyr::to_string(&serde_json::to_value(config).unwrap()).unwrap();
+    let yaml = serde_saphyr::to_string(&serde_json::to_value(&config.raw).unwrap()).unwrap();
     // Write then rename, as Kubernetes swaps ConfigMap files: readers never see half a file.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).unwrap();

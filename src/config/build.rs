@@ -1,0 +1,588 @@
+//! Raw config → typed [`Config`]: parse, check and load in one pass, every problem collected
+//! with its key path.
+//!
+//! Owns: each section's rules (what `check-config` reports) and turning its raw values into
+//! typed ones: addresses, URLs, GUIDs (lowercase), header names, routes, and, with
+//! [`FileChecks::Read`], the key, secret and certificate files. Must not: stop at the first
+//! problem, or return a half-built config.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+
+use super::*;
+use crate::forwarded::TrustedProxies;
+use crate::identity::IdentityHeaders;
+use crate::keys::{KeyRing, SigningKey};
+use crate::tls::ReloadingCert;
+
+/// Builds the typed config; `Ok(None)` when `files` is `Skip` and the raw config is valid.
+pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> Result<Option<Config>, ConfigError> {
+    let raw = raw.with_defaults();
+    let read = files == FileChecks::Read;
+    let mut p = Problems::default();
+    let server = server(&raw.server, read, &mut p);
+    let entra = entra(&raw.entra, read, env, &mut p);
+    let authorization = authorization(&raw, &mut p);
+    let issuer = issuer(&raw.issuer, read, &mut p);
+    let cache = cache(&raw.cache, read, &mut p);
+    let proxy = proxy(&raw.proxy, &mut p);
+    if !p.0.is_empty() {
+        return Err(ConfigError { problems: p.0 });
+    }
+    if !read {
+        return Ok(None);
+    }
+    match (server, entra, authorization, issuer, cache, proxy) {
+        (Some(server), Some(entra), Some(authorization), Some(issuer), Some(cache), Some(proxy)) => {
+            let logging = raw.logging.clone();
+            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, proxy, logging }))
+        }
+        _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
+    }
+}
+
+/// Collects problems; its helpers parse a value and note why when they cannot.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    /// A GUID, lowercase.
+    fn guid(&mut self, path: &str, value: &str) -> Option<String> {
+        if uuid::Uuid::parse_str(value).is_err() || value.len() != 36 {
+            self.push(path, format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
+            return None;
+        }
+        Some(value.to_ascii_lowercase())
+    }
+
+    fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
+        let parsed = value.parse().ok();
+        if parsed.is_none() {
+            self.push(path, format!("`{value}` is not an address:port such as 0.0.0.0:8080"));
+        }
+        parsed
+    }
+
+    /// `https://`, or `http://` to a loopback host only; returned without a trailing `/`.
+    fn outbound_url(&mut self, path: &str, value: &str) -> Option<String> {
+        match url::Url::parse(value) {
+            Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
+            Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => {}
+            Ok(_) => {
+                self.push(path, "must be https:// (http:// only for a loopback host)");
+                return None;
+            }
+            Err(e) => {
+                self.push(path, format!("not a URL: {e}"));
+                return None;
+            }
+        }
+        Some(value.trim_end_matches('/').to_string())
+    }
+
+    /// The content of a file that must be readable and not empty.
+    fn file(&mut self, path: &str, file: &Path) -> Option<Vec<u8>> {
+        match std::fs::read(file) {
+            Ok(b) if !b.iter().all(u8::is_ascii_whitespace) => Some(b),
+            Ok(_) => {
+                self.push(path, format!("{} is empty", file.display()));
+                None
+            }
+            Err(e) => {
+                self.push(path, format!("cannot read {}: {e}", file.display()));
+                None
+            }
+        }
+    }
+
+    fn at_least(&mut self, path: &str, value: Duration, min: Duration, what: &str) {
+        if value < min {
+            self.push(path, what);
+        }
+    }
+
+    fn role_names(&mut self, path: &str, roles: &[String]) {
+        for (i, r) in roles.iter().enumerate() {
+            if r.trim().is_empty() || r.contains(',') {
+                self.push(&format!("{path}[{i}]"), "role names are non-empty and have no comma");
+            }
+        }
+    }
+}
+
+fn is_loopback_host(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+// === sections ===
+
+fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettings> {
+    let listen = p.socket_addr("server.listen", &s.listen);
+    let admin_listen = p.socket_addr("server.admin_listen", &s.admin_listen);
+    if s.max_exchange_body_bytes < 4096 {
+        p.push("server.max_exchange_body_bytes", "must be at least 4096");
+    }
+    let ms100 = Duration::from_millis(100);
+    p.at_least("server.header_read_timeout", s.header_read_timeout, ms100, "at least 100ms");
+    p.at_least("server.idle_timeout", s.idle_timeout, ms100, "at least 100ms");
+    p.at_least("server.exchange_body_timeout", s.exchange_body_timeout, ms100, "at least 100ms");
+    if s.max_connections == 0 {
+        p.push("server.max_connections", "at least 1");
+    }
+    if s.http2_max_concurrent_streams == 0 {
+        p.push("server.http2_max_concurrent_streams", "at least 1");
+    }
+    for (name, b) in [
+        ("server.rate_limit.exchange_per_ip", s.rate_limit.exchange_per_ip),
+        ("server.rate_limit.exchange_per_user", s.rate_limit.exchange_per_user),
+    ] {
+        if let Some(b) = b
+            && (b.per_minute == 0 || b.burst == 0)
+        {
+            p.push(name, "per_minute and burst must be at least 1 (use null to disable)");
+        }
+    }
+    let (mut listener_tls, mut extra_ca) = (None, Vec::new());
+    if let Some(tls) = &s.tls {
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            p.push("server.tls", "cert_file and key_file go together");
+        }
+        if read {
+            if let Some((cert, key)) = tls.listener() {
+                match ReloadingCert::load(cert, key) {
+                    Ok(c) => listener_tls = Some(c),
+                    Err(e) => p.push("server.tls.cert_file", e),
+                }
+            }
+            if let Some(ca) = &tls.extra_ca_file {
+                match crate::tls::read_certs(ca) {
+                    Ok(certs) => extra_ca = certs,
+                    Err(e) => p.push("server.tls.extra_ca_file", e),
+                }
+            }
+        }
+    }
+    Some(ServerSettings {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        listener_tls,
+        extra_ca,
+        shutdown_grace: s.shutdown_grace,
+        max_exchange_body_bytes: s.max_exchange_body_bytes,
+        exchange_body_timeout: s.exchange_body_timeout,
+        header_read_timeout: s.header_read_timeout,
+        idle_timeout: s.idle_timeout,
+        max_connections: s.max_connections,
+        http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+        trusted_proxies: TrustedProxies::new(s.trusted_proxies.clone()),
+        rate_limit: s.rate_limit.clone(),
+    })
+}
+
+fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> Option<EntraSettings> {
+    let authority = p.outbound_url("entra.authority_host", &e.authority_host);
+    let graph_url = p.outbound_url("entra.graph_url", &e.graph_url);
+    for (i, scope) in e.required_scopes.iter().enumerate() {
+        if scope.trim().is_empty() || scope.contains(' ') || scope.contains("://") {
+            p.push(
+                &format!("entra.required_scopes[{i}]"),
+                "a scope name as in `scp`, e.g. access_as_user (not the api:// URI)",
+            );
+        }
+    }
+    if e.tenants.is_empty() {
+        p.push("entra.tenants", "at least one tenant id is required");
+    }
+    let tenants: Vec<Option<String>> =
+        e.tenants.iter().enumerate().map(|(i, t)| p.guid(&format!("entra.tenants[{i}]"), t)).collect();
+    let client_id = if e.client_id.is_empty() {
+        p.push("entra.client_id", "required: the app (client) id of the gateway's registration");
+        None
+    } else {
+        p.guid("entra.client_id", &e.client_id)
+    };
+    for (i, a) in e.audiences.iter().enumerate() {
+        if a.trim().is_empty() {
+            p.push(&format!("entra.audiences[{i}]"), "must not be empty");
+        }
+    }
+    if e.accepted_token_versions.is_empty() {
+        p.push("entra.accepted_token_versions", "at least one of 1, 2");
+    }
+    for (i, ver) in e.accepted_token_versions.iter().enumerate() {
+        if !matches!(ver, 1 | 2) {
+            p.push(&format!("entra.accepted_token_versions[{i}]"), "must be 1 or 2");
+        }
+    }
+    if e.clock_skew > Duration::from_secs(600) {
+        p.push("entra.clock_skew", "at most 10m");
+    }
+    if e.request_timeout.is_zero() {
+        p.push("entra.request_timeout", "must be greater than zero");
+    }
+    let credential = credential(e, read, env, p);
+    Some(EntraSettings {
+        cloud: e.cloud,
+        authority: authority?,
+        graph_url: graph_url?,
+        v1_issuer_host: e.cloud.hosts().2,
+        tenants: tenants.into_iter().collect::<Option<Vec<_>>>()?,
+        client_id: client_id?,
+        audiences: e.audiences.clone(),
+        required_scopes: e.required_scopes.clone(),
+        accepted_token_versions: e.accepted_token_versions.clone(),
+        clock_skew: e.clock_skew,
+        graph_mode: e.graph_mode,
+        group_lookup: e.group_lookup,
+        request_timeout: e.request_timeout,
+        graph_max_retries: e.graph_max_retries,
+        graph_max_retry_wait: e.graph_max_retry_wait,
+        credential,
+    })
+}
+
+/// The client credential (app and obo modes), loaded once.
+fn credential(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> Option<ClientCredential> {
+    let uses_graph = e.graph_mode != GraphMode::Claims;
+    match e.client_credential {
+        ClientCredentialKind::Secret => match (&e.client_secret_file, &e.client_secret) {
+            (Some(_), Some(_)) => {
+                p.push(
+                    "entra.client_secret_file",
+                    "set either client_secret_file or ENTRA_GATEWAY__ENTRA__CLIENT_SECRET, not both",
+                );
+                None
+            }
+            (None, None) if uses_graph => {
+                p.push(
+                    "entra.client_secret_file",
+                    "graph_mode app/obo needs a client credential: set client_secret_file or \
+                     ENTRA_GATEWAY__ENTRA__CLIENT_SECRET, or client_credential: workload_identity or \
+                     certificate (or use graph_mode: claims)",
+                );
+                None
+            }
+            (None, Some(secret)) if uses_graph => Some(ClientCredential::Secret(secret.clone())),
+            (Some(path), None) if uses_graph && read => {
+                let bytes = p.file("entra.client_secret_file", path)?;
+                let text = String::from_utf8_lossy(&bytes);
+                Some(ClientCredential::Secret(Secret::new(text.trim())))
+            }
+            _ => None,
+        },
+        ClientCredentialKind::WorkloadIdentity if uses_graph && read => {
+            let path = e.federated_token_file.clone().or_else(|| env.var("AZURE_FEDERATED_TOKEN_FILE").map(Into::into));
+            match path {
+                Some(path) => Some(ClientCredential::FederatedTokenFile(path)),
+                None => {
+                    p.push(
+                        "entra.federated_token_file",
+                        "workload_identity needs entra.federated_token_file or the AZURE_FEDERATED_TOKEN_FILE \
+                         variable (set by the AKS workload identity webhook)",
+                    );
+                    None
+                }
+            }
+        }
+        ClientCredentialKind::WorkloadIdentity => None,
+        ClientCredentialKind::Certificate => {
+            let files = [
+                ("entra.client_certificate_file", &e.client_certificate_file),
+                ("entra.client_certificate_key_file", &e.client_certificate_key_file),
+            ];
+            for (path, file) in files {
+                if file.is_none() {
+                    p.push(path, "required with client_credential: certificate");
+                }
+            }
+            let (Some(cert), Some(key)) = (&e.client_certificate_file, &e.client_certificate_key_file) else {
+                return None;
+            };
+            if !(uses_graph && read) {
+                return None;
+            }
+            match ClientCredential::certificate(cert, key) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    p.push("entra.client_certificate_file", why);
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSettings> {
+    let a = &raw.authorization;
+    let mut ok = true;
+    let mut clients = BTreeMap::new();
+    for (client, roles) in &a.apps.clients {
+        let path = format!("authorization.apps.clients.{client}");
+        match p.guid(&path, client) {
+            Some(id) => {
+                clients.insert(id, roles.clone());
+            }
+            None => ok = false,
+        }
+        p.role_names(&path, roles);
+    }
+    for (role, roles) in &a.apps.app_roles {
+        if role.trim().is_empty() {
+            p.push("authorization.apps.app_roles", "app role names are non-empty");
+        }
+        p.role_names(&format!("authorization.apps.app_roles.{role}"), roles);
+    }
+    if a.allowed_groups.is_empty() && !a.allow_any_tenant_user {
+        p.push(
+            "authorization.allowed_groups",
+            "empty: nobody could sign in; list group ids, or set allow_any_tenant_user: true",
+        );
+    }
+    let mut allowed = BTreeSet::new();
+    for (i, g) in a.allowed_groups.iter().enumerate() {
+        match p.guid(&format!("authorization.allowed_groups[{i}]"), g) {
+            Some(g) => {
+                allowed.insert(g);
+            }
+            None => ok = false,
+        }
+    }
+    let mut group_roles = BTreeMap::new();
+    for (g, roles) in &a.group_roles {
+        let path = format!("authorization.group_roles.{g}");
+        match p.guid(&path, g) {
+            Some(id) => {
+                group_roles.insert(id, roles.clone());
+            }
+            None => ok = false,
+        }
+        p.role_names(&path, roles);
+    }
+    let mut configured: BTreeSet<String> = allowed.iter().cloned().collect();
+    configured.extend(group_roles.keys().cloned());
+    for r in &raw.proxy.routes {
+        configured.extend(r.allowed_groups.iter().flatten().map(|g| g.to_ascii_lowercase()));
+    }
+    ok.then(|| AuthorizationSettings {
+        allowed_groups: allowed,
+        group_roles,
+        allow_any_tenant_user: a.allow_any_tenant_user,
+        apps: AppsConfig { clients, app_roles: a.apps.app_roles.clone() },
+        configured_groups: configured,
+    })
+}
+
+fn issuer(i: &IssuerConfig, read: bool, p: &mut Problems) -> Option<IssuerSettings> {
+    if i.issuer.is_empty() {
+        p.push("issuer.issuer", "required: the `iss` of the gateway's tokens (a URL)");
+    } else if url::Url::parse(&i.issuer).is_err() {
+        p.push("issuer.issuer", "must be an absolute URL");
+    }
+    if i.audience.trim().is_empty() {
+        p.push("issuer.audience", "must not be empty");
+    }
+    if i.token_ttl < Duration::from_secs(30) || i.token_ttl > Duration::from_secs(24 * 3600) {
+        p.push("issuer.token_ttl", "must be between 30s and 24h");
+    }
+    if i.signing_keys.is_empty() {
+        p.push("issuer.signing_keys", "at least one key is required (the first signs)");
+    }
+    let mut seen = BTreeSet::new();
+    let mut keys = Vec::new();
+    for (n, k) in i.signing_keys.iter().enumerate() {
+        let path = format!("issuer.signing_keys[{n}]");
+        if k.kid.trim().is_empty() {
+            p.push(&format!("{path}.kid"), "must not be empty");
+        } else if !seen.insert(k.kid.clone()) {
+            p.push(&format!("{path}.kid"), "duplicate kid");
+        }
+        if read {
+            match SigningKey::load(&k.kid, k.algorithm, &k.private_key_file) {
+                Ok(key) => keys.push(key),
+                Err(e) => p.push(&format!("{path}.private_key_file"), e.to_string()),
+            }
+        }
+    }
+    (keys.len() == i.signing_keys.len() && !keys.is_empty()).then(|| IssuerSettings {
+        issuer: i.issuer.clone(),
+        audience: i.audience.clone(),
+        token_ttl: i.token_ttl,
+        keys: KeyRing::from_keys(keys),
+    })
+}
+
+fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings> {
+    let mut redis_url = |path: &str, url: &Secret| match url::Url::parse(url.expose()) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
+        _ => p.push(path, "must be a redis:// or rediss:// URL"),
+    };
+    if let Some(url) = &c.redis_url {
+        redis_url("cache.redis_url", url);
+    }
+    for (i, url) in c.cluster_urls.iter().enumerate() {
+        redis_url(&format!("cache.cluster_urls[{i}]"), url);
+    }
+    if c.redis_url.is_some() && !c.cluster_urls.is_empty() {
+        p.push("cache.cluster_urls", "set either redis_url or cluster_urls, not both");
+    }
+    if c.revocation_requires_redis && c.redis_url.is_none() && c.cluster_urls.is_empty() {
+        p.push("cache.revocation_requires_redis", "needs redis_url or cluster_urls");
+    }
+    if c.redis_timeout.is_zero() {
+        p.push("cache.redis_timeout", "must be greater than zero");
+    }
+    let ca_pem = match (&c.redis_ca_file, read) {
+        (Some(path), true) => p.file("cache.redis_ca_file", path),
+        _ => None,
+    };
+    let ca_missing = read && c.redis_ca_file.is_some() && ca_pem.is_none();
+    if c.jwks_ttl < Duration::from_secs(300) {
+        p.push("cache.jwks_ttl", "at least 5m (Entra rotates keys over days)");
+    }
+    if c.jwks_max_stale > Duration::from_secs(30 * 86_400) {
+        p.push("cache.jwks_max_stale", "at most 30d (older keys may have been revoked by Microsoft)");
+    }
+    let target = match (&c.redis_url, c.cluster_urls.is_empty()) {
+        (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+        (None, false) => Some(RedisTarget::Cluster(c.cluster_urls.clone())),
+        (None, true) => None,
+    };
+    if ca_missing {
+        return None;
+    }
+    Some(CacheSettings {
+        redis: target.map(|target| RedisSettings { target, ca_pem, timeout: c.redis_timeout }),
+        l1_ttl: c.l1_ttl,
+        revocation_requires_redis: c.revocation_requires_redis,
+        key_prefix: c.key_prefix.clone(),
+        group_ttl: c.group_ttl,
+        negative_ttl: c.negative_ttl,
+        jwks_ttl: c.jwks_ttl,
+        jwks_max_stale: c.jwks_max_stale,
+        profile_ttl: c.profile_ttl,
+    })
+}
+
+fn proxy(c: &ProxyConfig, p: &mut Problems) -> Option<ProxySettings> {
+    let identity = match IdentityHeaders::new(&c.identity_header_prefix) {
+        Ok(h) => Some(h),
+        Err(_) => {
+            p.push("proxy.identity_header_prefix", "must be a valid header-name prefix such as X-Auth-");
+            None
+        }
+    };
+    let mut seen = BTreeSet::new();
+    let mut routes = Vec::new();
+    for (n, r) in c.routes.iter().enumerate() {
+        if let Some(route) = route(&format!("proxy.routes[{n}]"), r, &mut seen, p) {
+            routes.push(route);
+        }
+    }
+    (routes.len() == c.routes.len()).then_some(())?;
+    Some(ProxySettings {
+        identity: identity?,
+        forward_token: c.forward_token,
+        routes,
+        original_uri: c.forward_auth.original_uri,
+        unmatched: c.forward_auth.unmatched(&c.routes),
+    })
+}
+
+fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Problems) -> Option<RouteSpec> {
+    let before = p.0.len();
+    let bad = |p: &mut Problems, key: &str, why: &str| p.push(&format!("{path}.{key}"), why);
+    if !r.path_prefix.starts_with('/') {
+        bad(p, "path_prefix", "must start with /");
+    } else if crate::path::CanonicalPath::parse(&r.path_prefix)
+        .map(|c| c.as_str() != r.path_prefix || c.has_empty_segments())
+        .unwrap_or(true)
+    {
+        bad(
+            p,
+            "path_prefix",
+            "must be a canonical path (no `//`, `.`/`..` segments, `;`, `\\` or escapes of unreserved \
+             characters; escapes in upper case)",
+        );
+    } else if !seen.insert(r.path_prefix.clone()) {
+        bad(p, "path_prefix", "duplicate path_prefix");
+    }
+    if r.path_prefix.starts_with("/auth/") || r.path_prefix.starts_with("/.well-known/") {
+        bad(p, "path_prefix", "/auth/ and /.well-known/ belong to the gateway");
+    }
+    if r.timeout.is_zero() {
+        bad(p, "timeout", "must be greater than zero");
+    }
+    let groups: Vec<String> = r
+        .allowed_groups
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, g)| p.guid(&format!("{path}.allowed_groups[{i}]"), g))
+        .collect();
+    if r.auth == RouteAuth::None && r.allowed_groups.is_some() {
+        bad(p, "allowed_groups", "needs auth: required");
+    }
+    if r.auth == RouteAuth::None && r.allow_apps {
+        bad(p, "allow_apps", "needs auth: required (auth: none lets everyone in)");
+    }
+    let upstream = upstream(&r.upstream);
+    if upstream.is_none() {
+        bad(p, "upstream", "must be an http:// or https:// URL");
+    }
+    let (scheme, authority, base_path) = upstream?;
+    (p.0.len() == before).then(|| RouteSpec {
+        label: r.name.clone().unwrap_or_else(|| r.path_prefix.clone()),
+        prefix: r.path_prefix.clone(),
+        auth: r.auth,
+        timeout: r.timeout,
+        groups: r.allowed_groups.as_ref().map(|_| groups),
+        strip_prefix: r.strip_prefix,
+        allow_empty_segments: r.allow_empty_segments,
+        allow_apps: r.allow_apps,
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+/// An upstream URL's scheme, authority and path (without a trailing `/`).
+fn upstream(raw: &str) -> Option<(Scheme, Authority, String)> {
+    let url = url::Url::parse(raw).ok()?;
+    let scheme = match url.scheme() {
+        "https" => Scheme::HTTPS,
+        "http" => Scheme::HTTP,
+        _ => return None,
+    };
+    let host = url.host_str()?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    Some((scheme, authority.parse().ok()?, url.path().trim_end_matches('/').to_string()))
+}
+
+impl TryFrom<&ProxyConfig> for ProxySettings {
+    type Error = ConfigError;
+
+    /// The `proxy` section alone (it names no files).
+    fn try_from(c: &ProxyConfig) -> Result<ProxySettings, ConfigError> {
+        let mut p = Problems::default();
+        match proxy(c, &mut p) {
+            Some(s) if p.0.is_empty() => Ok(s),
+            _ => Err(ConfigError { problems: p.0 }),
+        }
+    }
+}

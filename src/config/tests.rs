@@ -1,0 +1,142 @@
+//! Unit tests of the config: raw parsing, overrides, problems with key paths, the typed build.
+
+use super::*;
+
+const TENANT: &str = "11111111-1111-1111-1111-111111111111";
+const CLIENT: &str = "22222222-2222-2222-2222-222222222222";
+const GROUP: &str = "33333333-3333-3333-3333-333333333333";
+
+fn minimal() -> String {
+    format!(
+        "entra:\n  tenants: [\"{TENANT}\"]\n  client_id: \"{CLIENT}\"\n  graph_mode: claims\n\
+         authorization:\n  allowed_groups: [\"{GROUP}\"]\n\
+         issuer:\n  issuer: https://gw.example\n  signing_keys:\n    - {{ kid: k1, private_key_file: /nonexistent.pem }}\n"
+    )
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = check_yaml(&minimal(), &no_env(), FileChecks::Skip).unwrap();
+    assert_eq!(c.entra.audiences, vec![format!("api://{CLIENT}"), CLIENT.to_string()]);
+    assert_eq!(c.issuer.token_ttl, Duration::from_secs(900));
+    assert_eq!(c.cache.group_ttl, Duration::from_secs(300));
+    assert_eq!(c.server.listen, "0.0.0.0:8080");
+    assert_eq!(c.issuer.signing_keys[0].algorithm, SigningAlgorithm::ES256);
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_path() {
+    let yaml = "entra:\n  tenants: [nope]\n  client_id: \"\"\n  authority_host: http://evil.example\n\
+                authorization: {}\nissuer:\n  issuer: \"\"\n  signing_keys: []\nbogus: 1\n";
+    let err = check_yaml(yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    for expected in [
+        "bogus",
+        "entra.tenants[0]",
+        "entra.client_id",
+        "entra.authority_host",
+        "authorization.allowed_groups",
+        "issuer.issuer",
+        "issuer.signing_keys",
+        "entra.client_secret_file",
+    ] {
+        assert!(paths.contains(&expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn unknown_nested_keys_are_errors() {
+    let yaml = minimal() + "cache:\n  group_tll: 5m\n";
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    assert_eq!(err.problems[0].path, "cache.group_tll");
+}
+
+#[test]
+fn env_overrides_scalars_lists_and_list_items() {
+    let yaml = minimal() + "proxy:\n  routes:\n    - { path_prefix: /api/, upstream: \"http://127.0.0.1:1\" }\n";
+    let env = vec![
+        ("ENTRA_GATEWAY__CACHE__GROUP_TTL".to_string(), "2m".to_string()),
+        ("ENTRA_GATEWAY__ENTRA__ACCEPTED_TOKEN_VERSIONS".to_string(), "[2]".to_string()),
+        ("ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT".to_string(), "5s".to_string()),
+        ("ENTRA_GATEWAY__PROXY__FORWARD_TOKEN".to_string(), "false".to_string()),
+        ("ENTRA_GATEWAY__SERVER__RATE_LIMIT__EXCHANGE_PER_USER".to_string(), "null".to_string()),
+        ("ENTRA_GATEWAY__ISSUER__AUDIENCE".to_string(), "\"123\"".to_string()),
+        ("ENTRA_GATEWAY_CONFIG".to_string(), "/ignored".to_string()),
+    ];
+    let c = check_yaml(&yaml, &env, FileChecks::Skip).unwrap();
+    assert_eq!(c.cache.group_ttl, Duration::from_secs(120));
+    assert_eq!(c.entra.accepted_token_versions, vec![2]);
+    assert_eq!(c.proxy.routes[0].timeout, Duration::from_secs(5));
+    assert!(!c.proxy.forward_token);
+    assert_eq!(c.server.rate_limit.exchange_per_user, None);
+    assert_eq!(c.issuer.audience, "123", "a quoted value is a string, quotes removed");
+}
+
+#[test]
+fn client_secret_in_yaml_is_refused_but_accepted_from_env() {
+    let yaml = minimal().replace("graph_mode: claims", "graph_mode: app\n  client_secret: s3cr3t");
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    assert!(err.problems.iter().any(|p| p.path == "entra.client_secret"));
+    let yaml = minimal().replace("graph_mode: claims", "graph_mode: app");
+    let env = vec![("ENTRA_GATEWAY__ENTRA__CLIENT_SECRET".to_string(), "s3cr3t".to_string())];
+    let c = check_yaml(&yaml, &env, FileChecks::Skip).unwrap();
+    assert_eq!(c.entra.client_secret.as_ref().unwrap().expose(), "s3cr3t");
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+    assert!(!c.redacted_yaml().contains("s3cr3t"));
+}
+
+#[test]
+fn redis_password_is_redacted_when_printed() {
+    let env =
+        vec![("ENTRA_GATEWAY__CACHE__REDIS_URL".to_string(), "redis://user:hunter2@127.0.0.1:6379/0".to_string())];
+    let c = check_yaml(&minimal(), &env, FileChecks::Skip).unwrap();
+    let shown = c.redacted_yaml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("redis://user:redacted@127.0.0.1:6379/0"), "{shown}");
+}
+
+#[test]
+fn missing_key_file_is_reported_unless_syntax_only() {
+    assert!(check_yaml(&minimal(), &no_env(), FileChecks::Skip).is_ok());
+    let err = check_yaml(&minimal(), &no_env(), FileChecks::Read).unwrap_err();
+    assert_eq!(err.problems[0].path, "issuer.signing_keys[0].private_key_file");
+}
+
+#[test]
+fn each_client_credential_names_what_it_needs() {
+    let app = minimal().replace("graph_mode: claims", "graph_mode: app\n  client_credential: certificate");
+    let err = check_yaml(&app, &no_env(), FileChecks::Skip).unwrap_err();
+    let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["entra.client_certificate_file", "entra.client_certificate_key_file"]);
+    let wi = minimal().replace("graph_mode: claims", "graph_mode: obo\n  client_credential: workload_identity");
+    assert!(check_yaml(&wi, &no_env(), FileChecks::Skip).is_ok(), "no secret needed");
+}
+
+#[test]
+fn a_cloud_preset_sets_the_hosts_and_explicit_ones_win() {
+    let c = check_yaml(
+        &minimal().replace("graph_mode: claims", "graph_mode: claims\n  cloud: usgov"),
+        &no_env(),
+        FileChecks::Skip,
+    )
+    .unwrap();
+    assert_eq!(c.entra.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(c.entra.graph_url, "https://graph.microsoft.us/v1.0");
+    let yaml = minimal()
+        .replace("graph_mode: claims", "graph_mode: claims\n  cloud: china\n  graph_url: https://g.example/v1.0");
+    let c = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap();
+    assert_eq!(c.entra.authority_host, "https://login.chinacloudapi.cn");
+    assert_eq!(c.entra.graph_url, "https://g.example/v1.0");
+    let c = check_yaml(&minimal(), &no_env(), FileChecks::Skip).unwrap();
+    assert_eq!(c.entra.authority_host, "https://login.microsoftonline.com");
+}
+
+#[test]
+fn empty_allowed_groups_needs_explicit_allow_any() {
+    let yaml = minimal().replace(&format!("allowed_groups: [\"{GROUP}\"]"), "allow_any_tenant_user: true");
+    assert!(check_yaml(&yaml, &no_env(), FileChecks::Skip).is_ok());
+}
