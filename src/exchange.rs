@@ -49,22 +49,6 @@ impl From<GraphError> for ExchangeError {
     }
 }
 
-impl ExchangeError {
-    /// The `outcome` label of `entra_gateway_exchange_total`.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            ExchangeError::Token(EntraError::KeysUnavailable(_)) => "unavailable",
-            ExchangeError::Token(_) => "invalid_token",
-            ExchangeError::NotInAllowedGroup
-            | ExchangeError::GroupsNotInToken(_)
-            | ExchangeError::UserMissing
-            | ExchangeError::AppNotAllowed(_) => "denied",
-            ExchangeError::Graph(_) | ExchangeError::Directory(_) => "unavailable",
-            ExchangeError::Mint(_) => "error",
-        }
-    }
-}
-
 /// Who an exchange was for.
 #[derive(Debug, Clone)]
 pub enum Subject {

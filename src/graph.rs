@@ -267,8 +267,10 @@ impl GraphClient {
         let status = resp.status();
         if !status.is_success() {
             let body: TokenErrorBody = resp.json().await.unwrap_or_default();
-            tracing::error!(endpoint, tid, %status, error = %body.error, codes = ?body.error_codes, "Entra token endpoint refused the gateway's request");
-            return Err(GraphError::new(format!("token endpoint: HTTP {status} {}", body.error)));
+            return Err(GraphError::new(format!(
+                "token endpoint of tenant {tid} refused the gateway's request: HTTP {status} {} (AADSTS codes {:?})",
+                body.error, body.error_codes
+            )));
         }
         let body: TokenResponse =
             resp.json().await.map_err(|e| GraphError::new(format!("token endpoint answer: {e}")))?;
@@ -299,7 +301,7 @@ impl GraphClient {
                     user_missing: false,
                 });
             }
-            tracing::info!(
+            tracing::debug!(
                 endpoint,
                 status = resp.status().as_u16(),
                 wait_ms = wait.as_millis() as u64,

@@ -35,7 +35,7 @@ pub use crate::body::{Body, BoxError, full, json};
 /// Every way a request can be refused or fail, before or instead of an answer.
 #[derive(Debug)]
 pub enum Rejection {
-    /// 400: malformed body, missing token, unsupported grant or token type.
+    /// 400: malformed body, missing token, unsupported grant or token type, unsafe path.
     InvalidRequest(String),
     /// 413: body larger than the limit.
     PayloadTooLarge,
@@ -51,117 +51,178 @@ pub enum Rejection {
     MethodNotAllowed(&'static str),
     /// 429 with `Retry-After`.
     RateLimited(Duration),
-    /// 503 with `Retry-After`.
-    Unavailable { description: &'static str, retry_after: Duration },
-    /// 500: a bug or a broken key; details only in the log.
-    Internal,
-    /// 502: the upstream is unreachable or broke the connection.
-    BadGateway,
+    /// 503 with `Retry-After`; `cause` goes to the log only.
+    Unavailable { description: &'static str, retry_after: Duration, cause: String },
+    /// 500: a bug or a broken key; `cause` goes to the log only.
+    Internal { cause: String },
+    /// 502: the upstream is unreachable or broke the connection; `cause` goes to the log only.
+    BadGateway { cause: String },
     /// 504: the upstream did not answer within the route's timeout.
     GatewayTimeout,
 }
 
+/// How a failure is seen by the client, the log and the metrics: the one classification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    /// The JSON `error` code.
+    pub code: &'static str,
+    /// The JSON `error_description`: for the client, never an internal detail.
+    pub description: String,
+    /// The level of the request's one log line: info for the client's mistakes, warn for
+    /// outages, error for bugs.
+    pub level: tracing::Level,
+    /// The `outcome` label of `entra_gateway_exchange_total`.
+    pub outcome: &'static str,
+}
+
 impl Rejection {
-    pub fn into_response(self) -> Response<Body> {
-        let (status, code, description, retry_after) = match self {
-            Rejection::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d, None),
-            Rejection::PayloadTooLarge => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body is too large".into(), None)
+    /// The classification of this failure (exhaustive: a new variant must be classified).
+    pub fn class(&self) -> Class {
+        use tracing::Level;
+        let c = |status, code, description: String, level, outcome| Class { status, code, description, level, outcome };
+        match self {
+            Rejection::InvalidRequest(d) => {
+                c(StatusCode::BAD_REQUEST, "invalid_request", d.clone(), Level::INFO, "invalid_request")
             }
-            Rejection::RequestTimeout => {
-                (StatusCode::REQUEST_TIMEOUT, "invalid_request", "the request body did not arrive in time".into(), None)
+            Rejection::PayloadTooLarge => c(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "the request body is too large".into(),
+                Level::INFO,
+                "invalid_request",
+            ),
+            Rejection::RequestTimeout => c(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request",
+                "the request body did not arrive in time".into(),
+                Level::INFO,
+                "invalid_request",
+            ),
+            Rejection::InvalidToken(d) => {
+                c(StatusCode::UNAUTHORIZED, "invalid_token", d.clone(), Level::INFO, "invalid_token")
             }
-            Rejection::InvalidToken(d) => (StatusCode::UNAUTHORIZED, "invalid_token", d, None),
-            Rejection::AccessDenied(d) => (StatusCode::FORBIDDEN, "access_denied", d, None),
-            Rejection::NotFound(d) => (StatusCode::NOT_FOUND, "not_found", d.into(), None),
-            Rejection::MethodNotAllowed(allow) => {
-                let mut r = json(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    &serde_json::json!({"error": "invalid_request", "error_description": format!("use {allow}")}),
-                );
-                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-                return r;
+            Rejection::AccessDenied(d) => c(StatusCode::FORBIDDEN, "access_denied", d.clone(), Level::INFO, "denied"),
+            Rejection::NotFound(d) => {
+                c(StatusCode::NOT_FOUND, "not_found", (*d).to_string(), Level::INFO, "invalid_request")
             }
-            Rejection::RateLimited(after) => {
-                (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later".into(), Some(after))
-            }
-            Rejection::Unavailable { description, retry_after } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description.into(), Some(retry_after))
-            }
-            Rejection::Internal => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal error; see the gateway log".into(), None)
-            }
-            Rejection::BadGateway => {
-                (StatusCode::BAD_GATEWAY, "bad_gateway", "the upstream service is unavailable".into(), None)
-            }
-            Rejection::GatewayTimeout => (
+            Rejection::MethodNotAllowed(allow) => c(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                format!("use {allow}"),
+                Level::INFO,
+                "invalid_request",
+            ),
+            Rejection::RateLimited(_) => c(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry later".into(),
+                Level::INFO,
+                "rate_limited",
+            ),
+            Rejection::Unavailable { description, .. } => c(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                (*description).to_string(),
+                Level::WARN,
+                "unavailable",
+            ),
+            Rejection::Internal { .. } => c(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal error; see the gateway log".into(),
+                Level::ERROR,
+                "error",
+            ),
+            Rejection::BadGateway { .. } => c(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                "the upstream service is unavailable".into(),
+                Level::WARN,
+                "error",
+            ),
+            Rejection::GatewayTimeout => c(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway_timeout",
                 "the upstream service did not answer in time".into(),
-                None,
+                Level::WARN,
+                "error",
             ),
-        };
-        let mut resp = json(status, &serde_json::json!({"error": code, "error_description": description}));
-        let h = resp.headers_mut();
-        if status == StatusCode::UNAUTHORIZED {
-            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
-        if let Some(after) = retry_after {
-            // Whole seconds, rounded up: a client that waits this long is let in.
-            let secs = after.as_millis().div_ceil(1000).max(1) as u64;
-            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+
+    /// What the log line says about the failure: the internal cause, or the description.
+    pub fn reason(&self) -> String {
+        match self {
+            Rejection::Unavailable { cause, .. } | Rejection::Internal { cause } | Rejection::BadGateway { cause } => {
+                cause.clone()
+            }
+            other => other.class().description,
+        }
+    }
+
+    /// The response: the JSON error body, `WWW-Authenticate`, `Retry-After`, `Allow`.
+    pub fn into_response(self) -> Response<Body> {
+        let class = self.class();
+        let mut resp =
+            json(class.status, &serde_json::json!({"error": class.code, "error_description": class.description}));
+        let h = resp.headers_mut();
+        match self {
+            Rejection::InvalidToken(_) => {
+                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            Rejection::MethodNotAllowed(allow) => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Rejection::RateLimited(after) | Rejection::Unavailable { retry_after: after, .. } => {
+                // Whole seconds, rounded up: a client that waits this long is let in.
+                let secs = after.as_millis().div_ceil(1000).max(1) as u64;
+                h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         resp
     }
 }
 
+// Conversions only map; the one log line of a request is written where it ends (`public`).
+
 impl From<ExchangeError> for Rejection {
     fn from(e: ExchangeError) -> Rejection {
         match e {
-            ExchangeError::Token(EntraError::KeysUnavailable(why)) => {
-                tracing::warn!(reason = %why, "exchange failed: Entra signing keys unavailable");
-                Rejection::Unavailable {
-                    description: "Entra ID signing keys are unavailable; try again later",
-                    retry_after: Duration::from_secs(5),
-                }
-            }
-            ExchangeError::Token(t) => {
-                tracing::info!(reason = %t, "exchange refused: invalid token");
-                Rejection::InvalidToken(t.to_string())
-            }
+            ExchangeError::Token(EntraError::KeysUnavailable(why)) => Rejection::Unavailable {
+                description: "Entra ID signing keys are unavailable; try again later",
+                retry_after: Duration::from_secs(5),
+                cause: why,
+            },
+            ExchangeError::Token(t) => Rejection::InvalidToken(t.to_string()),
             e @ (ExchangeError::NotInAllowedGroup
             | ExchangeError::GroupsNotInToken(_)
             | ExchangeError::UserMissing
-            | ExchangeError::AppNotAllowed(_)) => {
-                tracing::info!(reason = %e, "exchange refused: access denied");
-                Rejection::AccessDenied(e.to_string())
-            }
+            | ExchangeError::AppNotAllowed(_)) => Rejection::AccessDenied(e.to_string()),
             ExchangeError::Graph(g) => g.into(),
             ExchangeError::Directory(d) => d.into(),
-            ExchangeError::Mint(m) => {
-                tracing::error!(reason = %m, "exchange failed: cannot sign the internal token");
-                Rejection::Internal
-            }
+            ExchangeError::Mint(m) => Rejection::Internal { cause: m.to_string() },
         }
     }
 }
 
 impl From<GraphError> for Rejection {
     fn from(g: GraphError) -> Rejection {
-        tracing::warn!(reason = %g, "Microsoft Graph unavailable");
         Rejection::Unavailable {
             description: "Microsoft Graph is unavailable; try again later",
             retry_after: g.retry_after.unwrap_or(Duration::from_secs(5)),
+            cause: format!("Microsoft Graph: {}", g.reason),
         }
     }
 }
 
 impl From<StoreError> for Rejection {
     fn from(e: StoreError) -> Rejection {
-        tracing::warn!(reason = %e, "user store unavailable");
         Rejection::Unavailable {
             description: "the user store is unavailable; try again later",
             retry_after: Duration::from_secs(5),
+            cause: e.to_string(),
         }
     }
 }
@@ -170,29 +231,22 @@ impl From<AccessError> for Rejection {
     fn from(e: AccessError) -> Rejection {
         match e {
             AccessError::MissingToken | AccessError::InvalidToken(_) | AccessError::Revoked => {
-                tracing::debug!(reason = %e, "request refused: no valid gateway token");
                 Rejection::InvalidToken(e.to_string())
             }
-            AccessError::RouteForbidden | AccessError::AppsNotAllowed => {
-                tracing::debug!(reason = %e, "request refused by route policy");
-                Rejection::AccessDenied(e.to_string())
-            }
-            AccessError::Unavailable(s) => {
-                tracing::warn!(reason = %s, "revocation store unavailable");
-                Rejection::Unavailable {
-                    description: "the session store is unavailable; try again later",
-                    retry_after: Duration::from_secs(5),
-                }
-            }
+            AccessError::RouteForbidden | AccessError::AppsNotAllowed => Rejection::AccessDenied(e.to_string()),
+            AccessError::Unavailable(s) => Rejection::Unavailable {
+                description: "the session store is unavailable; try again later",
+                retry_after: Duration::from_secs(5),
+                cause: format!("revocation store: {s}"),
+            },
         }
     }
 }
 
 impl From<ProxyError> for Rejection {
     fn from(e: ProxyError) -> Rejection {
-        tracing::info!(reason = %e, "upstream failure");
         match e {
-            ProxyError::BadGateway => Rejection::BadGateway,
+            ProxyError::BadGateway(cause) => Rejection::BadGateway { cause },
             ProxyError::Timeout => Rejection::GatewayTimeout,
         }
     }
@@ -224,16 +278,21 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
 }
 
-/// Entry point of the public listener: request id, routing, and one access log line.
+/// Entry point of the public listener: request id, routing, and the request's one log line
+/// (at the level of its classification, with the failure's reason).
 pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = std::time::Instant::now();
     let id = request_id(req.headers());
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let method = req.method().clone();
     let mut info = AccessInfo::default();
-    let mut resp = match route_public(&state, req, peer, &mut info).await {
-        Ok(resp) => resp,
-        Err(rejection) => rejection.into_response(),
+    let (mut resp, failure) = match route_public(&state, req, peer, &mut info).await {
+        Ok(resp) => (resp, None),
+        Err(rejection) => {
+            let class = rejection.class();
+            let failure = (class.level, class.code, rejection.reason());
+            (rejection.into_response(), Some(failure))
+        }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let status = resp.status().as_u16();
@@ -242,17 +301,29 @@ pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: Sock
         .http_requests_total
         .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
         .inc();
-    tracing::info!(
-        target: "access",
-        method = %method,
-        route = %info.endpoint,
-        status,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        upstream = info.upstream.as_deref().unwrap_or("-"),
-        user_id = info.user_id.as_deref().unwrap_or("-"),
-        request_id = id.to_str().unwrap_or("-"),
-        "request"
-    );
+    let (level, error, reason) = failure.unwrap_or((tracing::Level::INFO, "-", String::new()));
+    macro_rules! access_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "access",
+                method = %method,
+                route = %info.endpoint,
+                status,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                upstream = info.upstream.as_deref().unwrap_or("-"),
+                user_id = info.user_id.as_deref().unwrap_or("-"),
+                request_id = id.to_str().unwrap_or("-"),
+                error,
+                reason = %reason,
+                "request"
+            )
+        };
+    }
+    match level {
+        tracing::Level::ERROR => access_line!(error),
+        tracing::Level::WARN => access_line!(warn),
+        _ => access_line!(info),
+    }
     resp
 }
 
@@ -358,10 +429,36 @@ mod tests {
 
     #[tokio::test]
     async fn unavailable_is_503_with_retry_after() {
-        let r = Rejection::Unavailable { description: "x", retry_after: Duration::from_secs(7) }.into_response();
+        let r = Rejection::Unavailable {
+            description: "x",
+            retry_after: Duration::from_secs(7),
+            cause: "redis get: timed out".into(),
+        };
+        assert_eq!(r.reason(), "redis get: timed out", "the cause is for the log");
+        let r = r.into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[header::RETRY_AFTER], "7");
-        assert_eq!(body_json(r).await["error"], "temporarily_unavailable");
+        let body = body_json(r).await;
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(!body.to_string().contains("redis"), "no internal detail in the body: {body}");
+    }
+
+    #[test]
+    fn every_failure_has_one_class_for_the_response_the_log_and_the_metrics() {
+        use tracing::Level;
+        let cases = [
+            (Rejection::InvalidRequest("x".into()), 400, Level::INFO, "invalid_request"),
+            (Rejection::InvalidToken("x".into()), 401, Level::INFO, "invalid_token"),
+            (Rejection::AccessDenied("x".into()), 403, Level::INFO, "denied"),
+            (Rejection::RateLimited(Duration::from_secs(1)), 429, Level::INFO, "rate_limited"),
+            (Rejection::Internal { cause: "key".into() }, 500, Level::ERROR, "error"),
+            (Rejection::BadGateway { cause: "refused".into() }, 502, Level::WARN, "error"),
+            (Rejection::GatewayTimeout, 504, Level::WARN, "error"),
+        ];
+        for (r, status, level, outcome) in cases {
+            let c = r.class();
+            assert_eq!((c.status.as_u16(), c.level, c.outcome), (status, level, outcome), "{r:?}");
+        }
     }
 
     #[test]

@@ -37,10 +37,11 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
 
 /// Why forwarding failed: both are the upstream's fault, never the client's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    #[error("the upstream is unreachable or broke the connection")]
-    BadGateway,
+    /// The upstream is unreachable or broke the connection; why (connect refused, DNS, TLS...).
+    #[error("the upstream is unreachable or broke the connection: {0}")]
+    BadGateway(String),
     #[error("the upstream did not answer in time")]
     Timeout,
 }
@@ -115,7 +116,9 @@ impl Proxy {
             // HTTP/2 carries the host in `:authority`.
             parts.headers.insert(header::HOST, authority);
         }
-        parts.uri = route.upstream_uri(path, parts.uri.query()).map_err(|_| ProxyError::BadGateway)?;
+        parts.uri = route
+            .upstream_uri(path, parts.uri.query())
+            .map_err(|e| ProxyError::BadGateway(format!("upstream URI: {e}")))?;
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         ids.strip(h);
@@ -133,10 +136,7 @@ impl Proxy {
         let sent = self.client.request(Request::from_parts(parts, body));
         let mut resp = match tokio::time::timeout(route.timeout, sent).await {
             Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) => {
-                tracing::debug!(route = %route.label, error = %e, "upstream request failed");
-                return Err(ProxyError::BadGateway);
-            }
+            Ok(Err(e)) => return Err(ProxyError::BadGateway(crate::outbound::error_chain(&e))),
             Ok(Ok(resp)) => resp,
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

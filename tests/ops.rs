@@ -14,7 +14,7 @@ use support::*;
 
 fn routes(up: &Upstream) -> String {
     format!(
-        "\nproxy:\n  routes:\n    - {{ path_prefix: \"/api/\", upstream: \"{u}\", auth: required }}\n    - {{ path_prefix: \"/slow/\", upstream: \"{u}\", auth: required, timeout: 60s }}\n",
+        "\nproxy:\n  routes:\n    - {{ path_prefix: \"/api/\", upstream: \"{u}\", auth: required }}\n    - {{ path_prefix: \"/slow/\", upstream: \"{u}\", auth: required, timeout: 60s }}\n    - {{ path_prefix: \"/down/\", upstream: \"http://127.0.0.1:9\", auth: none }}\n",
         u = up.url()
     )
 }
@@ -128,6 +128,8 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().headers["x-request-id"], "req-proxied", "the request id reaches the upstream");
+    let r = client().get(gw.url("/down/x")).header("X-Request-Id", "req-down").send().await.unwrap();
+    assert_eq!(r.status(), 502);
     gw.signal("TERM");
     let (lines, status) = gw.collect_until_exit();
     assert!(status.success());
@@ -151,7 +153,7 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "access" || v["message"] == "request")
         .collect();
-    assert_eq!(access.len(), 4, "one access line per public request:\n{text}");
+    assert_eq!(access.len(), 5, "one access line per public request:\n{text}");
     let first = &access[0];
     assert_eq!(first["request_id"], "req-12345");
     assert_eq!(first["route"], "exchange");
@@ -160,6 +162,18 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     assert_ne!(first["user_id"], "-");
     assert_eq!(access[1]["request_id"], generated.as_str());
     assert_eq!(access[1]["status"], 401);
+    assert_eq!(access[1]["level"], "INFO", "a client's mistake is not a warning");
+    assert_eq!(access[1]["error"], "invalid_token");
+    assert!(access[1]["reason"].as_str().unwrap().contains("signature"), "{}", access[1]);
+    // One line per failed request: nothing else carries its request id... and no other line
+    // than the access line describes the failure.
+    for id in [generated.as_str(), "req-down"] {
+        let with_id = lines.iter().filter(|l| l.contains(id)).count();
+        assert_eq!(with_id, 1, "one line for request {id}:\n{text}");
+    }
+    let down = &access[4];
+    assert_eq!((down["status"].as_u64(), down["level"].as_str()), (Some(502), Some("WARN")));
+    assert!(down["reason"].as_str().unwrap().contains("connect"), "the cause of a 502: {down}");
     let proxied = &access[3];
     assert_eq!(proxied["route"], "/api/");
     assert_eq!(proxied["upstream"], up.addr.to_string());

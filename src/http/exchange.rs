@@ -17,7 +17,7 @@ use super::{AccessInfo, Body, Rejection, bearer, json};
 use crate::app::AppState;
 use crate::directory::UserRecord;
 use crate::entra::Validated;
-use crate::exchange::{ExchangeError, Exchanged, Subject};
+use crate::exchange::{Exchanged, Subject};
 
 const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -36,61 +36,46 @@ pub async fn handle(
     peer: SocketAddr,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
+    let started = Instant::now();
+    let result = exchange(state, req, peer, info).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(rejection) => rejection.class().outcome,
+    };
+    state.metrics.exchange_total.with_label_values(&[outcome]).inc();
+    state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn exchange(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, Rejection> {
     if req.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
     let client = state.limits.client_ip(peer.ip(), req.headers());
-    if let Err(wait) = state.limits.check_ip(client) {
-        return Err(rate_limited(state, "ip", wait));
-    }
-    let started = Instant::now();
+    state.limits.check_ip(client).map_err(|wait| rate_limited(state, "ip", wait))?;
     let server = &state.server;
     let token = read_token(req, server.max_exchange_body_bytes, server.exchange_body_timeout).await?;
-    let result = run(state, &token).await;
-    state.metrics.exchange_duration.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
-    let exchanged = match result {
-        Ok(e) => e,
-        Err(Failure::RateLimited(wait)) => return Err(rate_limited(state, "user", wait)),
-        Err(Failure::Exchange(e)) => {
-            state.metrics.exchange_total.with_label_values(&[e.outcome()]).inc();
-            return Err(e.into());
-        }
-    };
-    state.metrics.exchange_total.with_label_values(&["success"]).inc();
-    let claims = &exchanged.minted.claims;
-    info.user_id = Some(claims.sub.clone());
-    match &exchanged.subject {
-        Subject::User(_) => tracing::info!(user_id = %claims.sub, tid = %claims.tid, "exchange succeeded"),
-        Subject::App(app) => {
-            tracing::info!(app_id = %claims.sub, client_id = %app.client_id, tid = %claims.tid, "app exchange succeeded")
-        }
-    }
-    Ok(json(StatusCode::OK, &response_body(&exchanged)))
-}
-
-enum Failure {
-    Exchange(ExchangeError),
-    RateLimited(Duration),
-}
-
-/// Validate, then (within the caller's budget) the rest of the exchange.
-async fn run(state: &AppState, token: &str) -> Result<Exchanged, Failure> {
-    match state.exchange.validate(token).await.map_err(Failure::Exchange)? {
+    let exchanged = match state.exchange.validate(&token).await? {
         Validated::User(id) => {
-            state.limits.check_user(&id.tid, &id.oid).map_err(Failure::RateLimited)?;
-            state.exchange.complete(&id, token).await.map_err(Failure::Exchange)
+            state.limits.check_user(&id.tid, &id.oid).map_err(|wait| rate_limited(state, "user", wait))?;
+            state.exchange.complete(&id, &token).await?
         }
         Validated::App(app) => {
-            state.limits.check_user(&app.tid, &app.oid).map_err(Failure::RateLimited)?;
-            state.exchange.complete_app(&app).map_err(Failure::Exchange)
+            state.limits.check_user(&app.tid, &app.oid).map_err(|wait| rate_limited(state, "user", wait))?;
+            state.exchange.complete_app(&app)?
         }
-    }
+    };
+    info.user_id = Some(exchanged.minted.claims.sub.clone());
+    Ok(json(StatusCode::OK, &response_body(&exchanged)))
 }
 
 fn rate_limited(state: &AppState, limit: &'static str, wait: Duration) -> Rejection {
     state.metrics.rate_limited_total.with_label_values(&[limit]).inc();
-    state.metrics.exchange_total.with_label_values(&["rate_limited"]).inc();
-    tracing::info!(limit, wait_ms = wait.as_millis() as u64, "exchange rate-limited");
     Rejection::RateLimited(wait)
 }
 
@@ -137,7 +122,6 @@ async fn read_token(req: Request<Incoming>, limit: usize, deadline: Duration) ->
     }
     let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
     let Ok(read) = read else {
-        tracing::info!(deadline_ms = deadline.as_millis() as u64, "exchange refused: the body arrived too slowly");
         return Err(Rejection::RequestTimeout);
     };
     let body = match read {

@@ -35,13 +35,7 @@ pub async fn handle(
     let result = forward(state, &route, req, &path, peer, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
-        Err(Rejection::InvalidToken(_)) => 401,
-        Err(Rejection::AccessDenied(_)) => 403,
-        Err(Rejection::InvalidRequest(_)) => 400,
-        Err(Rejection::RequestTimeout) => 408,
-        Err(Rejection::BadGateway) => 502,
-        Err(Rejection::GatewayTimeout) => 504,
-        Err(_) => 503,
+        Err(rejection) => rejection.class().status.as_u16(),
     };
     let m = &state.metrics;
     m.proxy_requests_total.with_label_values(&[route.label.as_str(), status_label(Some(status))]).inc();
