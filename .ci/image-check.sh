@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # What the container image would contain, checked without a Docker engine: the release binary
-# (built exactly as deploy/Dockerfile builds it) must run on gcr.io/distroless/cc-debian12 as
-# user 65532, and the Dockerfile must keep its production properties.
-# Usage: bash .ci/image-check.sh target/release/entra-gateway
+# (built exactly as deploy/Dockerfile builds it: --no-default-features) must run on
+# gcr.io/distroless/cc-debian12 as user 65532, hold no mock and no private key, and the
+# Dockerfile must keep its production properties.
+# Usage: bash .ci/image-check.sh [BINARY]   (default: $CARGO_TARGET_DIR/release/entra-gateway,
+#        CARGO_TARGET_DIR defaulting to target; relative and absolute paths both work)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/release/entra-gateway}
+bin=${1:-${CARGO_TARGET_DIR:-target}/release/entra-gateway}
+case "$bin" in /*) ;; *) bin="$PWD/$bin" ;; esac
 fail() { echo "image-check: $*" >&2; exit 1; }
 checks=0
 ok() { checks=$((checks + 1)); echo "  ok: $*"; }
@@ -29,7 +32,7 @@ ok "needs glibc <= 2.36 (newest symbol: $newest)"
 ok "no OpenSSL"
 
 # 4. Runs as the distroless nonroot user from an unwritable directory.
-out=$(cd / && setpriv --reuid=65532 --regid=65532 --clear-groups "$OLDPWD/$bin" --version)
+out=$(cd / && setpriv --reuid=65532 --regid=65532 --clear-groups "$bin" --version)
 ok "runs as uid 65532: $out"
 
 # 5. Size: stripped, as the image stores it.
@@ -37,12 +40,19 @@ tmp=$(mktemp); cp "$bin" "$tmp"; strip "$tmp"; size=$(stat -c %s "$tmp"); rm -f 
 [ "$size" -lt $((40 * 1024 * 1024)) ] || fail "stripped binary is $size bytes (over 40 MiB)"
 ok "stripped binary: $((size / 1024 / 1024)) MiB (+ ~20 MB distroless/cc base)"
 
-# 6. The Dockerfile keeps its properties.
+# 6. No test code in the product: no private key, no mock routes or secrets, no demo command.
+for needle in "PRIVATE KEY-----" "/mock/token" "mock-client-secret" "mock-key-1"; do
+  ! grep -aqF -- "$needle" "$bin" || fail "the binary contains '$needle' (built with the demo feature?)"
+done
+if "$bin" demo --help >/dev/null 2>&1; then fail "the binary has the demo command"; fi
+ok "no private key, no mock routes, no demo command (built with --no-default-features)"
+
+# 7. The Dockerfile keeps its properties.
 df=deploy/Dockerfile
 grep -q '^FROM gcr.io/distroless/cc-debian12:nonroot' "$df" || fail "final stage is not distroless/cc nonroot"
 grep -q '^USER 65532:65532' "$df" || fail "no non-root USER"
 ! grep -q '^HEALTHCHECK' "$df" || fail "HEALTHCHECK (Kubernetes probes do that)"
-grep -q 'cargo build --release --locked' "$df" || fail "the image builds something else than CI checks"
+grep -q 'cargo build --release --locked --no-default-features' "$df" || fail "the image builds something else than CI checks"
 grep -q '^EXPOSE 8080 9090' "$df" || fail "ports differ from the chart (8080, 9090)"
 ok "Dockerfile: distroless nonroot, USER 65532, no HEALTHCHECK, same build command, ports 8080/9090"
 

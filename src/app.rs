@@ -80,26 +80,26 @@ impl Photos {
 /// Everything the request handlers share.
 pub struct AppState {
     /// Listener, limit and timeout settings; they change only with a restart.
-    pub server: ServerSettings,
+    pub(crate) server: ServerSettings,
     /// The reloadable policy and routes.
-    pub live: Live,
+    pub(crate) live: Live,
     /// The token exchange: Entra validation, groups, profile, user record, minting.
-    pub exchange: ExchangeService,
+    pub(crate) exchange: ExchangeService,
     /// The internal token issuer (`/.well-known/*`).
-    pub issuer: Arc<Issuer>,
+    pub(crate) issuer: Arc<Issuer>,
     /// User records (`/auth/me`).
-    pub directory: Directory,
+    pub(crate) directory: Directory,
     /// Photos (`/auth/me/photo`).
-    pub photos: Photos,
+    pub(crate) photos: Photos,
     /// The internal-token check of the hot path (verified-token cache, revocations).
-    pub access: Access,
+    pub(crate) access: Access,
     /// The reverse proxy and its pooled upstream client.
-    pub proxy: Proxy,
+    pub(crate) proxy: Proxy,
     /// Shared state, when Redis is configured (readiness pings it).
-    pub redis: Option<Arc<RedisStore>>,
+    pub(crate) redis: Option<Arc<RedisStore>>,
     /// Exchange rate limits per client IP and per user.
-    pub limits: ExchangeLimits,
-    pub metrics: Metrics,
+    pub(crate) limits: ExchangeLimits,
+    pub(crate) metrics: Metrics,
     /// A Redis outage makes the gateway not ready (`cache.revocation_requires_redis`).
     revocation_requires_redis: bool,
     shutting_down: AtomicBool,

@@ -36,6 +36,7 @@ pub enum Command {
     },
     /// Start mock Entra ID + Graph, an echo upstream and the gateway on loopback, and print
     /// curl lines for the whole flow.
+    #[cfg(feature = "demo")]
     Demo {
         /// Public port of the demo gateway (0 = any free port).
         #[arg(long, default_value_t = 8080)]
@@ -100,6 +101,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Serve { config } => with_runtime(serve(config)),
+        #[cfg(feature = "demo")]
         Command::Demo { port, admin_port } => {
             init_logging("info", LogFormat::Pretty);
             with_runtime(async move { crate::demo::run(port, admin_port, shutdown_signal()).await })

@@ -1,9 +1,9 @@
 //! Configuration: YAML file + `ENTRA_GATEWAY__SECTION__KEY` environment overrides → a typed
 //! [`Config`] whose values are already parsed, checked and loaded.
 //!
-//! Owns: loading in three steps, each in its own file: [`raw`] (the serde form with its
-//! defaults: what the file says), [`env`] (the overlay), and [`build`] (raw → typed, collecting
-//! every problem with its key path instead of stopping at the first); [`secret`] holds the
+//! Owns: loading in three steps, each in its own file: `raw` (the serde form with its
+//! defaults: what the file says), `env` (the overlay), and `build` (raw → typed, collecting
+//! every problem with its key path instead of stopping at the first); `secret` holds the
 //! values that are never printed. The typed config holds parsed addresses, URLs, durations,
 //! header names, lowercased group ids and the loaded key material, so no later code parses
 //! again or falls back. Must not: open sockets, or log or print a secret.

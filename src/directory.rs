@@ -91,7 +91,7 @@ impl UserRecord {
         changed
     }
 
-    #[cfg(any(test, feature = "test-util"))]
+    #[cfg(test)]
     pub fn for_test(tid: &str, oid: &str) -> UserRecord {
         UserRecord::new(tid, oid, &Profile::default(), "2026-01-01T00:00:00Z")
     }

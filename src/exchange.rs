@@ -120,14 +120,6 @@ impl ExchangeService {
         &self.entra
     }
 
-    /// Runs the whole exchange for an Entra access token.
-    pub async fn exchange(&self, token: &str) -> Result<Exchanged, ExchangeError> {
-        match self.validate(token).await? {
-            Validated::User(id) => self.complete(&id, token).await,
-            Validated::App(app) => self.complete_app(&app),
-        }
-    }
-
     /// Step 1: validate the Entra token (no Graph call yet): a user's, or an app's.
     pub async fn validate(&self, token: &str) -> Result<Validated, ExchangeError> {
         Ok(self.entra.validate(token).await?)

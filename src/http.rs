@@ -30,7 +30,7 @@ use crate::graph::GraphError;
 use crate::path::CanonicalPath;
 use crate::proxy::ProxyError;
 
-pub use crate::body::{Body, BoxError, full, json};
+pub use crate::body::{Body, full, json};
 
 /// Every way a request can be refused or fail, before or instead of an answer.
 #[derive(Debug)]

@@ -4,55 +4,53 @@
 //! gateway validates it, checks group membership, syncs the user and returns its own short-lived
 //! JWT. Every other request is reverse-proxied with that JWT verified and identity headers set.
 //!
-//! # Layout
-//! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> validated [`config::Config`]; secrets redacted.
-//! - [`entra`]: Entra access-token validation; [`entra::jwks`] fetches and caches tenant keys.
-//! - [`graph`]: Microsoft Graph client (app-only and OBO tokens, group lookups, profile, photo).
-//! - [`policy`]: pure group -> allow/deny and roles decision.
-//! - [`directory`]: user records and the stable internal user id.
-//! - [`issuer`]: the internal JWT (mint, verify, JWKS, discovery); [`issuer::keys`] the key ring.
-//! - [`cache`]: in-process TTL caches with single-flight loading.
-//! - [`exchange`]: the token-exchange steps, from Entra token to internal token.
-//! - [`access`]: the internal-token check on the hot path (verified-token cache, revocation,
-//!   route groups); [`revocation`] the logout store.
-//! - [`proxy`]: the reverse proxy; [`proxy::routes`] the route table, [`proxy::headers`] the
-//!   strip-then-set header rules shared with forward-auth.
-//! - [`http`]: routing and the one place errors become responses; one file per endpoint.
-//! - [`metrics`]: Prometheus families with bounded labels.
-//! - [`server`]: wiring, listeners, background tasks, graceful shutdown; [`tls`] the listener
-//!   certificate and outbound roots; [`reload`] live config and certificate reload;
-//!   [`ratelimit`] the exchange's token buckets.
-//! - [`cli`]: `serve`, `check-config`, `demo`, `keys generate`.
-//! - [`mock`]: loopback mock of Entra ID + Graph for tests and the demo; [`demo`] the demo stack.
+//! # Layout (dependencies point down; ARCHITECTURE.md has the flows)
+//! - Leaves: [`clock`] (Unix time), `body` (the response body type), [`path`] (the canonical
+//!   request path), [`keys`] (signing keys), `identity` (identity header names, spoof
+//!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
+//!   [`tls`] (certificates), `metrics` (Prometheus families).
+//! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
+//!   with every value parsed and every file loaded; secrets redacted.
+//! - Domain: `cache` (in-process and Redis), `directory` (user records), `revocation`
+//!   (logout), `issuer` (the internal JWT), `entra` (Entra token rules and JWKS), `graph`
+//!   (Microsoft Graph), `policy` (groups -> allow/roles, app callers), `exchange` (the exchange
+//!   steps), `access` (the hot-path token check), `ratelimit`, [`proxy`] (routes, forwarding).
+//! - `app`: the state handlers share, built from the config; `http`: routing and the one
+//!   classification of failures; `reload`: live config and certificate reload.
+//! - [`server`]: listeners, background tasks, connections, graceful shutdown.
+//! - [`cli`]: `serve`, `check-config`, `demo`, `keys generate`; `demo` and `mock` (the
+//!   loopback Entra ID + Graph) exist with the default `demo` feature.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
-pub mod access;
-pub mod app;
-pub mod body;
-pub mod cache;
+pub(crate) mod access;
+pub(crate) mod app;
+pub(crate) mod body;
+pub(crate) mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod directory;
-pub mod entra;
-pub mod exchange;
-pub mod forwarded;
-pub mod graph;
-pub mod http;
-pub mod identity;
-pub mod issuer;
+pub(crate) mod directory;
+pub(crate) mod entra;
+pub(crate) mod exchange;
+pub(crate) mod forwarded;
+pub(crate) mod graph;
+pub(crate) mod http;
+pub(crate) mod identity;
+pub(crate) mod issuer;
 pub mod keys;
-pub mod metrics;
+pub(crate) mod metrics;
+#[cfg(feature = "demo")]
 pub mod mock;
-pub mod outbound;
+pub(crate) mod outbound;
 pub mod path;
-pub mod policy;
+pub(crate) mod policy;
 pub mod proxy;
-pub mod ratelimit;
-pub mod reload;
-pub mod revocation;
+pub(crate) mod ratelimit;
+pub(crate) mod reload;
+pub(crate) mod revocation;
 pub mod server;
 pub mod tls;

@@ -23,17 +23,19 @@ pub trait RevocationStore: Send + Sync {
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 }
 
+/// Entries carry their deadline (`tokio::time`, so tests can advance it); moka's own expiry,
+/// a little later, only frees the memory.
 struct UntilExpiry;
 
-impl Expiry<String, Duration> for UntilExpiry {
-    fn expire_after_create(&self, _key: &String, ttl: &Duration, _now: Instant) -> Option<Duration> {
-        Some(*ttl)
+impl Expiry<String, tokio::time::Instant> for UntilExpiry {
+    fn expire_after_create(&self, _key: &String, until: &tokio::time::Instant, _now: Instant) -> Option<Duration> {
+        Some(until.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_secs(1))
     }
 }
 
 /// In-process revocations, bounded and self-expiring.
 pub struct MemoryRevocations {
-    revoked: moka::sync::Cache<String, Duration>,
+    revoked: moka::sync::Cache<String, tokio::time::Instant>,
 }
 
 impl Default for MemoryRevocations {
@@ -48,13 +50,13 @@ impl Default for MemoryRevocations {
 impl RevocationStore for MemoryRevocations {
     async fn revoke(&self, jti: &str, ttl: Duration) -> Result<(), StoreError> {
         if !ttl.is_zero() {
-            self.revoked.insert(jti.to_string(), ttl);
+            self.revoked.insert(jti.to_string(), tokio::time::Instant::now() + ttl);
         }
         Ok(())
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(self.revoked.contains_key(jti))
+        Ok(self.revoked.get(jti).is_some_and(|until| tokio::time::Instant::now() < until))
     }
 }
 
@@ -105,11 +107,15 @@ impl RevocationStore for RedisRevocations {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_revoked_jti_is_remembered_and_others_are_not() {
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_jti_is_remembered_until_its_deadline_and_others_are_not() {
         let r = MemoryRevocations::default();
         r.revoke("a", Duration::from_secs(60)).await.unwrap();
         assert!(r.is_revoked("a").await.unwrap());
         assert!(!r.is_revoked("b").await.unwrap());
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(r.is_revoked("a").await.unwrap(), "one second before the deadline");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(!r.is_revoked("a").await.unwrap(), "at the deadline the token has expired anyway");
     }
 }

@@ -1,15 +1,12 @@
 //! Shared helpers of the end-to-end tests: a mock Entra ID + Graph with known users, and a real
 //! gateway on loopback sockets configured through the same YAML + override path as production.
 
-#![allow(dead_code)]
-
 pub mod process;
 pub mod redis;
 pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use entra_gateway::config::{Config, SigningAlgorithm};
 use entra_gateway::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
@@ -101,7 +98,6 @@ logging: {{ level: warn }}
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub state: Arc<AppState>,
     pub dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -223,13 +219,9 @@ pub async fn start_with(config: Config, dir: tempfile::TempDir) -> Gateway {
     let stop_signal = async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let task = tokio::spawn(entra_gateway::server::run_with_state(
-        state.clone(),
-        Listeners { public, admin },
-        stop_signal,
-        None,
-    ));
-    Gateway { addr, admin: admin_addr, state, dir, stop, task: Some(task) }
+    let task =
+        tokio::spawn(entra_gateway::server::run_with_state(state, Listeners { public, admin }, stop_signal, None));
+    Gateway { addr, admin: admin_addr, dir, stop, task: Some(task) }
 }
 
 /// An HTTP client that never reuses a connection across tests.

@@ -2,13 +2,11 @@
 //! file as `client_assertion`) and a certificate (a signed `client_assertion`), against the
 //! mock token endpoint, which verifies both.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use entra_gateway::config::SigningAlgorithm;
 use jsonwebtoken::jwk::Jwk;
 use sha2::Digest;
-use support::*;
 
 fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
     let tmp = dir.join(format!("{name}.tmp"));

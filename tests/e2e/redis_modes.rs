@@ -1,15 +1,13 @@
 //! The ways of reaching Redis, each against a real `redis-server`: an ACL user with a password
 //! and a database number, TLS (`rediss://`) with a private CA, and Redis Cluster.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::redis::{RedisServer, free_port};
+use crate::support::tls::TestCa;
+use crate::support::*;
 use entra_gateway::config::SigningAlgorithm;
 use entra_gateway::mock::MockEntra;
-use support::redis::{RedisServer, free_port};
-use support::tls::TestCa;
-use support::*;
 
 /// Two replicas with `settings`: a user signed in on A is known on B without a second Graph
 /// call, and a logout on A is refused on B.

@@ -2,13 +2,11 @@
 //! `auth_request` against the gateway's `/auth/verify`, in front of a real upstream.
 //! `bash .ci/test.sh` installs nginx; this test fails (never skips) without it.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::upstream;
-use support::*;
+use crate::support::upstream;
+use crate::support::*;
 
 struct Nginx {
     child: Child,

@@ -1,12 +1,10 @@
 //! Slow and greedy clients: every connection-level limit fires, is counted, and frees what the
 //! client held. Real sockets against a real gateway; deadlines are short settings, never sleeps.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Reads until the server closes the connection; panics if it stays open for 20 s.
@@ -41,7 +39,7 @@ async fn a_connection_that_sends_nothing_or_half_an_http2_preface_is_closed_and_
 #[tokio::test]
 async fn a_tls_client_that_goes_quiet_after_the_handshake_is_closed() {
     let mock = mock().await;
-    let ca = support::tls::TestCa::new();
+    let ca = crate::support::tls::TestCa::new();
     let (cert, key) = ca.issue(&["localhost"]);
     let b = GatewayBuilder::new(&mock).set("SERVER__HEADER_READ_TIMEOUT", "1s");
     let d = b.dir_path().to_path_buf();

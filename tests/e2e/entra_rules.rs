@@ -1,12 +1,10 @@
 //! Microsoft's own rules, against the mock Entra ID + Graph: token types, app callers,
 //! signing-key issuers, guest tenants, `Retry-After` forms, and sign-ins during a key rotation.
 
-mod support;
-
+use crate::support::upstream::{self, Upstream};
+use crate::support::*;
 use entra_gateway::mock::{MOCK_PARTNER_TENANT, MockEntra, MockUser, TokenSpec};
 use serde_json::{Value, json};
-use support::upstream::{self, Upstream};
-use support::*;
 
 /// The client id of a daemon calling through the gateway, and its service principal.
 const DAEMON: &str = "d0d0d0d0-0000-4000-8000-00000000d0d0";

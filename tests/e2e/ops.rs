@@ -1,16 +1,14 @@
 //! Operating the gateway: metrics (checked by promtool), logs, HTTPS with certificate rotation,
 //! graceful shutdown, live reload and rate limits. Several tests run the real binary.
 
-mod support;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::tls::TestCa;
+use crate::support::upstream::{self, Upstream};
+use crate::support::*;
 use serde_json::Value;
-use support::tls::TestCa;
-use support::upstream::{self, Upstream};
-use support::*;
 
 fn routes(up: &Upstream) -> String {
     format!(

@@ -3,11 +3,9 @@
 //! and through forward-auth (`/auth/verify`), and asserts the status and that the upstream saw
 //! nothing of a refused request.
 
-mod support;
-
+use crate::support::upstream::{self, Upstream};
+use crate::support::*;
 use entra_gateway::mock::MockEntra;
-use support::upstream::{self, Upstream};
-use support::*;
 
 /// `/admin/` needs ADMINS (alice is in it, bob is not); `/public/` is open; `/files/` accepts
 /// `//`. Forward-auth reads `X-Original-URI` (nginx `auth_request`).

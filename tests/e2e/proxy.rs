@@ -1,12 +1,10 @@
 //! End-to-end tests of the reverse proxy, forward-auth, logout and `/auth/me`: a real gateway in
 //! front of a real upstream server, over loopback sockets.
 
-mod support;
-
+use crate::support::upstream::{self, Upstream};
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::upstream::{self, Upstream};
-use support::*;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -197,6 +195,7 @@ async fn large_uploads_and_downloads_stream_through_and_chunks_arrive_one_by_one
     let r = client().post(gw.url("/api/upload")).bearer_auth(&token).body(vec![b'u'; SIZE]).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), SIZE.to_string());
+    assert_eq!(up.last().method, "POST");
     let r = get(&gw, &format!("/api/download?size={SIZE}"), Some(&token)).await;
     assert_eq!(r.bytes().await.unwrap().len(), SIZE);
 

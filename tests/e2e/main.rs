@@ -1,0 +1,23 @@
+//! The end-to-end tests: real sockets, a real gateway (in process or as the real binary), real
+//! upstreams, Redis, nginx and Helm; only Entra ID and Graph are the loopback mock. One test
+//! binary, so that the shared helpers in `tests/support/` are compiled once.
+//!
+//! Run one area with a filter, e.g. `cargo test --test e2e trust_boundary`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cli;
+mod connections;
+mod credentials;
+mod demo;
+mod entra_rules;
+mod exchange;
+mod helm;
+mod nginx;
+mod ops;
+mod path_property;
+mod proxy;
+mod redis_modes;
+mod shared_state;
+mod trust_boundary;
