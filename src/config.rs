@@ -10,6 +10,7 @@
 
 mod build;
 mod env;
+mod parse;
 mod raw;
 mod secret;
 
@@ -22,7 +23,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use rustls::pki_types::CertificateDer;
-use serde_json::Value;
 
 pub use env::{EnvSource, ProcessEnv};
 pub use raw::*;
@@ -66,6 +66,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
+    /// The problems grouped by section, in the order the sections appear in a config file.
+    fn sorted(mut problems: Vec<Problem>) -> Self {
+        const ORDER: [&str; 8] = ["(file)", "server", "entra", "authorization", "issuer", "cache", "proxy", "logging"];
+        let rank = |p: &Problem| {
+            let section = p.path.split(['.', '[']).next().unwrap_or_default();
+            ORDER.iter().position(|s| *s == section).unwrap_or(ORDER.len())
+        };
+        problems.sort_by_key(rank);
+        ConfigError { problems }
+    }
+
     fn one(path: &str, message: impl Into<String>) -> Self {
         ConfigError { problems: vec![Problem { path: path.into(), message: message.into() }] }
     }
@@ -250,14 +261,14 @@ pub fn check_yaml(text: &str, env: &dyn EnvSource, files: FileChecks) -> Result<
     Ok(effective)
 }
 
-/// The problems found while parsing come first, then the build's.
+/// The problems found while parsing and building, in the file's order of sections.
 fn with_problems<T>(mut first: Vec<Problem>, built: Result<T, ConfigError>) -> Result<T, ConfigError> {
     match built {
         Ok(t) if first.is_empty() => Ok(t),
-        Ok(_) => Err(ConfigError { problems: first }),
+        Ok(_) => Err(ConfigError::sorted(first)),
         Err(e) => {
             first.extend(e.problems);
-            Err(ConfigError { problems: first })
+            Err(ConfigError::sorted(first))
         }
     }
 }
@@ -276,40 +287,12 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError::one("<file>", format!("cannot read {}: {e}", path.display())))
 }
 
-/// YAML text + overrides → the raw config and the problems found so far (unknown keys, a
-/// secret in the file, bad overrides); a type error stops here.
+/// YAML text + overrides → the raw config and the problems found so far (every type error,
+/// unknown key and missing section); `Err` when the file could not be read as a config at all.
 fn parse(text: &str, env: &dyn EnvSource) -> Result<(RawConfig, Vec<Problem>), ConfigError> {
-    let mut tree: Value = if text.trim().is_empty() {
-        Value::Object(Default::default())
-    } else {
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::one("<yaml>", format!("not valid YAML: {e}")))?
-    };
-    let mut problems = Vec::new();
-    if tree.pointer("/entra/client_secret").is_some_and(|v| !v.is_null()) {
-        problems.push(Problem {
-            path: "entra.client_secret".into(),
-            message: "secrets never go in the YAML file: use entra.client_secret_file or \
-                      the ENTRA_GATEWAY__ENTRA__CLIENT_SECRET environment variable"
-                .into(),
-        });
-    }
-    env::apply_env(&mut tree, env, &mut problems);
-    let mut unknown = Vec::new();
-    let parsed: Result<RawConfig, _> = {
-        let mut record = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
-        let de = serde_ignored::Deserializer::new(tree, &mut record);
-        serde_path_to_error::deserialize(de)
-    };
-    for path in unknown {
-        problems.push(Problem { path, message: "unknown key".into() });
-    }
-    match parsed {
-        Ok(raw) => Ok((raw, problems)),
-        Err(e) => {
-            let path = e.path().to_string();
-            problems.push(Problem { path, message: e.into_inner().to_string() });
-            Err(ConfigError { problems })
-        }
+    match parse::parse(text, env) {
+        (Some(raw), problems) => Ok((raw, problems)),
+        (None, problems) => Err(ConfigError::sorted(problems)),
     }
 }
 

@@ -46,6 +46,10 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     }
 }
 
+const TENANT: &str = "your tenant's ID (Entra admin center: Identity > Overview > Tenant ID)";
+const CLIENT: &str = "the Application (client) ID of the gateway's app registration";
+const GROUP: &str = "a security group's Object ID (Entra admin center: Groups > the group > Object ID)";
+
 /// Collects problems; its helpers parse a value and note why when they cannot.
 #[derive(Default)]
 struct Problems(Vec<Problem>);
@@ -55,13 +59,22 @@ impl Problems {
         self.0.push(Problem { path: path.into(), message: message.into() });
     }
 
-    /// A GUID, lowercase.
-    fn guid(&mut self, path: &str, value: &str) -> Option<String> {
-        if uuid::Uuid::parse_str(value).is_err() || value.len() != 36 {
-            self.push(path, format!("`{value}` is not a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"));
-            return None;
+    /// A GUID, lowercase; `what` says where to find the right one.
+    fn guid(&mut self, path: &str, value: &str, what: &str) -> Option<String> {
+        match uuid::Uuid::parse_str(value) {
+            Ok(id) if value.len() == 36 && id.is_nil() => {
+                self.push(path, format!("the all-zero placeholder: put {what} here"));
+                None
+            }
+            Ok(_) if value.len() == 36 => Some(value.to_ascii_lowercase()),
+            _ => {
+                self.push(
+                    path,
+                    format!("`{value}` is not a GUID such as 8f2d1c4e-52a0-4b8e-9d6f-0a1b2c3d4e5f: put {what} here"),
+                );
+                None
+            }
         }
-        Some(value.to_ascii_lowercase())
     }
 
     fn socket_addr(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
@@ -78,11 +91,14 @@ impl Problems {
             Ok(u) if u.scheme() == "https" && u.host().is_some() => {}
             Ok(u) if u.scheme() == "http" && is_loopback_host(&u) => {}
             Ok(_) => {
-                self.push(path, "must be https:// (http:// only for a loopback host)");
+                self.push(
+                    path,
+                    "must be https://, e.g. https://login.microsoftonline.com (http:// only for a loopback host)",
+                );
                 return None;
             }
             Err(e) => {
-                self.push(path, format!("not a URL: {e}"));
+                self.push(path, format!("not a URL ({e}): write it like https://login.microsoftonline.com"));
                 return None;
             }
         }
@@ -208,12 +224,12 @@ fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> 
         p.push("entra.tenants", "at least one tenant id is required");
     }
     let tenants: Vec<Option<String>> =
-        e.tenants.iter().enumerate().map(|(i, t)| p.guid(&format!("entra.tenants[{i}]"), t)).collect();
+        e.tenants.iter().enumerate().map(|(i, t)| p.guid(&format!("entra.tenants[{i}]"), t, TENANT)).collect();
     let client_id = if e.client_id.is_empty() {
         p.push("entra.client_id", "required: the app (client) id of the gateway's registration");
         None
     } else {
-        p.guid("entra.client_id", &e.client_id)
+        p.guid("entra.client_id", &e.client_id, CLIENT)
     };
     for (i, a) in e.audiences.iter().enumerate() {
         if a.trim().is_empty() {
@@ -332,7 +348,7 @@ fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSetti
     let mut clients = BTreeMap::new();
     for (client, roles) in &a.apps.clients {
         let path = format!("authorization.apps.clients.{client}");
-        match p.guid(&path, client) {
+        match p.guid(&path, client, "the calling app's Application (client) ID") {
             Some(id) => {
                 clients.insert(id, roles.clone());
             }
@@ -354,7 +370,7 @@ fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSetti
     }
     let mut allowed = BTreeSet::new();
     for (i, g) in a.allowed_groups.iter().enumerate() {
-        match p.guid(&format!("authorization.allowed_groups[{i}]"), g) {
+        match p.guid(&format!("authorization.allowed_groups[{i}]"), g, GROUP) {
             Some(g) => {
                 allowed.insert(g);
             }
@@ -364,7 +380,7 @@ fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSetti
     let mut group_roles = BTreeMap::new();
     for (g, roles) in &a.group_roles {
         let path = format!("authorization.group_roles.{g}");
-        match p.guid(&path, g) {
+        match p.guid(&path, g, GROUP) {
             Some(id) => {
                 group_roles.insert(id, roles.clone());
             }
@@ -531,7 +547,7 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         .iter()
         .flatten()
         .enumerate()
-        .filter_map(|(i, g)| p.guid(&format!("{path}.allowed_groups[{i}]"), g))
+        .filter_map(|(i, g)| p.guid(&format!("{path}.allowed_groups[{i}]"), g, GROUP))
         .collect();
     if r.auth == RouteAuth::None && r.allowed_groups.is_some() {
         bad(p, "allowed_groups", "needs auth: required");

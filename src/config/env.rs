@@ -40,9 +40,11 @@ impl EnvSource for Vec<(String, String)> {
 /// Applies `ENTRA_GATEWAY__SECTION__KEY=value` overrides to the tree. Values are read as YAML
 /// scalars or flow collections (`true`, `15m`, `[a, b]`); numeric indexes address list items
 /// (`ENTRA_GATEWAY__PROXY__ROUTES__0__TIMEOUT=5s`).
-pub(super) fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Vec<Problem>) {
+/// Returns the config path each variable set (`server.listen`), with the variable's name.
+pub(super) fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Vec<Problem>) -> Vec<(String, String)> {
     let mut vars = env.overrides();
     vars.sort();
+    let mut applied = Vec::new();
     for (name, raw) in vars {
         let segments: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
         if segments.iter().any(String::is_empty) {
@@ -50,10 +52,12 @@ pub(super) fn apply_env(tree: &mut Value, env: &dyn EnvSource, problems: &mut Ve
             continue;
         }
         let value = parse_env_value(&raw);
-        if let Err(msg) = set_path(tree, &segments, value) {
-            problems.push(Problem { path: name, message: msg });
+        match set_path(tree, &segments, value) {
+            Ok(()) => applied.push((super::parse::env_path(&name), name)),
+            Err(msg) => problems.push(Problem { path: name, message: msg }),
         }
     }
+    applied
 }
 
 fn parse_env_value(raw: &str) -> Value {

@@ -686,7 +686,7 @@ impl RawConfig {
         if self.entra.graph_url.is_empty() {
             self.entra.graph_url = graph.into();
         }
-        if self.entra.audiences.is_empty() {
+        if self.entra.audiences.is_empty() && !self.entra.client_id.is_empty() {
             let id = &self.entra.client_id;
             self.entra.audiences = vec![format!("api://{id}"), id.clone()];
         }

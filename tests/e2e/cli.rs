@@ -9,9 +9,17 @@ fn bin() -> Command {
 }
 
 #[test]
-fn check_config_accepts_the_shipped_example_in_syntax_only_mode_and_redacts_secrets() {
+fn check_config_accepts_the_shipped_example_once_its_ids_are_set_and_redacts_secrets() {
+    let out = bin().args(["check-config", "--syntax-only", "--config", "config/example.yaml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "the all-zero placeholder ids are refused");
+    assert!(stderr.contains("entra.tenants[0]: the all-zero placeholder: put your tenant's ID"), "{stderr}");
+    assert!(stderr.contains("entra.client_id: the all-zero placeholder: put the Application (client) ID"), "{stderr}");
+    assert!(stderr.contains("(2 problem(s))"), "nothing else is wrong with it: {stderr}");
     let out = bin()
         .args(["check-config", "--syntax-only", "--config", "config/example.yaml"])
+        .env("ENTRA_GATEWAY__ENTRA__TENANTS", "[c0ffee00-0000-4000-8000-00000000a0a0]")
+        .env("ENTRA_GATEWAY__ENTRA__CLIENT_ID", "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b")
         .env("ENTRA_GATEWAY__CACHE__REDIS_URL", "redis://gw:s3cret-pw@127.0.0.1:6379/0")
         .output()
         .unwrap();
@@ -19,6 +27,61 @@ fn check_config_accepts_the_shipped_example_in_syntax_only_mode_and_redacts_secr
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("client_id"));
     assert!(!stdout.contains("s3cret-pw"), "{stdout}");
+}
+
+#[test]
+fn check_config_finds_ten_mistakes_in_one_run_each_with_its_path_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ten.yaml");
+    std::fs::write(
+        &path,
+        "server:\n  listen: 8080\n  shutdown_grace: twenty\n  max_connectionz: 5\n\
+         entra:\n  tenants: [nope]\n  client_id: \"00000000-0000-0000-0000-000000000000\"\n  graph_mode: appp\n  clock_skew: soon\n\
+         proxy:\n  routes:\n    - { path_prefix: /api/, upstream: \"http://x\", auth: maybe }\n    - { upstream: \"http://x\", timeout: fast }\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", "--syntax-only", "--config"])
+        .arg(&path)
+        .env("ENTRA_GATEWAY__CACHE__GROUP_TLL", "5m")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (path, says) in [
+        ("server.listen", "expected a string"),
+        ("server.shutdown_grace", "write a duration such as 500ms, 30s, 15m or 24h"),
+        ("server.max_connectionz", "did you mean `max_connections`?"),
+        ("entra.tenants[0]", "is not a GUID such as"),
+        ("entra.client_id", "the all-zero placeholder"),
+        ("entra.graph_mode", "expected one of `app`, `obo`, `claims`"),
+        ("entra.clock_skew", "write a duration"),
+        ("authorization", "missing: who may sign in"),
+        ("issuer", "missing: the gateway's own tokens"),
+        ("proxy.routes[0].auth", "expected `required` or `none`"),
+        ("proxy.routes[1].timeout", "write a duration"),
+        ("proxy.routes[1].path_prefix", "required"),
+        (
+            "cache.group_tll",
+            "did you mean `group_ttl`?) (set by the environment variable ENTRA_GATEWAY__CACHE__GROUP_TLL)",
+        ),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!(" {path}: ")))
+            .unwrap_or_else(|| panic!("{path} missing:\n{stderr}"));
+        assert!(line.contains(says), "{path}: {line}");
+    }
+    assert!(!stderr.contains("routes.0"), "one path notation: {stderr}");
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let out = bin().args(["check-config", "--syntax-only", "--config"]).arg(&empty).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the file is empty: start from config/example.yaml, or run `entra-gateway init`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(".: missing field"), "{stderr}");
 }
 
 #[test]

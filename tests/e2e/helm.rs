@@ -25,8 +25,16 @@ fn helms() -> Vec<(&'static str, PathBuf)> {
     vec![("helm3", tool("helm3/helm")), ("helm4", tool("helm4/helm"))]
 }
 
+/// The values every install must set (the defaults are placeholders the chart refuses).
+const REQUIRED: [&str; 4] = [
+    "--set",
+    "entra.tenantIds[0]=c0ffee00-0000-4000-8000-00000000a0a0",
+    "--set",
+    "entra.clientId=6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b",
+];
+
 fn values_sets() -> Vec<(String, Vec<String>)> {
-    let mut sets = vec![("default values".to_string(), vec![])];
+    let mut sets = vec![("default values with the required ids".to_string(), REQUIRED.map(String::from).to_vec())];
     for e in EXAMPLES {
         sets.push((format!("example {e}"), vec!["-f".into(), format!("deploy/examples/{e}/values.yaml")]));
     }
@@ -142,7 +150,7 @@ fn the_rendered_config_file_passes_check_config_for_every_values_set() {
 fn the_deployment_is_hardened_and_rolls_on_config_changes() {
     let (_, helm) = &helms()[0];
     let render = |extra: &[&str]| {
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = REQUIRED.iter().chain(extra).map(|s| s.to_string()).collect();
         let (ok, out, err) = template(helm, &args);
         assert!(ok, "{err}");
         documents(&out).into_iter().find(|d| d["kind"] == "Deployment").unwrap()
@@ -167,7 +175,9 @@ fn the_deployment_is_hardened_and_rolls_on_config_changes() {
         checksum(&render(&["--set", "authorization.allowedGroups[0]=0a1b2c3d-0000-4000-8000-00000000e009"]))
     );
     // Workload identity: labelled pod, annotated service account, no secret volume.
-    let (ok, out, err) = template(helm, &["--set".into(), "entra.credential.type=workloadIdentity".into()]);
+    let args: Vec<String> =
+        REQUIRED.iter().chain(&["--set", "entra.credential.type=workloadIdentity"]).map(|s| s.to_string()).collect();
+    let (ok, out, err) = template(helm, &args);
     assert!(ok, "{err}");
     let docs = documents(&out);
     let d = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
@@ -175,26 +185,38 @@ fn the_deployment_is_hardened_and_rolls_on_config_changes() {
     let sa = docs.iter().find(|d| d["kind"] == "ServiceAccount").unwrap();
     assert_eq!(
         sa["metadata"]["annotations"]["azure.workload.identity/client-id"],
-        "00000000-0000-0000-0000-000000000000"
+        "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b"
     );
     assert!(!out.contains("/var/run/secrets/entra\""), "no client-secret mount with workload identity");
 }
 
 #[test]
-fn bad_values_fail_with_a_readable_message_on_both_helm_versions() {
-    let cases: [(&[&str], &str); 5] = [
-        (&["--set", "authorization.allowedGroups[0]=admins"], "/authorization/allowedGroups/0"),
-        (&["--set-json", "entra.tenantIds=[]"], "/entra/tenantIds"),
+fn bad_values_fail_with_a_message_that_names_the_fix_on_both_helm_versions() {
+    let cases: [(&[&str], &str); 8] = [
+        (&[], "entra.tenantIds[0] is the placeholder 00000000-0000-0000-0000-000000000000: set it to your tenant's ID"),
+        (&["--set", "entra.clientId=00000000-0000-0000-0000-000000000000"], "entra.clientId is the placeholder"),
+        (&["--set", "authorization.allowedGroups[0]=admins"], "\"admins\" is not a GUID"),
+        (&["--set-json", "entra.tenantIds=[]"], "tenantIds"),
         (&["--set", "entra.clientid=typo"], "clientid"),
-        (&["--set", "entra.graphMode=magic"], "/entra/graphMode"),
-        (&["--set", "redis.url=redis://user:password@redis:6379"], "/redis/url"),
+        (&["--set", "entra.graphMode=magic"], "graphMode"),
+        (&["--set", "redis.url=redis://user:password@redis:6379"], "without a user or password"),
+        (
+            &["--set", "cache.groupTtl=5 minutes"],
+            "\"5 minutes\" is not a duration: write it like 500ms, 30s, 15m or 24h",
+        ),
     ];
     for (name, helm) in helms() {
         for (args, expected) in cases {
-            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let (ok, _, err) = template(&helm, &args);
-            assert!(!ok, "{name} accepted {args:?}");
-            assert!(err.contains("schema") && err.contains(expected), "{name} {args:?}: {err}");
+            let mut all: Vec<String> = if args.is_empty() { vec![] } else { REQUIRED.map(String::from).to_vec() };
+            if args.iter().any(|a| a.starts_with("entra.tenantIds")) {
+                all.clear();
+                all.extend(["--set".to_string(), REQUIRED[3].to_string()]);
+            }
+            all.extend(args.iter().map(|s| s.to_string()));
+            let (ok, _, err) = template(&helm, &all);
+            assert!(!ok, "{name} accepted {all:?}");
+            assert!(err.contains(expected), "{name} {all:?}: {err}");
+            assert!(!err.contains("^[") && !err.contains("{8}"), "{name} {all:?} shows a regex: {err}");
         }
     }
 }
