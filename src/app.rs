@@ -178,9 +178,8 @@ impl AppState {
     pub async fn readiness_checks(&self) -> Vec<Check> {
         let mut checks = vec![Check { name: "signing_keys".into(), ok: true, detail: "loaded".into() }];
         for tid in self.exchange.entra().tenants() {
-            let ok = self.exchange.entra().jwks().has_keys(tid);
-            let detail = if ok { "fetched" } else { "not fetched yet" };
-            checks.push(Check { name: format!("jwks:{tid}"), ok, detail: detail.into() });
+            let (ok, detail) = self.exchange.entra().jwks().status(tid);
+            checks.push(Check { name: format!("jwks:{tid}"), ok, detail });
         }
         if let Some(redis) = &self.redis {
             checks.push(match redis.ping().await {

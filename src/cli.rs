@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, FileChecks, LogFormat, ProcessEnv, SigningAlgorithm};
+mod init;
+
+use crate::config::{Config, FileChecks, GraphMode, LogFormat, ProcessEnv, SigningAlgorithm};
 
 #[derive(Debug, Parser)]
 #[command(name = "entra-gateway", version, about = "Token-exchange gateway for Microsoft Entra ID")]
@@ -45,6 +47,29 @@ pub enum Command {
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
     },
+    /// Write a starting config for your tenant (gateway.yaml, a signing key, secrets/) into a
+    /// directory, and print the next steps.
+    Init {
+        /// Directory to write into (created if needed; nothing in it is overwritten).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Your tenant's ID (Entra admin center: Identity > Overview > Tenant ID).
+        #[arg(long, value_parser = guid)]
+        tenant_id: String,
+        /// The Application (client) ID of the gateway's app registration.
+        #[arg(long, value_parser = guid)]
+        client_id: String,
+        /// Object ID of a group whose members may sign in (repeatable; none: every user of the
+        /// tenant).
+        #[arg(long = "group", value_parser = guid)]
+        groups: Vec<String>,
+        /// How group overage is resolved: app, obo or claims (no Graph, no client secret).
+        #[arg(long, value_enum, ignore_case = true, default_value_t = GraphModeArg::App)]
+        graph_mode: GraphModeArg,
+        /// The gateway's public base URL (the `iss` of its tokens).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        public_url: String,
+    },
     /// Signing key management.
     Keys {
         #[command(subcommand)]
@@ -56,7 +81,7 @@ pub enum Command {
 pub enum KeysCommand {
     /// Write a new PEM (PKCS#8) private signing key.
     Generate {
-        #[arg(long, value_enum, default_value_t = AlgorithmArg::Es256)]
+        #[arg(long, value_enum, ignore_case = true, default_value_t = AlgorithmArg::Es256)]
         algorithm: AlgorithmArg,
         /// Output file (created with mode 0600; never overwritten).
         #[arg(long)]
@@ -72,6 +97,32 @@ pub enum AlgorithmArg {
     Rs256,
     #[value(name = "EdDSA")]
     EdDsa,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphModeArg {
+    App,
+    Obo,
+    Claims,
+}
+
+impl From<GraphModeArg> for GraphMode {
+    fn from(m: GraphModeArg) -> Self {
+        match m {
+            GraphModeArg::App => GraphMode::App,
+            GraphModeArg::Obo => GraphMode::Obo,
+            GraphModeArg::Claims => GraphMode::Claims,
+        }
+    }
+}
+
+/// A GUID such as `8f2d1c4e-52a0-4b8e-9d6f-0a1b2c3d4e5f`, lowercase.
+fn guid(value: &str) -> Result<String, String> {
+    match uuid::Uuid::parse_str(value) {
+        Ok(id) if id.is_nil() => Err("the all-zero placeholder: use the real id".into()),
+        Ok(_) if value.len() == 36 => Ok(value.to_ascii_lowercase()),
+        _ => Err("not a GUID such as 8f2d1c4e-52a0-4b8e-9d6f-0a1b2c3d4e5f".into()),
+    }
 }
 
 impl From<AlgorithmArg> for SigningAlgorithm {
@@ -92,6 +143,19 @@ pub fn run(cli: Cli) -> ExitCode {
             match crate::keys::generate_to_file(algorithm.into(), &out) {
                 Ok(()) => {
                     println!("wrote a new {:?} signing key to {}", SigningAlgorithm::from(algorithm), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Init { dir, tenant_id, client_id, groups, graph_mode, public_url } => {
+            let args = init::InitArgs { dir, tenant_id, client_id, groups, graph_mode: graph_mode.into(), public_url };
+            match init::init(&args) {
+                Ok(config) => {
+                    print!("{}", init::next_steps(&args, &config));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

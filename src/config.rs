@@ -232,13 +232,17 @@ pub struct RouteSpec {
 // === Loading ===
 
 impl Config {
-    /// Reads, overlays, parses, checks and loads the config at `path` (every file it names).
+    /// Reads, overlays, parses, checks and loads the config at `path` (every file it names;
+    /// relative paths are relative to the config file's directory).
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        Config::from_yaml(&text, env)
+        let (mut raw, problems) = parse(&text, env)?;
+        raw.resolve_paths(base_dir(path));
+        let built = with_problems(problems, build::build(raw, FileChecks::Read, env))?;
+        built.ok_or_else(|| ConfigError::one("<config>", "not built"))
     }
 
-    /// [`Config::load`] from YAML text.
+    /// [`Config::load`] from YAML text (relative paths: the working directory).
     pub fn from_yaml(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         let (raw, problems) = parse(text, env)?;
         let built = with_problems(problems, build::build(raw, FileChecks::Read, env))?;
@@ -250,7 +254,16 @@ impl Config {
 /// `files` is `Skip`; the effective raw config when there is none.
 pub fn check(path: &Path, env: &dyn EnvSource, files: FileChecks) -> Result<RawConfig, ConfigError> {
     let text = read(path)?;
-    check_yaml(&text, env, files)
+    let (mut raw, problems) = parse(&text, env)?;
+    raw.resolve_paths(base_dir(path));
+    let effective = raw.clone().with_defaults();
+    with_problems(problems, build::build(raw, files, env))?;
+    Ok(effective)
+}
+
+/// The directory relative paths in the config at `path` are relative to.
+fn base_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// [`check`] on YAML text.

@@ -32,8 +32,8 @@ pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>)
     seed_users(&mock);
     let (stop_tx, stop_rx) = watch::channel(false);
     let echo = start_echo(stop_rx).await.map_err(|e| format!("echo upstream: {e}"))?;
-    let public = bind_or_any(port).await?;
-    let admin = bind_or_any(admin_port).await?;
+    let public = bind(port, "--port").await?;
+    let admin = bind(admin_port, "--admin-port").await?;
     let (gw, admin_addr) =
         (public.local_addr().map_err(|e| e.to_string())?, admin.local_addr().map_err(|e| e.to_string())?);
     let files = DemoFiles::create(&mock)?;
@@ -74,11 +74,15 @@ fn seed_users(mock: &MockEntra) {
     s.nest_group(PLATFORM, ENGINEERING);
 }
 
-async fn bind_or_any(port: u16) -> Result<TcpListener, String> {
-    match TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot listen: {e}")),
-    }
+/// Listens on 127.0.0.1:`port` (0: any free port); a port in use is an error that says what to
+/// do, never a silent move to another port.
+async fn bind(port: u16, flag: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("127.0.0.1:{port} is in use: pass {flag} with a free port (0 picks one)")
+        }
+        _ => format!("cannot listen on 127.0.0.1:{port}: {e}"),
+    })
 }
 
 /// The demo's signing key and client secret, in a private temp directory removed on exit.

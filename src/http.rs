@@ -309,7 +309,7 @@ pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: Sock
                 method = %method,
                 route = %info.endpoint,
                 status,
-                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
                 upstream = info.upstream.as_deref().unwrap_or("-"),
                 user_id = info.user_id.as_deref().unwrap_or("-"),
                 request_id = id.to_str().unwrap_or("-"),

@@ -31,6 +31,10 @@ pub enum KeyError {
     Parse { path: String, alg: SigningAlgorithm, reason: String },
     #[error("cannot generate a key: {0}")]
     Generate(String),
+    #[error("{path} exists: refusing to overwrite it (choose another --out)")]
+    Exists { path: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
 }
 
 /// One loaded signing key.
@@ -158,8 +162,11 @@ pub fn generate_to_file(alg: SigningAlgorithm, out: &Path) -> Result<(), KeyErro
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut file = opts.open(out).map_err(|source| KeyError::Read { path: path.clone(), source })?;
-    file.write_all(pem.as_bytes()).map_err(|source| KeyError::Read { path, source })
+    let mut file = opts.open(out).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists { path: path.clone() },
+        _ => KeyError::Write { path: path.clone(), source },
+    })?;
+    file.write_all(pem.as_bytes()).map_err(|source| KeyError::Write { path, source })
 }
 
 #[cfg(test)]
@@ -190,6 +197,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
         generate_to_file(SigningAlgorithm::ES256, &path).unwrap();
-        assert!(generate_to_file(SigningAlgorithm::ES256, &path).is_err());
+        let err = generate_to_file(SigningAlgorithm::ES256, &path).unwrap_err().to_string();
+        assert!(err.contains("exists: refusing to overwrite"), "{err}");
+        let err = generate_to_file(SigningAlgorithm::ES256, &dir.path().join("no/such/dir/k.pem")).unwrap_err();
+        assert!(err.to_string().starts_with("cannot write"), "{err}");
     }
 }

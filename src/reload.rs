@@ -24,6 +24,9 @@ use crate::tls::ReloadingCert;
 
 /// Files are also re-checked this often, for mounts that send no change events.
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// After a change event, the file is read once no further event came for this long: a file
+/// written in pieces (an editor, `cat > file`) is read whole, not half-written.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Watches the directories of `files`; each change event sends `()` (coalesced).
 fn watch(files: &[&Path]) -> Option<(RecommendedWatcher, mpsc::Receiver<()>)> {
@@ -55,7 +58,12 @@ async fn next_trigger(events: &mut Option<mpsc::Receiver<()>>, hup: &mut Option<
         if let Some(rx) = events.as_mut()
             && rx.recv().await.is_some()
         {
-            return;
+            loop {
+                tokio::time::sleep(SETTLE).await;
+                if rx.try_recv().is_err() {
+                    return;
+                }
+            }
         }
         std::future::pending::<()>().await
     };

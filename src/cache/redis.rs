@@ -111,7 +111,7 @@ impl RedisStore {
         self.latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         let result = match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(format!("redis {name}: {:?}", e.kind()))),
+            Ok(Err(e)) => Err(StoreError(format!("redis {name}: {e}"))),
             Err(_) => Err(StoreError(format!("redis {name}: timed out"))),
         };
         let ok = result.is_ok();

@@ -677,6 +677,28 @@ impl Default for LoggingConfig {
 }
 
 impl RawConfig {
+    /// Makes every relative file path relative to `base` (the config file's directory), so that
+    /// a config works from any working directory.
+    pub(super) fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.server.tls {
+            tls.cert_file.iter_mut().chain(tls.key_file.iter_mut()).chain(tls.extra_ca_file.iter_mut()).for_each(fix);
+        }
+        let e = &mut self.entra;
+        e.client_secret_file
+            .iter_mut()
+            .chain(e.federated_token_file.iter_mut())
+            .chain(e.client_certificate_file.iter_mut())
+            .chain(e.client_certificate_key_file.iter_mut())
+            .for_each(fix);
+        self.issuer.signing_keys.iter_mut().for_each(|k| fix(&mut k.private_key_file));
+        self.cache.redis_ca_file.iter_mut().for_each(fix);
+    }
+
     /// Fills values whose default depends on other keys.
     pub(super) fn with_defaults(mut self) -> RawConfig {
         let (authority, graph, _) = self.entra.cloud.hosts();

@@ -117,6 +117,8 @@ struct TenantState {
     flight: Option<(u64, Flight)>,
     last_forced: Option<Instant>,
     last_failed: Option<Instant>,
+    /// The last fetch error and when it happened (wall clock, for `/readyz`).
+    last_error: Option<(String, std::time::SystemTime)>,
     window_start: Option<Instant>,
     /// Unknown kids that triggered a refetch in the current window.
     tried: HashSet<String>,
@@ -205,6 +207,26 @@ impl JwksCache {
     /// Whether usable keys for `tid` are loaded (readiness).
     pub fn has_keys(&self, tid: &str) -> bool {
         self.snapshot(tid).is_some_and(|t| t.fetched_at.elapsed() < self.inner.ttl + self.inner.max_stale)
+    }
+
+    /// Readiness of `tid`'s keys: usable or not, and a detail naming the last fetch error and
+    /// when it happened, if there was one since the last success.
+    pub fn status(&self, tid: &str) -> (bool, String) {
+        let usable = self.has_keys(tid);
+        let last_error = self.with_state(tid, |st| st.last_error.clone());
+        let state = match (usable, self.snapshot(tid)) {
+            (true, Some(t)) if t.fetched_at.elapsed() >= self.inner.ttl => "stale (serving the previous keys)",
+            (true, _) => "fetched",
+            (false, Some(_)) => "too old (older than jwks_ttl + jwks_max_stale)",
+            (false, None) => "not fetched yet",
+        };
+        let detail = match last_error {
+            Some((why, at)) => {
+                format!("{state}; last error at {}: {why}", humantime::format_rfc3339_seconds(at))
+            }
+            None => state.to_string(),
+        };
+        (usable, detail)
     }
 
     /// Makes sure `tid`'s keys are loaded (start-up warm-up); no fetch when they already are.
@@ -306,12 +328,16 @@ impl JwksCache {
                 inner.metrics.jwks_stale.with_label_values(&[&tid]).set(0);
             }
             let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(st) = state.get_mut(&tid)
-                && st.flight.as_ref().is_some_and(|(fid, _)| *fid == id)
-            {
-                st.flight = None;
-                if result.is_ok() {
-                    st.last_failed = None;
+            if let Some(st) = state.get_mut(&tid) {
+                match &result {
+                    Ok(_) => st.last_error = None,
+                    Err(e) => st.last_error = Some((e.to_string(), std::time::SystemTime::now())),
+                }
+                if st.flight.as_ref().is_some_and(|(fid, _)| *fid == id) {
+                    st.flight = None;
+                    if result.is_ok() {
+                        st.last_failed = None;
+                    }
                 }
             }
             result

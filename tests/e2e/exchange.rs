@@ -440,6 +440,10 @@ async fn entra_keys_unavailable_is_503_and_not_ready() {
     let ready: Value = r.json().await.unwrap();
     let failing = ready["failing"].as_array().unwrap();
     assert!(failing.iter().any(|c| c.as_str().unwrap().starts_with("jwks:")), "{ready}");
+    let jwks = ready["checks"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().starts_with("jwks:"));
+    let detail = jwks.unwrap()["detail"].as_str().unwrap();
+    assert!(detail.starts_with("not fetched yet; last error at "), "readiness says why: {detail}");
+    assert!(detail.contains("HTTP 500"), "{detail}");
     // Entra comes back: the next exchange fetches the keys and readiness follows.
     mock.state().set_jwks_status(None);
     assert_eq!(exchange(&gw, &token_for(&mock, "alice")).await.0, 200);

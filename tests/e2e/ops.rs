@@ -176,6 +176,8 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     assert_eq!(proxied["route"], "/api/");
     assert_eq!(proxied["upstream"], up.addr.to_string());
     assert!(proxied["duration_ms"].as_f64().is_some());
+    let ms = proxied["duration_ms"].to_string();
+    assert!(ms.split('.').nth(1).is_none_or(|f| f.len() <= 3), "microsecond precision, no float noise: {ms}");
 }
 
 #[tokio::test]
@@ -190,7 +192,13 @@ async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_e
     up.state.stalled.notified().await;
 
     gw.signal("TERM");
-    while !gw.wait_for_line("listener closed").contains(&gw.public.to_string()) {}
+    loop {
+        let line = gw.wait_for_line("listener closed");
+        assert!(!line.contains("Some("), "{line}");
+        if line.contains(&gw.public.to_string()) {
+            break;
+        }
+    }
     let refused = tokio::net::TcpStream::connect(gw.public).await;
     assert!(refused.is_err(), "the public listener still accepts connections");
     let ready = client().get(format!("http://{}/readyz", gw.admin)).send().await.unwrap();
@@ -295,8 +303,21 @@ async fn changing_allowed_groups_in_the_file_applies_without_restart_and_a_bad_e
     assert_eq!(exchange_status("carol").await, 403);
 
     config.raw.authorization.allowed_groups.push(OTHER.to_string());
-    write_config(&config, &path);
-    gw.wait_for_line("configuration reloaded");
+    // Written in place, in two pieces (as an editor or `cat > file` does): read once whole,
+    // with no "refused" line for the half-written file.
+    let new = serde_saphyr::to_string(&serde_json::to_value(&config.raw).unwrap()).unwrap();
+    let (first, second) = new.split_at(new.len() / 2);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(first.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+        // A slow writer (well within the watcher's settle time), not a wait for the gateway.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        f.write_all(second.as_bytes()).unwrap();
+    }
+    let line = gw.wait_for_line("configuration");
+    assert!(line.contains("configuration reloaded"), "a half-written file was read: {line}");
     assert_eq!(exchange_status("carol").await, 200, "carol's group is allowed now");
 
     let text = std::fs::read_to_string(&path).unwrap().replace(OTHER, "not-a-group-id");
