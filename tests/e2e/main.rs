@@ -11,6 +11,7 @@ mod cli;
 mod connections;
 mod credentials;
 mod demo;
+mod docs;
 mod entra_rules;
 mod exchange;
 mod helm;
