@@ -127,9 +127,9 @@ fn the_demo_config_is_valid() {
 #[test]
 fn keys_generate_writes_a_private_key_file_that_the_gateway_loads() {
     let dir = tempfile::tempdir().unwrap();
-    for alg in ["ES256", "RS256", "EdDSA"] {
+    for (alg, spelled) in [("ES256", "es256"), ("RS256", "rs256"), ("EdDSA", "EdDSA")] {
         let path = dir.path().join(format!("{alg}.pem"));
-        let out = bin().args(["keys", "generate", "--algorithm", alg, "--out"]).arg(&path).output().unwrap();
+        let out = bin().args(["keys", "generate", "--algorithm", spelled, "--out"]).arg(&path).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let algorithm = serde_json::from_value(serde_json::json!(alg)).unwrap();
         entra_gateway::keys::SigningKey::load("k", algorithm, &path).unwrap();
@@ -141,4 +141,52 @@ fn keys_generate_writes_a_private_key_file_that_the_gateway_loads() {
         let again = bin().args(["keys", "generate", "--algorithm", alg, "--out"]).arg(&path).output().unwrap();
         assert!(!again.status.success(), "never overwrites a key");
     }
+}
+
+#[test]
+fn keys_generate_says_why_it_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.pem");
+    assert!(bin().args(["keys", "generate", "--out"]).arg(&path).output().unwrap().status.success());
+    let out = bin().args(["keys", "generate", "--out"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("exists: refusing to overwrite it"), "{stderr}");
+    let out = bin().args(["keys", "generate", "--out"]).arg(dir.path().join("missing/k.pem")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot write") && !stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn the_demo_refuses_a_port_in_use_instead_of_moving_silently() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let out = bin().args(["demo", "--port", &port, "--admin-port", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the demo started on another port");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} is in use: pass --port with a free port (0 picks one)")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn init_writes_a_config_that_check_config_accepts_once_the_secret_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("gw");
+    let out = bin()
+        .args(["init", "--tenant-id", "c0ffee00-0000-4000-8000-00000000a0a0", "--client-id"])
+        .arg("6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b")
+        .args(["--group", "0a1b2c3d-0000-4000-8000-00000000e001", "--dir"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check-config --config"));
+    std::fs::write(target.join("secrets/client-secret"), "s3cr3t\n").unwrap();
+    // From another working directory: the paths in gateway.yaml are relative to it.
+    let out =
+        bin().current_dir("/").args(["check-config", "--config"]).arg(target.join("gateway.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(["init", "--tenant-id", "nope", "--client-id", "x"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GUID"));
 }

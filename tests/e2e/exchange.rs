@@ -444,6 +444,11 @@ async fn entra_keys_unavailable_is_503_and_not_ready() {
     let detail = jwks.unwrap()["detail"].as_str().unwrap();
     assert!(detail.starts_with("not fetched yet; last error at "), "readiness says why: {detail}");
     assert!(detail.contains("HTTP 500"), "{detail}");
+    // An Entra that cannot be reached at all: readiness names the connection failure.
+    let unreachable = GatewayBuilder::new(&mock).set("ENTRA__AUTHORITY_HOST", "http://127.0.0.1:9").start().await;
+    assert_eq!(exchange(&unreachable, &token_for(&mock, "alice")).await.0, 503);
+    let ready: Value = client().get(unreachable.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert!(ready.to_string().contains("connect failed"), "the cause, not just a failure: {ready}");
     // Entra comes back: the next exchange fetches the keys and readiness follows.
     mock.state().set_jwks_status(None);
     assert_eq!(exchange(&gw, &token_for(&mock, "alice")).await.0, 200);
