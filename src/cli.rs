@@ -47,6 +47,15 @@ pub enum Command {
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
     },
+    /// Run only the loopback mock of Entra ID + Graph, with the demo's users (for benchmarks:
+    /// `benches/run.sh` starts it as its own process).
+    #[cfg(feature = "demo")]
+    #[command(hide = true)]
+    Mock {
+        /// Port on 127.0.0.1 (0 = any free port; the address is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Write a starting config for your tenant (gateway.yaml, a signing key, secrets/) into a
     /// directory, and print the next steps.
     Init {
@@ -165,6 +174,8 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Serve { config } => with_runtime(serve(config)),
+        #[cfg(feature = "demo")]
+        Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
         Command::Demo { port, admin_port } => {
             init_logging("info", LogFormat::Pretty);

@@ -53,6 +53,25 @@ pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>)
     Ok(())
 }
 
+/// Runs the mock alone (demo users included) until `shutdown`; prints its address as JSON.
+pub async fn run_mock(port: u16, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    let mock = MockEntra::start_on(MockSettings::default(), &format!("127.0.0.1:{port}"))
+        .await
+        .map_err(|e| format!("mock Entra: {e}"))?;
+    seed_users(&mock);
+    let s = mock.settings();
+    println!(
+        "{}",
+        serde_json::json!({
+            "authority_host": mock.authority_host(), "graph_url": mock.graph_url(),
+            "tenant_id": s.tenant_id, "client_id": s.client_id, "client_secret": s.client_secret,
+            "groups": {"engineering": ENGINEERING, "admins": ADMINS},
+        })
+    );
+    shutdown.await;
+    Ok(())
+}
+
 fn seed_users(mock: &MockEntra) {
     let s = mock.state();
     let user = |login: &str, oid: &str, name: &str, groups: &[&str]| MockUser {

@@ -511,6 +511,10 @@ pub struct LoggingConfig {
     /// `auto`, `json` or `pretty`. Defaults to `auto`.
     #[serde(default = "default_log_format")]
     pub format: LogFormat,
+    /// One access line per request (method, route, status, duration, user, request id, and the
+    /// reason of a failure). Defaults to `true`.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
 }
 
 // === defaults ===
@@ -672,7 +676,7 @@ impl Default for ProxyConfig {
 
 impl Default for LoggingConfig {
     fn default() -> Self {
-        LoggingConfig { level: default_log_level(), format: default_log_format() }
+        LoggingConfig { level: default_log_level(), format: default_log_format(), access_log: true }
     }
 }
 

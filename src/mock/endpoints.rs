@@ -31,6 +31,7 @@ impl MockState {
                 self.graph(req, &rest).await
             }
             (Method::POST, ["mock", "token"]) => self.mint_endpoint(req).await,
+            (Method::POST, ["mock", "new-users"]) => self.new_users_endpoint(req).await,
             (Method::GET, ["mock", "calls"]) => reply(StatusCode::OK, json!(*lock(&self.calls))),
             _ => graph_error(StatusCode::NOT_FOUND, "NotFound", "no such mock endpoint"),
         }
@@ -194,6 +195,57 @@ impl MockState {
             }
         };
         reply(StatusCode::OK, json!({"access_token": self.mint(&spec)}))
+    }
+
+    /// `{"count": N, "groups": [...]}`: N new users in those groups, and a token for each (one
+    /// per line): what a benchmark of first sign-ins needs.
+    pub(super) async fn new_users_endpoint(&self, req: Request<Incoming>) -> Response<Body> {
+        #[derive(Deserialize)]
+        struct Ask {
+            count: usize,
+            #[serde(default)]
+            groups: Vec<String>,
+        }
+        let body = match Limited::new(req.into_body(), 1 << 16).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return reply(StatusCode::BAD_REQUEST, json!({"error": "body too large"})),
+        };
+        let Ok(ask) = serde_json::from_slice::<Ask>(&body) else {
+            return reply(StatusCode::BAD_REQUEST, json!({"error": "send {\"count\": N, \"groups\": [...]}"}));
+        };
+        // RSA signing dominates: one batch per core (this blocks the mock's thread meanwhile,
+        // which only a benchmark's set-up asks for).
+        let count = ask.count.min(200_000);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let batches: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..cores)
+                .map(|c| {
+                    let n = count / cores + usize::from(c < count % cores);
+                    let groups = &ask.groups;
+                    scope.spawn(move || {
+                        let mut tokens = String::new();
+                        for _ in 0..n {
+                            let oid = uuid::Uuid::new_v4().to_string();
+                            let login = format!("user-{oid}");
+                            self.add_user(MockUser {
+                                login: login.clone(),
+                                oid: oid.clone(),
+                                display_name: Some(format!("User {}", &oid[..8])),
+                                mail: Some(format!("{login}@contoso.example")),
+                                groups: groups.clone(),
+                                ..Default::default()
+                            });
+                            tokens.push_str(&self.mint(&TokenSpec { user: Some(login), ..Default::default() }));
+                            tokens.push('\n');
+                        }
+                        tokens
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        let tokens = batches.concat();
+        Response::new(full(tokens))
     }
 
     pub(super) async fn graph(&self, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
