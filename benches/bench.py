@@ -233,8 +233,11 @@ def measure(name, url, pid=None, seconds=None, warmup=True, **kw):
         perf.send_signal(2)
         perf.wait()
         slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-        report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--percent-limit", "0.7",
-                                 "--sort", "symbol", "-g", "none"], capture_output=True, text=True).stdout
+        def perf_report(*sort):
+            return subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--percent-limit",
+                                   "0.7", "-g", "none", *sort], capture_output=True, text=True).stdout
+        report = perf_report("--sort", "dso") + perf_report("--sort", "symbol")
+        shutil.copy(data, TARGET / f"perf-{slug}.data")
         (ROOT / "benches" / "results").mkdir(parents=True, exist_ok=True)
         (ROOT / "benches" / "results" / f"perf-{slug}.txt").write_text(report)
     med = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}

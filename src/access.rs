@@ -109,6 +109,11 @@ impl Access {
         if route_allows(route_groups, &principal.claims.groups) { Ok(()) } else { Err(AccessError::RouteForbidden) }
     }
 
+    /// Follows other replicas' logouts (Redis pub/sub) until the task is dropped.
+    pub async fn follow_revocations(&self) {
+        self.revocations.follow().await
+    }
+
     /// Revokes the caller's token until it expires (plus the verifier's leeway, so that it is
     /// never accepted again), on every replica sharing the store.
     pub async fn revoke(&self, principal: &Principal) -> Result<(), StoreError> {

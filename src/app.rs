@@ -100,6 +100,8 @@ pub struct AppState {
     /// Exchange rate limits per client IP and per user.
     pub(crate) limits: ExchangeLimits,
     pub(crate) metrics: Metrics,
+    /// New `X-Request-Id` values.
+    pub(crate) request_ids: crate::request_id::RequestIds,
     /// A Redis outage makes the gateway not ready (`cache.revocation_requires_redis`).
     revocation_requires_redis: bool,
     shutting_down: AtomicBool,
@@ -131,7 +133,11 @@ impl AppState {
         let (users, revocations): (Arc<dyn UserStore>, Arc<dyn RevocationStore>) = match &redis {
             Some(r) => (
                 Arc::new(RedisUserStore::new(r.clone())),
-                Arc::new(RedisRevocations::new(r.clone(), cache.revocation_requires_redis)),
+                Arc::new(RedisRevocations::new(
+                    r.clone(),
+                    cache.revocation_requires_redis,
+                    metrics.revocation_feed_up.clone(),
+                )),
             ),
             None => (Arc::new(MemoryUserStore::default()), Arc::new(MemoryRevocations::default())),
         };
@@ -149,8 +155,8 @@ impl AppState {
         });
         let access = Access::new(issuer.clone(), revocations, proxy.identity.clone());
         let proto = if server.listener_tls.is_some() { "https" } else { "http" };
-        let forwarder =
-            Proxy::new(upstream_client(outbound_tls), proxy.forward_token, proto, server.trusted_proxies.clone());
+        let clients = (0..server.workers.max(1)).map(|_| upstream_client(outbound_tls.clone())).collect();
+        let forwarder = Proxy::new(clients, proxy.forward_token, proto, server.trusted_proxies.clone());
         Ok(Arc::new(AppState {
             live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy)) },
             photos: Photos { graph, cache: TtlCache::new("photo", 10_000, metrics.clone()), ttl: cache.profile_ttl },
@@ -163,6 +169,7 @@ impl AppState {
             proxy: forwarder,
             redis,
             metrics,
+            request_ids: Default::default(),
             revocation_requires_redis: cache.revocation_requires_redis,
             shutting_down: AtomicBool::new(false),
         }))

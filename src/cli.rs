@@ -178,7 +178,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
         Command::Demo { port, admin_port } => {
-            init_logging("info", LogFormat::Pretty);
+            let _logging = crate::logging::init("info", LogFormat::Pretty, true);
             with_runtime(async move { crate::demo::run(port, admin_port, shutdown_signal()).await })
         }
     }
@@ -201,12 +201,14 @@ fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
 
 async fn serve(path: PathBuf) -> Result<(), String> {
     let config = Config::load(&path, &ProcessEnv).map_err(|e| e.to_string())?;
-    init_logging(&config.logging.level, config.logging.format);
+    let logging = crate::logging::init(&config.logging.level, config.logging.format, config.logging.access_log);
     let listeners = crate::server::Listeners::bind(&config).await.map_err(|e| e.to_string())?;
     let addr = |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (public, admin) = (addr(&listeners.public), addr(&listeners.admin));
     tracing::info!(public = %public, admin = %admin, version = env!("CARGO_PKG_VERSION"), "entra-gateway listening");
-    crate::server::run(config, listeners, shutdown_signal(), Some(path)).await.map_err(|e| e.to_string())
+    crate::server::run(config, listeners, shutdown_signal(), Some(path), logging.dropped_lines())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {
@@ -247,19 +249,4 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Logs to stdout: JSON when not a terminal (containers), pretty otherwise; `RUST_LOG` wins.
-pub fn init_logging(level: &str, format: LogFormat) {
-    use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
-    };
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(std::io::stdout().is_terminal());
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

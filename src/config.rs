@@ -122,6 +122,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Threads serving the public listener (at least 1).
+    pub workers: usize,
     pub http2_max_concurrent_streams: u32,
     pub trusted_proxies: TrustedProxies,
     pub rate_limit: RateLimitConfig,

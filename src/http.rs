@@ -264,29 +264,23 @@ pub struct AccessInfo {
     pub user_id: Option<String>,
 }
 
-static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-
-/// The caller's `X-Request-Id` when it is sane (1..=128 visible characters), else a new one.
-fn request_id(headers: &http::HeaderMap) -> HeaderValue {
-    let sane = |v: &&HeaderValue| {
-        let b = v.as_bytes();
-        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
-    };
-    match headers.get(&X_REQUEST_ID).filter(sane) {
-        Some(v) => v.clone(),
-        None => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static("-")),
-    }
-}
+use crate::request_id::X_REQUEST_ID;
 
 /// Entry point of the public listener: request id, routing, and the request's one log line
 /// (at the level of its classification, with the failure's reason).
-pub async fn public(state: Arc<AppState>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+/// `worker` is the thread serving the connection (its upstream connection pool).
+pub async fn public(
+    state: Arc<AppState>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    worker: usize,
+) -> Response<Body> {
     let started = std::time::Instant::now();
-    let id = request_id(req.headers());
+    let id = state.request_ids.for_request(req.headers());
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let method = req.method().clone();
     let mut info = AccessInfo::default();
-    let (mut resp, failure) = match route_public(&state, req, peer, &mut info).await {
+    let (mut resp, failure) = match route_public(&state, req, peer, worker, &mut info).await {
         Ok(resp) => (resp, None),
         Err(rejection) => {
             let class = rejection.class();
@@ -347,6 +341,7 @@ async fn route_public(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
+    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let path = match screen(&req) {
@@ -368,16 +363,18 @@ async fn route_public(
         _ => ("unmatched", Endpoint::Proxy),
     };
     info.endpoint = endpoint.into();
+    // The exchange and session futures are large and rare: boxed, so that the future of every
+    // proxied request (moved on its first poll) stays small.
     match handler {
-        Endpoint::Exchange => exchange::handle(state, req, peer, info).await,
-        Endpoint::Logout => session::logout(state, req, info).await,
-        Endpoint::Me => session::me(state, req, info).await,
-        Endpoint::Photo => session::photo(state, req, info).await,
+        Endpoint::Exchange => Box::pin(exchange::handle(state, req, peer, info)).await,
+        Endpoint::Logout => Box::pin(session::logout(state, req, info)).await,
+        Endpoint::Me => Box::pin(session::me(state, req, info)).await,
+        Endpoint::Photo => Box::pin(session::photo(state, req, info)).await,
         Endpoint::Verify => verify::handle(state, req, &path, info).await,
         Endpoint::Jwks => wellknown::jwks(state, &req),
         Endpoint::Discovery => wellknown::discovery(state, &req),
         Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
-        Endpoint::Proxy => forward::handle(state, req, path, peer, info).await,
+        Endpoint::Proxy => forward::handle(state, req, path, peer, worker, info).await,
     }
 }
 

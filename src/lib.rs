@@ -42,6 +42,7 @@ pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod issuer;
 pub mod keys;
+pub(crate) mod logging;
 pub(crate) mod metrics;
 #[cfg(feature = "demo")]
 pub mod mock;
@@ -51,6 +52,7 @@ pub(crate) mod policy;
 pub mod proxy;
 pub(crate) mod ratelimit;
 pub(crate) mod reload;
+pub(crate) mod request_id;
 pub(crate) mod revocation;
 pub mod server;
 pub mod tls;

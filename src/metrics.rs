@@ -31,6 +31,7 @@ pub struct Metrics {
     pub connection_events_total: IntCounterVec,
     pub open_connections: IntGauge,
     pub jwks_stale: IntGaugeVec,
+    pub revocation_feed_up: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -144,6 +145,15 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            revocation_feed_up: {
+                let g = IntGauge::new(
+                    "entra_gateway_revocation_feed_up",
+                    "1 while this replica follows logouts through Redis pub/sub (no Redis call per request).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry: r,
         }
     }
@@ -158,8 +168,42 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
+    /// Exposes the access log's dropped lines as `entra_gateway_log_lines_dropped_total`.
+    pub fn count_dropped_log_lines(&self, dropped: crate::logging::DroppedLines) {
+        let _ = self.registry.register(Box::new(DroppedLogLines::new(dropped)));
+    }
+
     pub fn cache(&self, cache: &'static str, result: &'static str) {
         self.cache_requests_total.with_label_values(&[cache, result]).inc();
+    }
+}
+
+/// Reads the log writer's dropped-lines count when the metrics are scraped.
+struct DroppedLogLines {
+    dropped: crate::logging::DroppedLines,
+    desc: prometheus::core::Desc,
+}
+
+impl DroppedLogLines {
+    const NAME: &str = "entra_gateway_log_lines_dropped_total";
+    const HELP: &str = "Log lines dropped because the log writer could not keep up (stdout too slow).";
+
+    fn new(dropped: crate::logging::DroppedLines) -> DroppedLogLines {
+        let desc = prometheus::core::Desc::new(Self::NAME.into(), Self::HELP.into(), vec![], Default::default())
+            .expect("static metric definition");
+        DroppedLogLines { dropped, desc }
+    }
+}
+
+impl prometheus::core::Collector for DroppedLogLines {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let c = prometheus::IntCounter::new(Self::NAME, Self::HELP).expect("static metric definition");
+        c.inc_by(self.dropped.get());
+        c.collect()
     }
 }
 
@@ -203,6 +247,14 @@ mod tests {
         let text = m.render();
         assert!(text.contains("entra_gateway_exchange_total{outcome=\"success\"} 1\n"), "{text}");
         assert!(text.contains("entra_gateway_cache_requests_total{cache=\"groups\",result=\"hit\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn dropped_log_lines_are_exposed_even_when_none_were_dropped() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("entra_gateway_log_lines_dropped_total"));
+        m.count_dropped_log_lines(crate::logging::DroppedLines::default());
+        assert!(m.render().contains("entra_gateway_log_lines_dropped_total 0\n"), "{}", m.render());
     }
 
     #[test]

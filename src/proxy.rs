@@ -84,7 +84,9 @@ pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
 
 /// Forwards requests.
 pub struct Proxy {
-    client: UpstreamClient,
+    /// One pooled client per worker thread: an upstream connection is used by the thread that
+    /// opened it.
+    clients: Box<[UpstreamClient]>,
     forward_token: bool,
     /// `X-Forwarded-Proto` of the public listener.
     proto: &'static str,
@@ -92,14 +94,23 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(client: UpstreamClient, forward_token: bool, proto: &'static str, trusted: TrustedProxies) -> Proxy {
-        Proxy { client, forward_token, proto, trusted }
+    /// `clients`: one per worker.
+    pub fn new(
+        clients: Vec<UpstreamClient>,
+        forward_token: bool,
+        proto: &'static str,
+        trusted: TrustedProxies,
+    ) -> Proxy {
+        Proxy { clients: clients.into_boxed_slice(), forward_token, proto, trusted }
     }
 
     /// Rewrites the request for `route` and streams it to the upstream. `path` is the request's
-    /// canonical path: the one the route was chosen on is the one forwarded.
+    /// canonical path: the one the route was chosen on is the one forwarded. `worker`: the
+    /// thread serving the request, whose upstream connections are used.
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
+        worker: usize,
         route: &Route,
         principal: Option<&Principal>,
         ids: &IdentityHeaders,
@@ -133,7 +144,11 @@ impl Proxy {
                 h.insert(name.clone(), value.clone());
             }
         }
-        let sent = self.client.request(Request::from_parts(parts, body));
+        let client = self
+            .clients
+            .get(worker % self.clients.len().max(1))
+            .ok_or_else(|| ProxyError::BadGateway("no upstream client".into()))?;
+        let sent = client.request(Request::from_parts(parts, body));
         let mut resp = match tokio::time::timeout(route.timeout, sent).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(e)) => return Err(ProxyError::BadGateway(crate::outbound::error_chain(&e))),

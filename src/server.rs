@@ -18,7 +18,7 @@ use crate::config::{Config, RawConfig};
 use crate::http;
 
 pub mod conn;
-pub use conn::{ConnEvents, ConnLimits, serve, serve_with_events};
+pub use conn::{ConnEvents, ConnLimits, serve, serve_on_workers, serve_with_events};
 
 /// The two bound listeners.
 pub struct Listeners {
@@ -49,9 +49,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     config_path: Option<std::path::PathBuf>,
+    dropped_log_lines: crate::logging::DroppedLines,
 ) -> Result<(), StartError> {
     let reload = config_path.map(|path| Reload { path, initial: config.raw.clone() });
     let state = AppState::build(config)?;
+    state.metrics.count_dropped_log_lines(dropped_log_lines);
     run_with_state(state, listeners, shutdown, reload).await;
     Ok(())
 }
@@ -73,6 +75,8 @@ pub async fn run_with_state(
         let state = state.clone();
         background.spawn(async move { warm_jwks(&state, &tid).await });
     }
+    let feed_state = state.clone();
+    background.spawn(async move { feed_state.access.follow_revocations().await });
     if let Some(Reload { path, initial }) = reload {
         background.spawn(crate::reload::config_reloader(state.clone(), path, initial));
     }
@@ -100,9 +104,12 @@ pub async fn run_with_state(
     };
     let public_state = state.clone();
     let events = ConnEvents::new(state.metrics.clone());
-    let public = tokio::spawn(serve_with_events(listeners.public, tls, public_rx, limits, events, move |req, peer| {
-        http::public(public_state.clone(), req, peer)
-    }));
+    let workers = state.server.workers;
+    let public =
+        tokio::spawn(serve_on_workers(listeners.public, tls, public_rx, limits, events, workers, move |worker| {
+            let state = public_state.clone();
+            move |req, peer| http::public(state.clone(), req, peer, worker)
+        }));
     let admin_state = state.clone();
     let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, limits, move |req, _peer| {
         http::admin::handle(admin_state.clone(), req)

@@ -37,6 +37,8 @@ struct Cluster {
 /// A handle on Redis.
 pub struct RedisStore {
     conn: Conn,
+    /// The single-node client, for dedicated pub/sub connections (`None` with a cluster).
+    pubsub: Option<redis::Client>,
     prefix: String,
     timeout: Duration,
     healthy: AtomicBool,
@@ -56,7 +58,7 @@ impl RedisStore {
         let Some(redis) = &cfg.redis else { return Ok(None) };
         let certs = redis.ca_pem.clone().map(|pem| redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
         let timeout = redis.timeout;
-        let conn = match &redis.target {
+        let (conn, pubsub) = match &redis.target {
             RedisTarget::Single(url) => {
                 let client = match certs {
                     Some(c) => redis::Client::build_with_tls(url.expose(), c),
@@ -70,7 +72,7 @@ impl RedisStore {
                     .set_max_delay(Duration::from_secs(2));
                 let manager =
                     client.get_connection_manager_lazy(config).map_err(|e| format!("cache.redis_url: {e}"))?;
-                Conn::Single(manager)
+                (Conn::Single(manager), Some(client))
             }
             RedisTarget::Cluster(urls) => {
                 let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(|u| u.expose().to_string()))
@@ -81,11 +83,12 @@ impl RedisStore {
                     b = b.certs(c);
                 }
                 let client = b.build().map_err(|e| format!("cache.cluster_urls: {e}"))?;
-                Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) }))
+                (Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) })), None)
             }
         };
         Ok(Some(Arc::new(RedisStore {
             conn,
+            pubsub,
             prefix: cfg.key_prefix.clone(),
             timeout,
             healthy: AtomicBool::new(true),
@@ -97,6 +100,16 @@ impl RedisStore {
     /// `{prefix}{name}`.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
+    }
+
+    /// The client for a dedicated pub/sub connection; `None` with a Redis Cluster.
+    pub fn pubsub_client(&self) -> Option<&redis::Client> {
+        self.pubsub.as_ref()
+    }
+
+    /// The command timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Whether the last command worked.
@@ -182,6 +195,31 @@ impl RedisStore {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SCRIPT).arg(1).arg(key).arg(value);
         self.run::<i64>("del_if", &cmd).await.map(|_| ())
+    }
+
+    /// `PUBLISH channel payload` (channel already prefixed).
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        self.run::<i64>("publish", redis::cmd("PUBLISH").arg(channel).arg(payload)).await.map(|_| ())
+    }
+
+    /// Every key matching `pattern` (already prefixed) with its value, by `SCAN` and `MGET` in
+    /// batches; a key that expires in between has no value.
+    pub async fn scan_values(&self, pattern: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let mut found = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+            let (next, keys): (u64, Vec<String>) = self.run("scan", &scan).await?;
+            if !keys.is_empty() {
+                let values: Vec<Option<String>> = self.run("mget", redis::cmd("MGET").arg(&keys)).await?;
+                found.extend(keys.into_iter().zip(values));
+            }
+            if next == 0 {
+                return Ok(found);
+            }
+            cursor = next;
+        }
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {

@@ -159,6 +159,9 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
     if s.max_connections == 0 {
         p.push("server.max_connections", "at least 1");
     }
+    if s.workers > 256 {
+        p.push("server.workers", "at most 256 (0: one per CPU)");
+    }
     if s.http2_max_concurrent_streams == 0 {
         p.push("server.http2_max_concurrent_streams", "at least 1");
     }
@@ -203,10 +206,19 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_connections: s.max_connections,
+        workers: resolve_workers(s.workers),
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         trusted_proxies: TrustedProxies::new(s.trusted_proxies.clone()),
         rate_limit: s.rate_limit.clone(),
     })
+}
+
+/// `server.workers`, `0` resolved to the CPUs this process may use.
+fn resolve_workers(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
 }
 
 fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> Option<EntraSettings> {

@@ -74,6 +74,11 @@ pub struct ServerConfig {
     /// HTTP/1.1 keep-alive connection is also bounded by `header_read_timeout`). Defaults to `60s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Threads serving the public listener, each with its own event loop and upstream
+    /// connection pool (like nginx's worker processes); `0`: one per CPU the process may use
+    /// (its cgroup quota included). Defaults to `0`.
+    #[serde(default)]
+    pub workers: usize,
     /// Concurrent streams per HTTP/2 connection (announced in SETTINGS). Defaults to `100`.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
@@ -637,6 +642,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             max_connections: default_max_connections(),
+            workers: 0,
             idle_timeout: default_idle_timeout(),
             http2_max_concurrent_streams: default_h2_streams(),
             exchange_body_timeout: default_exchange_body_timeout(),

@@ -22,6 +22,7 @@ pub async fn handle(
     req: Request<Incoming>,
     path: CanonicalPath,
     peer: SocketAddr,
+    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
@@ -32,7 +33,7 @@ pub async fn handle(
     };
     info.endpoint = route.label.clone().into();
     info.upstream = Some(route.upstream_authority().to_string());
-    let result = forward(state, &route, req, &path, peer, info).await;
+    let result = forward(state, &route, req, &path, peer, worker, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
         Err(rejection) => rejection.class().status.as_u16(),
@@ -49,6 +50,7 @@ async fn forward(
     req: Request<Incoming>,
     path: &CanonicalPath,
     peer: SocketAddr,
+    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
@@ -62,5 +64,5 @@ async fn forward(
         }
     };
     let ids = state.access.identity_headers();
-    Ok(state.proxy.forward(route, principal.as_deref(), ids, path, req, peer).await?)
+    Ok(state.proxy.forward(worker, route, principal.as_deref(), ids, path, req, peer).await?)
 }

@@ -140,9 +140,13 @@ impl Activity {
         self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// A request started: while it is in flight the connection is not idle, so only the first
+    /// one needs the time (it ends the first-request deadline).
     fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        if self.last_ms.load(Ordering::Relaxed) == u64::MAX {
+            self.touch();
+        }
     }
 
     fn end(&self) {
@@ -200,9 +204,85 @@ pub async fn serve<H, F>(
 pub async fn serve_with_events<H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    events: ConnEvents,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    accept_loop(listener, tls, stop, limits, events, slots, handler).await
+}
+
+/// Serves `listener` on `workers` threads, each running its own single-threaded runtime with
+/// its own accept loop on the same socket, like nginx's worker processes: a connection, the
+/// requests on it and the upstream connections they use all stay on one thread, so no request
+/// wakes another thread. `handler_for(i)` makes worker `i`'s handler; the connection limit is
+/// shared. Completes when every worker has drained (see [`serve`]).
+pub async fn serve_on_workers<M, H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    events: ConnEvents,
+    workers: usize,
+    handler_for: M,
+) where
+    M: Fn(usize) -> H,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "cannot hand the listener to the workers"),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut finished = Vec::with_capacity(workers);
+    for i in 0..workers.max(1) {
+        let socket = match listener.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, worker = i, "cannot share the listener with a worker");
+                break;
+            }
+        };
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let (tls, stop, events, slots, handler) =
+            (tls.clone(), stop.clone(), events.clone(), slots.clone(), handler_for(i));
+        let worker = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match runtime {
+                Ok(rt) => rt.block_on(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(l) => accept_loop(l, tls, stop, limits, events, slots, handler).await,
+                        Err(e) => tracing::error!(error = %e, worker = i, "worker cannot listen"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, worker = i, "cannot start a worker runtime"),
+            }
+            let _ = done.send(());
+        };
+        match std::thread::Builder::new().name(format!("entra-gateway-worker-{i}")).spawn(worker) {
+            Ok(_) => finished.push(finished_rx),
+            Err(e) => tracing::error!(error = %e, worker = i, "cannot start a worker thread"),
+        }
+    }
+    drop(listener);
+    for worker in finished {
+        let _ = worker.await;
+    }
+}
+
+/// Accepts connections until `stop`, then lets them finish within `limits.grace`.
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     limits: ConnLimits,
     events: ConnEvents,
+    slots: Arc<tokio::sync::Semaphore>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -223,7 +303,6 @@ pub async fn serve_with_events<H, F>(
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
     let local = listener.local_addr().ok();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -110,7 +110,9 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     let r = client().post(gw.url("/auth/exchange")).bearer_auth(&forged).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(generated.len(), 36, "a UUID when the client sent none");
+    let (prefix, counter) = generated.split_once('-').expect("<prefix>-<counter>");
+    assert_eq!((prefix.len(), counter.len()), (12, 16), "a new id when the client sent none: {generated}");
+    assert!(generated.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{generated}");
     let form = [
         ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
         ("subject_token", good.as_str()),
@@ -431,4 +433,29 @@ async fn entra_and_graph_over_https_are_trusted_through_extra_ca_file() {
     let strict = GatewayBuilder::new(&mock).start().await;
     let (status, _, _) = exchange(&strict, &overage_token_for(&mock, "bob")).await;
     assert_eq!(status, 503);
+}
+
+#[tokio::test]
+async fn access_log_off_drops_only_the_access_lines_and_the_last_lines_reach_stdout_at_exit() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let (mut gw, _, _dir) = GatewayBuilder::new(&mock)
+        .yaml(&routes(&up))
+        .set("LOGGING__FORMAT", "json")
+        .set("LOGGING__ACCESS_LOG", "false")
+        .spawn();
+    let r = client().post(gw.url("/auth/exchange")).bearer_auth(token_for(&mock, "alice")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(client().get(gw.url("/down/x")).send().await.unwrap().status(), 502);
+    gw.signal("TERM");
+    let (lines, status) = gw.collect_until_exit();
+    assert!(status.success());
+    let messages: Vec<String> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["message"].as_str().map(String::from))
+        .collect();
+    assert!(!messages.iter().any(|m| m == "request"), "no access line: {messages:?}");
+    assert!(messages.iter().any(|m| m == "user created"), "other lines stay: {messages:?}");
+    assert_eq!(messages.last().map(String::as_str), Some("shutdown complete"), "flushed at exit: {messages:?}");
 }

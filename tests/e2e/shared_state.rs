@@ -210,3 +210,107 @@ async fn with_redis_killed_exchanges_still_work_and_when_it_returns_the_gateway_
     assert_eq!(keys(&redis, &format!("entra-gateway:user:{tid}:{ERIN}")).await.len(), 1, "writes resumed");
     assert_eq!(keys(&redis, &format!("entra-gateway:groups:{tid}:{ERIN}:*")).await.len(), 1);
 }
+
+/// The value of one metric line (`name{labels}` exactly), 0 when absent.
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+const FEED_UP: &str = "entra_gateway_revocation_feed_up";
+const EXISTS_CALLS: &str = "entra_gateway_redis_command_duration_seconds_count{command=\"exists\"}";
+
+/// Waits (bounded) until `check` holds; the feed is asynchronous by nature.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn verify_status(gw: &Gateway, token: &str) -> u16 {
+    client().get(gw.url("/auth/verify/app")).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn with_the_feed_live_requests_cost_no_redis_call_and_a_logout_reaches_the_other_replica() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let a = replica(&mock, &redis).await;
+    let b = replica(&mock, &redis).await;
+    eventually("both feeds are live", || async {
+        metric(&a, FEED_UP).await == 1.0 && metric(&b, FEED_UP).await == 1.0
+    })
+    .await;
+    let token = login(&a, &mock, "bob").await;
+    for _ in 0..20 {
+        assert_eq!(verify_status(&b, &token).await, 200);
+    }
+    assert_eq!(metric(&b, EXISTS_CALLS).await, 0.0, "no Redis round trip per request");
+
+    assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&token).send().await.unwrap().status(), 204);
+    assert_eq!(verify_status(&a, &token).await, 401, "at once on the replica that logged out");
+    eventually("B heard the logout", || async { verify_status(&b, &token).await == 401 }).await;
+    assert_eq!(metric(&b, EXISTS_CALLS).await, 0.0, "heard, not asked");
+    let stored = keys(&redis, "entra-gateway:revoked:*").await;
+    let mut c = redis.connection().await;
+    let until: u64 = ::redis::cmd("GET").arg(&stored[0]).query_async(&mut c).await.unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(until > now_ms + 900_000 && until < now_ms + 910_000, "the key holds the token's end: {until}");
+}
+
+#[tokio::test]
+async fn a_replica_started_after_a_logout_learns_it_from_the_resync_and_ignores_garbage() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let a = replica(&mock, &redis).await;
+    let token = login(&a, &mock, "bob").await;
+    assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&token).send().await.unwrap().status(), 204);
+    let mut c = redis.connection().await;
+    let _: () =
+        ::redis::cmd("SET").arg("entra-gateway:revoked:junk").arg("not a time").query_async(&mut c).await.unwrap();
+    let _: i64 =
+        ::redis::cmd("PUBLISH").arg("entra-gateway:revocations").arg("\u{0}garbage").query_async(&mut c).await.unwrap();
+
+    let late = replica(&mock, &redis).await;
+    eventually("the late replica's feed is live", || async { metric(&late, FEED_UP).await == 1.0 }).await;
+    assert_eq!(verify_status(&late, &token).await, 401);
+    assert_eq!(metric(&late, EXISTS_CALLS).await, 0.0, "known from the resync, not asked per request");
+    let other = login(&a, &mock, "alice").await;
+    assert_eq!(verify_status(&late, &other).await, 200);
+}
+
+#[tokio::test]
+async fn when_the_feed_is_lost_revocation_requires_redis_refuses_and_the_feed_returns_with_redis() {
+    let mock = mock().await;
+    let mut redis = RedisServer::start().await;
+    let strict = |mock| {
+        GatewayBuilder::new(mock)
+            .set("CACHE__REDIS_URL", redis.url())
+            .set("CACHE__REVOCATION_REQUIRES_REDIS", "true")
+            .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "path")
+            .start()
+    };
+    let gw = strict(&mock).await;
+    let lenient = replica(&mock, &redis).await;
+    let token = login(&gw, &mock, "bob").await;
+    let lenient_token = login(&lenient, &mock, "bob").await;
+    eventually("the feed is live", || async { metric(&gw, FEED_UP).await == 1.0 }).await;
+    assert_eq!(verify_status(&gw, &token).await, 200);
+
+    redis.kill();
+    eventually("the strict replica refuses what it cannot check", || async { verify_status(&gw, &token).await == 503 })
+        .await;
+    assert_eq!(metric(&gw, FEED_UP).await, 0.0);
+    eventually("the lenient replica serves", || async { verify_status(&lenient, &lenient_token).await == 200 }).await;
+
+    redis.restart().await;
+    eventually("the feed is back", || async { metric(&gw, FEED_UP).await == 1.0 }).await;
+    assert_eq!(verify_status(&gw, &token).await, 200);
+    let calls = metric(&gw, EXISTS_CALLS).await;
+    assert_eq!(verify_status(&gw, &token).await, 200);
+    assert_eq!(metric(&gw, EXISTS_CALLS).await, calls, "live again: no call per request");
+}

@@ -1,0 +1,74 @@
+//! Request ids: the `X-Request-Id` every request and response carries, and the access line logs.
+//!
+//! Owns: accepting a caller's sane id and making new ones (a random prefix per process and a
+//! counter: unique across replicas and restarts, no random-number syscall per request). Must
+//! not: log or read anything else of the request.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// New request ids: a random prefix per process and a counter, so that ids are unique across
+/// replicas and restarts without a random-number syscall per request.
+pub struct RequestIds {
+    prefix: [u8; 12],
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut prefix = [0u8; 12];
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        prefix.copy_from_slice(&random.as_bytes()[..12]);
+        RequestIds { prefix, next: Default::default() }
+    }
+}
+
+impl RequestIds {
+    /// The caller's `X-Request-Id` when it is sane (1..=128 visible characters), else a new one.
+    pub fn for_request(&self, headers: &HeaderMap) -> HeaderValue {
+        let sane = |v: &&HeaderValue| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
+        };
+        match headers.get(&X_REQUEST_ID).filter(sane) {
+            Some(v) => v.clone(),
+            None => self.next_id(),
+        }
+    }
+
+    /// `<12 hex digits>-<16 hex digits>`.
+    fn next_id(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = [0u8; 29];
+        id[..12].copy_from_slice(&self.prefix);
+        id[12] = b'-';
+        for (i, slot) in id[13..].iter_mut().enumerate() {
+            *slot = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_keep_a_sane_caller_id() {
+        let ids = RequestIds::default();
+        let (a, b) = (ids.next_id(), ids.next_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 29);
+        assert_eq!(&a.as_bytes()[..13], &b.as_bytes()[..13], "one prefix per process");
+        assert!(a.to_str().unwrap().ends_with("-0000000000000000"), "{a:?}");
+        assert!(b.to_str().unwrap().ends_with("-0000000000000001"), "{b:?}");
+        assert_ne!(RequestIds::default().next_id(), a, "another process has another prefix");
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(ids.for_request(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc 123"));
+        assert_ne!(ids.for_request(&h), "abc 123", "an insane id is replaced");
+    }
+}
