@@ -19,12 +19,10 @@ pub mod jwks;
 use std::collections::BTreeSet;
 
 use base64::Engine;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use crate::config::EntraSettings;
-use jwks::{JwksCache, JwksError, Key};
+use jwks::{JwksCache, JwksError};
 
 /// Audiences of Microsoft Graph tokens (the classic mistake: sending MSAL's `User.Read` token).
 const GRAPH_AUDIENCES: &[&str] =
@@ -125,6 +123,12 @@ pub struct EntraIdentity {
 #[derive(Debug, Deserialize)]
 struct EntraClaims {
     #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
+    iss: Option<String>,
+    #[serde(default)]
     tid: Option<String>,
     #[serde(default)]
     oid: Option<String>,
@@ -180,12 +184,41 @@ impl EntraClaims {
     }
 
     fn is_graph_audience(&self) -> bool {
-        let is_graph = |v: &serde_json::Value| v.as_str().is_some_and(|s| GRAPH_AUDIENCES.contains(&s));
+        self.has_audience(|a| GRAPH_AUDIENCES.contains(&a))
+    }
+
+    /// Whether `aud` (a string or a list of strings) has a value that `accept`s.
+    fn has_audience(&self, accept: impl Fn(&str) -> bool) -> bool {
+        let matches = |v: &serde_json::Value| v.as_str().is_some_and(&accept);
         match &self.aud {
-            Some(serde_json::Value::Array(list)) => list.iter().any(is_graph),
-            Some(v) => is_graph(v),
+            Some(serde_json::Value::Array(list)) => list.iter().any(matches),
+            Some(v) => matches(v),
             None => false,
         }
+    }
+
+    /// The registered claims, checked as RFC 7519 says and in jsonwebtoken's order: `exp`,
+    /// `iss` and `aud` present; `exp` not past and `nbf` not ahead, each with `leeway`; `iss`
+    /// exactly `issuer`; an `aud` among `audiences`.
+    fn check_registered(&self, issuer: &str, audiences: &[String], leeway: u64, now: u64) -> Result<(), EntraError> {
+        let exp = self.exp.ok_or(EntraError::MissingClaim("exp"))?;
+        let iss = self.iss.as_deref().ok_or(EntraError::MissingClaim("iss"))?;
+        if self.aud.is_none() {
+            return Err(EntraError::MissingClaim("aud"));
+        }
+        if exp < now.saturating_sub(leeway) {
+            return Err(EntraError::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(EntraError::NotYetValid);
+        }
+        if iss != issuer {
+            return Err(EntraError::WrongIssuer);
+        }
+        if !self.has_audience(|a| audiences.iter().any(|x| x == a)) {
+            return Err(EntraError::WrongAudience);
+        }
+        Ok(())
     }
 }
 
@@ -242,8 +275,8 @@ impl EntraValidator {
     /// Microsoft's signing-key issuer rule: a key whose JWKS entry names an `issuer` verifies
     /// only tokens whose issuer is that one (`{tenantid}` replaced by the token's `tid`), in its
     /// v1 or v2 form.
-    fn check_key_issuer(&self, key: &Key, tid: &str, token_issuer: &str) -> Result<(), EntraError> {
-        let Some(template) = &key.issuer else { return Ok(()) };
+    fn check_key_issuer(&self, key_issuer: Option<&str>, tid: &str, token_issuer: &str) -> Result<(), EntraError> {
+        let Some(template) = key_issuer else { return Ok(()) };
         let effective = template.replace("{tenantid}", tid);
         if effective.eq_ignore_ascii_case(token_issuer) || effective.eq_ignore_ascii_case(&self.v2_issuer(tid)) {
             Ok(())
@@ -252,19 +285,20 @@ impl EntraValidator {
         }
     }
 
-    /// Validates `token` and says whether it is a user's or an app's.
+    /// Validates `token` and says whether it is a user's or an app's. The token is decoded once;
+    /// its signature is checked with the tenant's key as parsed when the JWKS was loaded.
     pub async fn validate(&self, token: &str) -> Result<Validated, EntraError> {
-        let kid = check_header(token)?;
-        let unverified: EntraClaims =
-            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| EntraError::Malformed)?;
-        if unverified.is_graph_audience() {
+        let parts = Compact::split(token)?;
+        let kid = check_header(parts.header)?;
+        let claims: EntraClaims = decode_part(parts.payload)?;
+        if claims.is_graph_audience() {
             return Err(EntraError::GraphToken);
         }
-        let tid = unverified.tid.as_deref().ok_or(EntraError::MissingClaim("tid"))?.to_ascii_lowercase();
+        let tid = claims.tid.as_deref().ok_or(EntraError::MissingClaim("tid"))?.to_ascii_lowercase();
         if !self.tenants.contains(&tid) {
             return Err(EntraError::TenantNotAllowed);
         }
-        let version = match unverified.ver.as_deref() {
+        let version = match claims.ver.as_deref() {
             Some("1.0") => 1,
             Some("2.0") => 2,
             _ => return Err(EntraError::UnsupportedVersion),
@@ -277,11 +311,10 @@ impl EntraValidator {
             JwksError::Unavailable(why) => EntraError::KeysUnavailable(why),
         })?;
         let issuer = self.expected_issuer(version, &tid);
-        self.check_key_issuer(&key, &tid, &issuer)?;
-        let validation = self.validation(&issuer);
-        let claims = jsonwebtoken::decode::<EntraClaims>(token, &key.decoding, &validation)
-            .map_err(|e| map_error(e.kind()))?
-            .claims;
+        self.check_key_issuer(key.issuer.as_deref(), &tid, &issuer)?;
+        let signature = B64.decode(parts.signature).map_err(|_| EntraError::BadSignature)?;
+        key.verifier.verify_sig(parts.signed.as_bytes(), &signature).map_err(|_| EntraError::BadSignature)?;
+        claims.check_registered(&issuer, &self.audiences, self.leeway, crate::clock::unix_now())?;
         self.classify(claims, tid, version)
     }
 
@@ -332,46 +365,45 @@ impl EntraValidator {
             app.client_id
         ))
     }
+}
 
-    fn validation(&self, issuer: &str) -> Validation {
-        let mut v = Validation::new(Algorithm::RS256);
-        v.leeway = self.leeway;
-        v.validate_nbf = true;
-        v.set_issuer(&[issuer]);
-        v.set_audience(&self.audiences);
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The three parts of a compact JWS, and what its signature covers.
+struct Compact<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    /// `header.payload`.
+    signed: &'a str,
+}
+
+impl<'a> Compact<'a> {
+    fn split(token: &'a str) -> Result<Compact<'a>, EntraError> {
+        let (signed, signature) = token.rsplit_once('.').ok_or(EntraError::Malformed)?;
+        let (header, payload) = signed.split_once('.').ok_or(EntraError::Malformed)?;
+        if payload.contains('.') {
+            return Err(EntraError::Malformed);
+        }
+        Ok(Compact { header, payload, signature, signed })
     }
 }
 
+/// A base64url JSON part.
+fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, EntraError> {
+    let raw = B64.decode(part).map_err(|_| EntraError::Malformed)?;
+    serde_json::from_slice(&raw).map_err(|_| EntraError::Malformed)
+}
+
 /// Checks the header by hand (so that `alg: none` and HS* get their own error) and returns `kid`.
-fn check_header(token: &str) -> Result<String, EntraError> {
-    let mut parts = token.split('.');
-    let (Some(h), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-        return Err(EntraError::Malformed);
-    };
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).map_err(|_| EntraError::Malformed)?;
-    let header: serde_json::Value = serde_json::from_slice(&raw).map_err(|_| EntraError::Malformed)?;
+fn check_header(header: &str) -> Result<String, EntraError> {
+    let header: serde_json::Value = decode_part(header)?;
     if header.get("alg").and_then(|a| a.as_str()) != Some("RS256") {
         return Err(EntraError::UnsupportedAlgorithm);
     }
     match header.get("kid").and_then(|k| k.as_str()) {
         Some(kid) if !kid.is_empty() => Ok(kid.to_string()),
         _ => Err(EntraError::MissingKid),
-    }
-}
-
-fn map_error(kind: &ErrorKind) -> EntraError {
-    match kind {
-        ErrorKind::ExpiredSignature => EntraError::Expired,
-        ErrorKind::ImmatureSignature => EntraError::NotYetValid,
-        ErrorKind::InvalidIssuer => EntraError::WrongIssuer,
-        ErrorKind::InvalidAudience => EntraError::WrongAudience,
-        ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => EntraError::BadSignature,
-        ErrorKind::MissingRequiredClaim(c) if c == "exp" => EntraError::MissingClaim("exp"),
-        ErrorKind::MissingRequiredClaim(c) if c == "iss" => EntraError::MissingClaim("iss"),
-        ErrorKind::MissingRequiredClaim(c) if c == "aud" => EntraError::MissingClaim("aud"),
-        _ => EntraError::Malformed,
     }
 }
 

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_now;
@@ -168,9 +168,7 @@ impl Issuer {
     fn sign(&self, claims: InternalClaims) -> Result<Minted, MintError> {
         let key = self.keys.active().ok_or_else(|| MintError("no signing key".into()))?;
         let ttl = self.ttl.as_secs();
-        let mut header = Header::new(key.algorithm);
-        header.kid = Some(key.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| MintError(e.to_string()))?;
+        let token = key.sign(&claims).map_err(MintError)?;
         Ok(Minted { token, claims, expires_in: ttl })
     }
 

@@ -2,7 +2,9 @@
 //! `keys generate`.
 //!
 //! Owns: turning a `SigningKeyConfig` into a checked key pair (a test signature is made at load
-//! time so that a bad key fails start-up, not the first exchange) and its public JWK.
+//! time so that a bad key fails start-up, not the first exchange), its public JWK, and signing
+//! compact JWS with the private key parsed once (jsonwebtoken re-parses it for every token,
+//! which for ES256 includes a public-key computation as costly as the signature).
 //! Must not: log key material, or accept a key whose algorithm differs from its config entry.
 
 use std::collections::HashMap;
@@ -10,7 +12,8 @@ use std::path::Path;
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+use base64::Engine;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 
@@ -45,6 +48,44 @@ pub struct SigningKey {
     pub decoding: DecodingKey,
     /// Public JWK with `kid`, `alg` and `use: sig` set.
     pub jwk: Jwk,
+    /// The private key, parsed once.
+    signer: Signer,
+    /// `base64url({"typ":"JWT","alg":...,"kid":...}).`: the same for every token of this key.
+    header_b64: String,
+}
+
+/// A parsed private key.
+enum Signer {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
+    Ed(Ed25519KeyPair),
+}
+
+impl Signer {
+    fn parse(alg: SigningAlgorithm, der: &[u8]) -> Result<Signer, String> {
+        let rejected = |e: aws_lc_rs::error::KeyRejected| e.to_string();
+        Ok(match alg {
+            SigningAlgorithm::ES256 => {
+                Signer::Ec(EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(rejected)?)
+            }
+            SigningAlgorithm::RS256 => Signer::Rsa(RsaKeyPair::from_der(der).map_err(rejected)?),
+            SigningAlgorithm::EdDSA => Signer::Ed(Ed25519KeyPair::from_pkcs8(der).map_err(rejected)?),
+        })
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        let failed = |_| "signing failed".to_string();
+        match self {
+            Signer::Ec(k) => Ok(k.sign(&SystemRandom::new(), message).map_err(failed)?.as_ref().to_vec()),
+            Signer::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut sig)
+                    .map_err(failed)?;
+                Ok(sig)
+            }
+            Signer::Ed(k) => Ok(k.sign(message).as_ref().to_vec()),
+        }
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -82,17 +123,33 @@ impl SigningKey {
         jwk.common.key_id = Some(kid.to_string());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
-        let key = SigningKey { kid: kid.to_string(), algorithm, encoding, decoding, jwk };
+        let signer = Signer::parse(alg, encoding.as_bytes())?;
+        let mut header = jsonwebtoken::Header::new(algorithm);
+        header.kid = Some(kid.to_string());
+        let header_json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+        let header_b64 = format!("{}.", B64.encode(header_json));
+        let key = SigningKey { kid: kid.to_string(), algorithm, encoding, decoding, jwk, signer, header_b64 };
         key.self_test()?;
         Ok(key)
     }
 
-    /// Signs and verifies a throwaway token so that a wrong curve or a broken key fails now.
+    /// A compact JWS of `claims` signed with this key (header: `typ`, `alg`, `kid`).
+    pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
+        let payload = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
+        let mut token = String::with_capacity(self.header_b64.len() + payload.len() * 4 / 3 + 400);
+        token.push_str(&self.header_b64);
+        B64.encode_string(payload, &mut token);
+        let signature = self.signer.sign(token.as_bytes())?;
+        token.push('.');
+        B64.encode_string(signature, &mut token);
+        Ok(token)
+    }
+
+    /// Signs and verifies a throwaway token so that a wrong curve or a broken key fails now
+    /// (verified by jsonwebtoken, independently of this module's signing).
     fn self_test(&self) -> Result<(), String> {
-        let mut header = jsonwebtoken::Header::new(self.algorithm);
-        header.kid = Some(self.kid.clone());
         let claims = serde_json::json!({"exp": u64::MAX / 2, "sub": "self-test"});
-        let token = jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())?;
+        let token = self.sign(&claims)?;
         let mut v = jsonwebtoken::Validation::new(self.algorithm);
         v.validate_aud = false;
         jsonwebtoken::decode::<serde_json::Value>(&token, &self.decoding, &v)
@@ -100,6 +157,8 @@ impl SigningKey {
             .map_err(|e| format!("self-test signature failed: {e}"))
     }
 }
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// All configured keys: the first signs, every one verifies and is published.
 #[derive(Debug)]
@@ -182,6 +241,16 @@ mod tests {
             assert_eq!(jwk["kid"], "k");
             assert_eq!(jwk["use"], "sig");
             assert!(jwk.get("d").is_none(), "private part leaked: {jwk}");
+            let token = key.sign(&serde_json::json!({"sub": "x", "exp": 4_000_000_000u64})).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(
+                (header.alg, header.kid.as_deref(), header.typ.as_deref()),
+                (jwt_algorithm(alg), Some("k"), Some("JWT"))
+            );
+            let mut v = jsonwebtoken::Validation::new(jwt_algorithm(alg));
+            v.validate_aud = false;
+            let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key.decoding, &v).unwrap().claims;
+            assert_eq!(claims["sub"], "x", "{alg:?}: signed once-parsed, verified by jsonwebtoken");
         }
     }
 

@@ -20,9 +20,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
+use base64::Engine;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use jsonwebtoken::DecodingKey;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -51,11 +52,19 @@ pub enum JwksError {
     UnknownKid,
 }
 
-/// One verification key and the issuer its JWKS entry names (`{tenantid}` not yet replaced).
+/// One verification key, parsed once (RS256, 2048 to 8192 bits), and the issuer its JWKS entry
+/// names (`{tenantid}` not yet replaced).
 #[derive(Clone)]
 pub struct Key {
-    pub decoding: DecodingKey,
+    pub verifier: Arc<ParsedPublicKey>,
     pub issuer: Option<String>,
+}
+
+/// The RS256 verifier of a JWK's base64url `n` and `e`.
+fn rsa_verifier(n: &str, e: &str) -> Option<ParsedPublicKey> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (n, e) = (b64.decode(n.trim_end_matches('=')).ok()?, b64.decode(e.trim_end_matches('=')).ok()?);
+    RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }.to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256).ok()
 }
 
 /// One tenant's RS256 verification keys by `kid`.
@@ -74,10 +83,10 @@ impl KeySet {
             let field = |name: &str| k.get(name).and_then(|v| v.as_str());
             let usable = field("kty") == Some("RSA") && matches!(field("use"), None | Some("sig"));
             if let (true, Some(kid), Some(n), Some(e)) = (usable, field("kid"), field("n"), field("e"))
-                && let Ok(decoding) = DecodingKey::from_rsa_components(n, e)
+                && let Some(verifier) = rsa_verifier(n, e)
             {
                 let issuer = field("issuer").filter(|i| !i.trim().is_empty()).map(str::to_string);
-                keys.insert(kid.to_string(), Key { decoding, issuer });
+                keys.insert(kid.to_string(), Key { verifier: Arc::new(verifier), issuer });
             }
         }
         if keys.is_empty() {

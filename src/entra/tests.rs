@@ -10,12 +10,50 @@ fn b64(v: &serde_json::Value) -> String {
 fn header_check_refuses_none_and_hmac_and_needs_a_kid() {
     let body = b64(&serde_json::json!({}));
     let tok = |h: serde_json::Value| format!("{}.{body}.sig", b64(&h));
-    assert_eq!(check_header(&tok(serde_json::json!({"alg":"none","kid":"k"}))), Err(EntraError::UnsupportedAlgorithm));
-    assert_eq!(check_header(&tok(serde_json::json!({"alg":"HS256","kid":"k"}))), Err(EntraError::UnsupportedAlgorithm));
-    assert_eq!(check_header(&tok(serde_json::json!({"alg":"RS256"}))), Err(EntraError::MissingKid));
-    assert_eq!(check_header(&tok(serde_json::json!({"alg":"RS256","kid":"k"}))), Ok("k".into()));
-    assert_eq!(check_header("a.b"), Err(EntraError::Malformed));
-    assert_eq!(check_header("!!.b.c"), Err(EntraError::Malformed));
+    let header = |t: &str| Compact::split(t).and_then(|c| check_header(c.header));
+    assert_eq!(header(&tok(serde_json::json!({"alg":"none","kid":"k"}))), Err(EntraError::UnsupportedAlgorithm));
+    assert_eq!(header(&tok(serde_json::json!({"alg":"HS256","kid":"k"}))), Err(EntraError::UnsupportedAlgorithm));
+    assert_eq!(header(&tok(serde_json::json!({"alg":"RS256"}))), Err(EntraError::MissingKid));
+    assert_eq!(header(&tok(serde_json::json!({"alg":"RS256","kid":"k"}))), Ok("k".into()));
+    assert_eq!(header("a.b"), Err(EntraError::Malformed));
+    assert_eq!(header("a.b.c.d"), Err(EntraError::Malformed));
+    assert_eq!(header("!!.b.c"), Err(EntraError::Malformed));
+}
+
+#[test]
+fn registered_claims_are_checked_with_leeway_and_in_order() {
+    let aud = vec!["api://x".to_string()];
+    let check = |v: serde_json::Value| {
+        serde_json::from_value::<EntraClaims>(v).unwrap().check_registered("https://iss/", &aud, 60, 1_000_000)
+    };
+    let ok = serde_json::json!({"exp": 1_000_100, "iss": "https://iss/", "aud": "api://x"});
+    assert_eq!(check(ok.clone()), Ok(()));
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = ok.clone();
+        c[k] = v;
+        c
+    };
+    let without = |k: &str| {
+        let mut c = ok.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c
+    };
+    assert_eq!(check(without("exp")), Err(EntraError::MissingClaim("exp")));
+    assert_eq!(check(without("iss")), Err(EntraError::MissingClaim("iss")));
+    assert_eq!(check(without("aud")), Err(EntraError::MissingClaim("aud")));
+    assert_eq!(check(with("exp", 999_940.into())), Ok(()), "within the leeway");
+    assert_eq!(check(with("exp", 999_939.into())), Err(EntraError::Expired));
+    assert_eq!(check(with("nbf", 1_000_060.into())), Ok(()), "within the leeway");
+    assert_eq!(check(with("nbf", 1_000_061.into())), Err(EntraError::NotYetValid));
+    assert_eq!(check(with("iss", "https://iss".into())), Err(EntraError::WrongIssuer));
+    assert_eq!(check(with("aud", "api://y".into())), Err(EntraError::WrongAudience));
+    assert_eq!(check(with("aud", serde_json::json!(["api://y", "api://x"]))), Ok(()), "one of a list");
+    assert_eq!(check(with("aud", serde_json::json!([5]))), Err(EntraError::WrongAudience));
+    assert_eq!(
+        check(serde_json::json!({"exp": 1, "iss": "other", "aud": "api://y"})),
+        Err(EntraError::Expired),
+        "expiry is reported first"
+    );
 }
 
 #[test]
@@ -116,20 +154,17 @@ fn required_scopes_need_one_of_them_in_scp() {
 #[test]
 fn a_signing_key_verifies_only_for_the_tenant_its_issuer_names() {
     let v = validator("");
-    let key = |issuer: Option<&str>| Key {
-        decoding: jsonwebtoken::DecodingKey::from_secret(b"unused"),
-        issuer: issuer.map(str::to_string),
-    };
+    let key = |issuer: Option<&str>| issuer.map(str::to_string);
     let t = "11111111-1111-1111-1111-111111111111";
     let shared = key(Some("https://login.microsoftonline.com/{tenantid}/v2.0"));
-    assert_eq!(v.check_key_issuer(&shared, t, &v.expected_issuer(2, t)), Ok(()));
-    assert_eq!(v.check_key_issuer(&shared, t, &v.expected_issuer(1, t)), Ok(()), "v1 tokens, v2 key issuers");
+    assert_eq!(v.check_key_issuer(shared.as_deref(), t, &v.expected_issuer(2, t)), Ok(()));
+    assert_eq!(v.check_key_issuer(shared.as_deref(), t, &v.expected_issuer(1, t)), Ok(()), "v1 tokens, v2 key issuers");
     let other = key(Some("https://login.microsoftonline.com/99999999-9999-9999-9999-999999999999/v2.0"));
-    assert_eq!(v.check_key_issuer(&other, t, &v.expected_issuer(2, t)), Err(EntraError::KeyOfAnotherTenant));
-    assert_eq!(v.check_key_issuer(&other, t, &v.expected_issuer(1, t)), Err(EntraError::KeyOfAnotherTenant));
+    assert_eq!(v.check_key_issuer(other.as_deref(), t, &v.expected_issuer(2, t)), Err(EntraError::KeyOfAnotherTenant));
+    assert_eq!(v.check_key_issuer(other.as_deref(), t, &v.expected_issuer(1, t)), Err(EntraError::KeyOfAnotherTenant));
     let own = key(Some(&format!("https://login.microsoftonline.com/{t}/v2.0")));
-    assert_eq!(v.check_key_issuer(&own, t, &v.expected_issuer(2, t)), Ok(()));
-    assert_eq!(v.check_key_issuer(&key(None), t, &v.expected_issuer(2, t)), Ok(()), "no issuer: no check");
+    assert_eq!(v.check_key_issuer(own.as_deref(), t, &v.expected_issuer(2, t)), Ok(()));
+    assert_eq!(v.check_key_issuer(key(None).as_deref(), t, &v.expected_issuer(2, t)), Ok(()), "no issuer: no check");
 }
 
 #[test]
