@@ -3,11 +3,14 @@
 //! Owns: the stable internal user id for (tid, oid), creating the record on first sign-in,
 //! updating changed profile fields on later ones (one structured log line naming the changed
 //! fields), and `created_at` / `updated_at` / `last_login_at`. Storage sits behind
-//! [`UserStore`] (in-process here; Redis in `cache::redis`). Must not: call Graph, derive the id
+//! [`UserStore`] (in-process here; Redis in `cache::redis`). A user who signs in again with an
+//! unchanged profile is answered from this replica's copy of the record: the store is not read,
+//! and `last_login_at` is written at most once per [`LAST_LOGIN_EVERY`], after the response
+//! (a changed profile always goes to the store at once). Must not: call Graph, derive the id
 //! from email or UPN, or log profile values (only field names).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -175,15 +178,52 @@ pub enum SyncOutcome {
     Unchanged,
 }
 
+/// `last_login_at` of a user who keeps signing in is written at most this often.
+pub const LAST_LOGIN_EVERY: Duration = Duration::from_secs(60);
+
+/// This replica's copy of a record it wrote, with the profile it was written from.
+struct Recent {
+    record: UserRecord,
+    profile: Profile,
+    written: tokio::time::Instant,
+}
+
 /// The user directory.
 #[derive(Clone)]
 pub struct Directory {
     store: Arc<dyn UserStore>,
+    recent: moka::sync::Cache<(String, String), Arc<Recent>>,
 }
 
 impl Directory {
     pub fn new(store: Arc<dyn UserStore>) -> Directory {
-        Directory { store }
+        let recent = moka::sync::Cache::builder().max_capacity(100_000).time_to_idle(Duration::from_secs(600)).build();
+        Directory { store, recent }
+    }
+
+    fn remember(&self, key: (String, String), record: &UserRecord, profile: &Profile) {
+        let recent = Recent { record: record.clone(), profile: profile.clone(), written: tokio::time::Instant::now() };
+        self.recent.insert(key, Arc::new(recent));
+    }
+
+    /// A repeat sign-in with the profile this replica last wrote: the record without a store
+    /// read; `last_login_at` refreshed and written in the background once it is older than
+    /// [`LAST_LOGIN_EVERY`].
+    fn repeat_login(&self, key: &(String, String), profile: &Profile) -> Option<UserRecord> {
+        let recent = self.recent.get(key).filter(|r| r.profile == *profile)?;
+        if recent.written.elapsed() < LAST_LOGIN_EVERY {
+            return Some(recent.record.clone());
+        }
+        let mut record = recent.record.clone();
+        record.last_login_at = now_rfc3339();
+        self.remember(key.clone(), &record, profile);
+        let (store, written) = (self.store.clone(), record.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.put(&written).await {
+                tracing::warn!(error = %e, user_id = %written.id, "last_login_at not written");
+            }
+        });
+        Some(record)
     }
 
     pub async fn find(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -197,6 +237,10 @@ impl Directory {
         oid: &str,
         profile: &Profile,
     ) -> Result<(UserRecord, SyncOutcome), StoreError> {
+        let key = (tid.to_string(), oid.to_string());
+        if let Some(record) = self.repeat_login(&key, profile) {
+            return Ok((record, SyncOutcome::Unchanged));
+        }
         let now = now_rfc3339();
         let (record, outcome) = match self.store.get(tid, oid).await? {
             None => (UserRecord::new(tid, oid, profile, &now), SyncOutcome::Created),
@@ -212,6 +256,7 @@ impl Directory {
             }
         };
         self.store.put(&record).await?;
+        self.remember(key, &record, profile);
         match &outcome {
             SyncOutcome::Created => {
                 tracing::info!(user_id = %record.id, tid = %tid, "user created")
@@ -233,6 +278,58 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store that counts reads and reports writes.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryUserStore,
+        gets: std::sync::atomic::AtomicUsize,
+        puts: tokio::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<UserRecord>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl UserStore for Counting {
+        async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+            self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.get(tid, oid).await
+        }
+        async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
+            if let Some(tx) = self.puts.lock().await.as_ref() {
+                let _ = tx.send(record.clone());
+            }
+            self.inner.put(record).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeat_sign_ins_skip_the_store_and_write_last_login_at_at_most_once_a_minute() {
+        let store = Arc::new(Counting::default());
+        let (tx, mut puts) = tokio::sync::mpsc::unbounded_channel();
+        *store.puts.lock().await = Some(tx);
+        let dir = Directory::new(store.clone());
+        let gets = || store.gets.load(std::sync::atomic::Ordering::Relaxed);
+        let (first, _) = dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+        assert_eq!((gets(), puts.recv().await.is_some()), (1, true), "first sign-in: read and written");
+        for _ in 0..5 {
+            let (again, out) = dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+            assert_eq!((out, again), (SyncOutcome::Unchanged, first.clone()));
+        }
+        assert_eq!(gets(), 1, "repeat sign-ins do not read the store");
+        assert!(puts.try_recv().is_err(), "nor write it within a minute");
+
+        tokio::time::advance(LAST_LOGIN_EVERY).await;
+        let (later, out) = dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+        assert_eq!(out, SyncOutcome::Unchanged);
+        let written = puts.recv().await.expect("last_login_at written after the response");
+        assert_eq!(written, later);
+        assert_eq!(gets(), 1);
+        dir.sync_login("t", "o", &profile("Ann")).await.unwrap();
+        assert!(puts.try_recv().is_err(), "once per minute");
+
+        let (changed, out) = dir.sync_login("t", "o", &profile("Anne")).await.unwrap();
+        assert_eq!(out, SyncOutcome::Updated(vec!["displayName"]));
+        assert_eq!((gets(), puts.recv().await), (2, Some(changed)), "a changed profile goes to the store at once");
+    }
 
     fn profile(name: &str) -> Profile {
         Profile { display_name: Some(name.into()), mail: Some("a@b.c".into()), ..Default::default() }
