@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::http::{Request, Response};
@@ -204,7 +204,7 @@ pub async fn serve<H, F>(
 pub async fn serve_with_events<H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     limits: ConnLimits,
     events: ConnEvents,
     handler: H,
@@ -213,18 +213,25 @@ pub async fn serve_with_events<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    accept_loop(listener, tls, stop, limits, events, slots, handler).await
+    let worker = Worker::new(tls, stop.clone(), limits, events.clone(), handler);
+    while let Some(accepted) = accept(&listener, &slots, &mut stop, &limits, &events).await {
+        worker.spawn(accepted);
+    }
+    listener_closed(&listener);
+    worker.drain().await;
 }
 
-/// Serves `listener` on `workers` threads, each running its own single-threaded runtime with
-/// its own accept loop on the same socket, like nginx's worker processes: a connection, the
-/// requests on it and the upstream connections they use all stay on one thread, so no request
-/// wakes another thread. `handler_for(i)` makes worker `i`'s handler; the connection limit is
-/// shared. Completes when every worker has drained (see [`serve`]).
+/// Serves `listener` on `workers` threads, each running its own single-threaded runtime, like
+/// nginx's worker processes: a connection, the requests on it and the upstream connections
+/// they use all stay on one thread, so no request wakes another thread. One acceptor hands each
+/// new connection to the worker with the fewest open ones (connections are long-lived; a
+/// kernel-chosen worker can end up with most of them). `handler_for(i)` makes worker `i`'s
+/// handler; the connection limit is shared. Completes when every worker has drained (see
+/// [`serve`]).
 pub async fn serve_on_workers<M, H, F>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     limits: ConnLimits,
     events: ConnEvents,
     workers: usize,
@@ -234,76 +241,71 @@ pub async fn serve_on_workers<M, H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listener = match listener.into_std() {
-        Ok(l) => l,
-        Err(e) => return tracing::error!(error = %e, "cannot hand the listener to the workers"),
-    };
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut queues = Vec::with_capacity(workers);
     let mut finished = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
-        let socket = match listener.try_clone() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, worker = i, "cannot share the listener with a worker");
-                break;
-            }
-        };
+        let (queue, mut incoming) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
         let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
-        let (tls, stop, events, slots, handler) =
-            (tls.clone(), stop.clone(), events.clone(), slots.clone(), handler_for(i));
-        let worker = move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match runtime {
+        let open = Arc::new(AtomicUsize::new(0));
+        let (tls, stop, events, handler, counted) =
+            (tls.clone(), stop.clone(), events.clone(), handler_for(i), open.clone());
+        let run = move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(l) => accept_loop(l, tls, stop, limits, events, slots, handler).await,
-                        Err(e) => tracing::error!(error = %e, worker = i, "worker cannot listen"),
+                    let worker = Worker::new(tls, stop, limits, events, handler);
+                    while let Some(handoff) = incoming.recv().await {
+                        match tokio::net::TcpStream::from_std(handoff.stream) {
+                            Ok(stream) => worker.spawn_counted((stream, handoff.peer, handoff.slot), counted.clone()),
+                            Err(e) => tracing::warn!(error = %e, worker = i, "cannot take over a connection"),
+                        }
                     }
+                    worker.drain().await;
                 }),
                 Err(e) => tracing::error!(error = %e, worker = i, "cannot start a worker runtime"),
             }
             let _ = done.send(());
         };
-        match std::thread::Builder::new().name(format!("entra-gateway-worker-{i}")).spawn(worker) {
-            Ok(_) => finished.push(finished_rx),
+        match std::thread::Builder::new().name(format!("entra-gateway-worker-{i}")).spawn(run) {
+            Ok(_) => {
+                queues.push((queue, open));
+                finished.push(finished_rx);
+            }
             Err(e) => tracing::error!(error = %e, worker = i, "cannot start a worker thread"),
         }
     }
-    drop(listener);
+    while let Some((stream, peer, slot)) = accept(&listener, &slots, &mut stop, &limits, &events).await {
+        let Some((queue, open)) = queues.iter().min_by_key(|(_, open)| open.load(Ordering::Relaxed)) else { break };
+        let Ok(stream) = stream.into_std() else { continue };
+        open.fetch_add(1, Ordering::Relaxed);
+        if queue.send(Handoff { stream, peer, slot }).is_err() {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    listener_closed(&listener);
+    drop(queues);
     for worker in finished {
         let _ = worker.await;
     }
 }
 
-/// Accepts connections until `stop`, then lets them finish within `limits.grace`.
-async fn accept_loop<H, F>(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-    limits: ConnLimits,
-    events: ConnEvents,
-    slots: Arc<tokio::sync::Semaphore>,
-    handler: H,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(limits.h2_max_streams)
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let builder = Arc::new(builder);
-    let local = listener.local_addr().ok();
-    let tracker = tokio_util::task::TaskTracker::new();
+/// A connection on its way from the acceptor to a worker.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+type Accepted = (tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit);
+
+/// The next connection within the limit, or `None` once `stop` is set.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+    limits: &ConnLimits,
+    events: &ConnEvents,
+) -> Option<Accepted> {
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -314,7 +316,7 @@ async fn accept_loop<H, F>(
                     continue;
                 }
             },
-            () = stopped(&mut stop) => break,
+            () = stopped(stop) => return None,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             events.limit_hit(limits.max_connections);
@@ -322,9 +324,74 @@ async fn accept_loop<H, F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Conn { builder: builder.clone(), limits, events: events.clone(), stop: stop.clone() };
-        let (handler, tls) = (handler.clone(), tls.clone());
-        tracker.spawn(async move {
+        return Some((stream, peer, slot));
+    }
+}
+
+fn listener_closed(listener: &TcpListener) {
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(addr = %local, "listener closed");
+}
+
+/// Serves the connections given to it (on the runtime it runs on) and drains them at the end.
+struct Worker<H> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: watch::Receiver<bool>,
+    limits: ConnLimits,
+    events: ConnEvents,
+    handler: H,
+    tracker: tokio_util::task::TaskTracker,
+}
+
+impl<H, F> Worker<H>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    fn new(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        stop: watch::Receiver<bool>,
+        limits: ConnLimits,
+        events: ConnEvents,
+        handler: H,
+    ) -> Worker<H> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(limits.h2_max_streams)
+            .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        let tracker = tokio_util::task::TaskTracker::new();
+        Worker { builder: Arc::new(builder), tls, stop, limits, events, handler, tracker }
+    }
+
+    fn spawn(&self, accepted: Accepted) {
+        self.serve_counted(accepted, None);
+    }
+
+    fn spawn_counted(&self, accepted: Accepted, open: Arc<AtomicUsize>) {
+        self.serve_counted(accepted, Some(open));
+    }
+
+    /// Serves one connection (TLS first, when configured); `open`, counted up by the acceptor,
+    /// is counted down when it ends.
+    fn serve_counted(&self, (stream, peer, slot): Accepted, open: Option<Arc<AtomicUsize>>) {
+        let conn = Conn {
+            builder: self.builder.clone(),
+            limits: self.limits,
+            events: self.events.clone(),
+            stop: self.stop.clone(),
+        };
+        let (handler, tls) = (self.handler.clone(), self.tls.clone());
+        self.tracker.spawn(async move {
             let _slot = slot;
             let events = conn.events.clone();
             events.open(1);
@@ -343,13 +410,18 @@ async fn accept_loop<H, F>(
                 },
             }
             events.open(-1);
+            if let Some(open) = open {
+                open.fetch_sub(1, Ordering::Relaxed);
+            }
         });
     }
-    drop(listener);
-    tracing::info!(addr = %local.map(|a| a.to_string()).unwrap_or_default(), "listener closed");
-    tracker.close();
-    if tokio::time::timeout(limits.grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over; closing remaining connections");
+
+    /// Waits up to the grace period for the open connections (asked to finish by `stop`).
+    async fn drain(self) {
+        self.tracker.close();
+        if tokio::time::timeout(self.limits.grace, self.tracker.wait()).await.is_err() {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
     }
 }
 
