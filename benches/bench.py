@@ -320,6 +320,8 @@ def main():
                     r = measure(f"{tag} exchange warm {log}", f"http://127.0.0.1:{port}/auth/exchange", pid, tokens_file=tokens)
                     warm_rps = r["rps"]
                     rows.append((f"{tag}, warm exchange (same user)", log, r))
+                if not redis_on and log_on is False:
+                    rss["after the proxy and warm-exchange rows"] = rss_kib(gw.p.pid)
                 if want(f"{tag} exchange cold"):
                     # Each token is a new user, used once: the runs are as long as the tokens last
                     # at the warm rate (which is higher), and no warm-up spends them.
@@ -328,8 +330,8 @@ def main():
                     rows.append((f"{tag}, cold exchange (a new user each time, {secs}s runs)", log,
                                  measure(f"{tag} exchange cold {log}", f"http://127.0.0.1:{port}/auth/exchange", pid,
                                          seconds=secs, warmup=False, tokens_file=tokens)))
-                if not redis_on and log_on is False:
-                    rss["after load"] = rss_kib(gw.p.pid)
+                if not redis_on and log_on is False and want(f"{tag} exchange cold"):
+                    rss[f"after {cold_n} new users signed in (cold rows; records, profiles and group answers cached)"] = rss_kib(gw.p.pid)
                 gw.stop()
     finally:
         for p in procs:
@@ -357,8 +359,8 @@ def report(rows, rss):
             f"{os.cpu_count()} cores ({cpu}), {wrk_version.split(' [')[0]}; wrk -t{THREADS} -c{CONNECTIONS}, "
             f"{RUNS} runs of {SECONDS}s after a {WARMUP}s warm-up, medians. Load generator, nginx, upstream, "
             f"mock Entra ID and gateway share the machine; compare ratios, not absolute numbers.\n\n")
-    mem = (f"\nGateway resident memory (no Redis, access log off): idle {rss.get('idle', 0) / 1024:.1f} MiB, "
-           f"after load {rss.get('after load', 0) / 1024:.1f} MiB.\n") if rss else ""
+    mem = ("\nGateway resident memory (no Redis, access log off): "
+           + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()) + ".\n") if rss else ""
     text = head + "\n".join(lines) + "\n" + mem
     out = ROOT / "benches" / "results" / "latest.md"
     out.parent.mkdir(parents=True, exist_ok=True)

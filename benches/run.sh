@@ -2,6 +2,7 @@
 # The benchmark, one command: the gateway against nginx, every component its own process.
 #   bash benches/run.sh                      (about 6 minutes on 2 cores)
 #   BENCH_SECONDS=10 BENCH_ONLY=required bash benches/run.sh
+#   bash benches/run.sh soak                 (under load and faults: SOAK_SECONDS (600) + ~3 min)
 # Installs wrk, nginx and redis-server when missing (apt-get, starting no service), builds the
 # release binary, runs benches/bench.py, prints one table and writes benches/results/latest.md.
 set -euo pipefail
@@ -20,4 +21,8 @@ if ((${#missing[@]})); then
   [ -z "$created" ] || $SUDO rm -f "$policy"
 fi
 cargo build --release --locked
-exec python3 benches/bench.py
+case "${1:-bench}" in
+  bench) exec python3 benches/bench.py ;;
+  soak) exec python3 benches/soak.py ;;
+  *) echo "usage: bash benches/run.sh [bench|soak]" >&2; exit 2 ;;
+esac

@@ -173,7 +173,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Serve { config } => with_runtime(serve(config)),
+        // The public listener has its own worker threads (`server.workers`); this runtime runs
+        // the background tasks and the admin listener.
+        Command::Serve { config } => with_runtime_threads(1, serve(config)),
         #[cfg(feature = "demo")]
         Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
@@ -212,7 +214,12 @@ async fn serve(path: PathBuf) -> Result<(), String> {
 }
 
 fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    with_runtime_threads(threads, f)
+}
+
+fn with_runtime_threads<F: std::future::Future<Output = Result<(), String>>>(threads: usize, f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
