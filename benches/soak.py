@@ -61,11 +61,13 @@ def wrk_paced(url, seconds, connections, tokens_file, method, path, delay_ms):
     script.write_text(LUA_PACED)
     env = dict(os.environ, SOAK_TOKENS=str(tokens_file), SOAK_PATH=path, SOAK_METHOD=method,
                SOAK_DELAY_MS=str(delay_ms))
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url]
+    args = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s", "-s", str(script), url]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def parse(out):
+    if "Requests/sec:" not in out:
+        sys.exit(f"wrk failed:\n{out}")
     rps = float(next(l for l in out.splitlines() if l.startswith("Requests/sec:")).split()[1])
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = sum(int(l.split()[-1]) for l in out.splitlines() if "Non-2xx" in l)
@@ -135,12 +137,12 @@ def calibrate(url, files):
     for k, share in (("proxy", 0.7), ("exchange", 0.1)):
         per_conn = parse(wrk_paced(url, 3, 4, files[k], *ROUTE[k], 1).communicate()[0])["rps"] / 4
         target = share * cap[k]
-        plan[k] = {"connections": max(1, round(target / per_conn)), "delay": 1, "target": target}
+        plan[k] = {"connections": max(2, round(target / per_conn)), "delay": 1, "target": target}
     # One correction with both streams running (a paced connection is slower under load).
     got = dict(zip(("proxy", "exchange"), run_pair(url, 5, plan, files)))
     for k in plan:
         scale = plan[k]["target"] / max(got[k]["rps"], 1)
-        plan[k]["connections"] = max(1, min(512, round(plan[k]["connections"] * scale)))
+        plan[k]["connections"] = max(2, min(512, round(plan[k]["connections"] * scale)))
     return cap, plan
 
 

@@ -127,6 +127,8 @@ pub struct ServerSettings {
     pub http2_max_concurrent_streams: u32,
     pub trusted_proxies: TrustedProxies,
     pub rate_limit: RateLimitConfig,
+    /// `server.cors`, when set.
+    pub cors: Option<Arc<crate::cors::CorsPolicy>>,
 }
 
 /// `entra.*`, parsed: hosts without a trailing `/`, ids lowercase, the credential loaded.
@@ -225,6 +227,8 @@ pub struct RouteSpec {
     pub strip_prefix: bool,
     pub allow_empty_segments: bool,
     pub allow_apps: bool,
+    /// `server.cors` applies to this route.
+    pub cors: bool,
     pub scheme: Scheme,
     pub authority: Authority,
     /// The upstream URL's path without a trailing `/`.

@@ -59,6 +59,8 @@ pub enum Rejection {
     BadGateway { cause: String },
     /// 504: the upstream did not answer within the route's timeout.
     GatewayTimeout,
+    /// 403 to a CORS preflight the policy refuses (no CORS headers: the browser blocks the call).
+    CorsDenied(&'static str),
 }
 
 /// How a failure is seen by the client, the log and the metrics: the one classification.
@@ -147,6 +149,13 @@ impl Rejection {
                 "the upstream service did not answer in time".into(),
                 Level::WARN,
                 "error",
+            ),
+            Rejection::CorsDenied(why) => c(
+                StatusCode::FORBIDDEN,
+                "cors_denied",
+                format!("CORS preflight refused: {why} (see server.cors)"),
+                Level::INFO,
+                "invalid_request",
             ),
         }
     }
@@ -262,6 +271,9 @@ pub struct AccessInfo {
     pub upstream: Option<String>,
     /// The caller's internal user id, once known.
     pub user_id: Option<String>,
+    /// The response leaves CORS alone: a preflight answer (already complete), or a route with
+    /// `cors: false`.
+    pub skip_cors: bool,
 }
 
 use crate::request_id::X_REQUEST_ID;
@@ -279,6 +291,8 @@ pub async fn public(
     let id = state.request_ids.for_request(req.headers());
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let method = req.method().clone();
+    let cors = state.server.cors.as_deref();
+    let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
     let mut info = AccessInfo::default();
     let (mut resp, failure) = match route_public(&state, req, peer, worker, &mut info).await {
         Ok(resp) => (resp, None),
@@ -289,6 +303,9 @@ pub async fn public(
         }
     };
     resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    if let (Some(cors), false) = (cors, info.skip_cors) {
+        cors.decorate(origin, resp.headers_mut());
+    }
     let status = resp.status().as_u16();
     state
         .metrics
@@ -351,6 +368,11 @@ async fn route_public(
             return Err(r);
         }
     };
+    if crate::cors::is_preflight(req.method(), req.headers()) {
+        info.endpoint = "preflight".into();
+        info.skip_cors = true;
+        return preflight(state, &req, &path);
+    }
     let (endpoint, handler) = match path.as_str() {
         "/auth/exchange" => ("exchange", Endpoint::Exchange),
         "/auth/logout" => ("logout", Endpoint::Logout),
@@ -375,6 +397,28 @@ async fn route_public(
         Endpoint::Discovery => wellknown::discovery(state, &req),
         Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
         Endpoint::Proxy => forward::handle(state, req, path, peer, worker, info).await,
+    }
+}
+
+/// Answers a CORS preflight itself: never forwarded, never asked for a token. The gateway's
+/// endpoints follow `server.cors`; a route follows it unless it has `cors: false`.
+fn preflight<B>(state: &AppState, req: &Request<B>, path: &CanonicalPath) -> Result<Response<Body>, Rejection> {
+    let Some(cors) = state.server.cors.as_deref() else {
+        return Err(Rejection::CorsDenied("CORS is not enabled"));
+    };
+    let gateway_path = path.as_str().starts_with("/auth/") || path.as_str().starts_with("/.well-known/");
+    if !gateway_path && !state.live.routes.load().find(path).is_some_and(|r| r.cors) {
+        return Err(Rejection::CorsDenied("no route with CORS for this path"));
+    }
+    match cors.preflight(req.headers()) {
+        crate::cors::Preflight::Allowed(headers) => {
+            let mut resp = Response::new(full(bytes::Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp.headers_mut().extend(headers);
+            crate::cors::preflight_vary(resp.headers_mut());
+            Ok(resp)
+        }
+        crate::cors::Preflight::Refused(why) => Err(Rejection::CorsDenied(why)),
     }
 }
 

@@ -32,6 +32,7 @@ pub(crate) mod cache;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub(crate) mod cors;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub(crate) mod directory;

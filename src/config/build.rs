@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -31,6 +32,7 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     let issuer = issuer(&raw.issuer, read, &mut p);
     let cache = cache(&raw.cache, read, &mut p);
     let proxy = proxy(&raw.proxy, &mut p);
+    cors_exposes_no_identity(&raw, &mut p);
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
     }
@@ -43,6 +45,20 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
             Ok(Some(Config { raw, server, entra, authorization, issuer, cache, proxy, logging }))
         }
         _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
+    }
+}
+
+/// The identity headers are for upstreams only: a browser page may never read them.
+fn cors_exposes_no_identity(raw: &RawConfig, p: &mut Problems) {
+    let Some(cors) = &raw.server.cors else { return };
+    let prefix = raw.proxy.identity_header_prefix.to_ascii_lowercase().replace('_', "-");
+    for (i, h) in cors.expose_headers.iter().enumerate() {
+        if h.to_ascii_lowercase().replace('_', "-").starts_with(&prefix) {
+            p.push(
+                &format!("server.cors.expose_headers[{i}]"),
+                format!("{h:?} is an identity header ({prefix}*): they are never exposed to browsers"),
+            );
+        }
     }
 }
 
@@ -175,6 +191,28 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
             p.push(name, "per_minute and burst must be at least 1 (use null to disable)");
         }
     }
+    let cors = match &s.cors {
+        None => Some(None),
+        Some(c) => {
+            let settings = crate::cors::CorsSettings {
+                allowed_origins: &c.allowed_origins,
+                allowed_methods: &c.allowed_methods,
+                allowed_headers: &c.allowed_headers,
+                expose_headers: &c.expose_headers,
+                max_age: c.max_age,
+                allow_credentials: c.allow_credentials,
+            };
+            match crate::cors::CorsPolicy::new(&settings) {
+                Ok(policy) => Some(Some(Arc::new(policy))),
+                Err(errors) => {
+                    for (key, why) in errors {
+                        p.push(&format!("server.cors.{key}"), why);
+                    }
+                    None
+                }
+            }
+        }
+    };
     let (mut listener_tls, mut extra_ca) = (None, Vec::new());
     if let Some(tls) = &s.tls {
         if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -210,6 +248,7 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         trusted_proxies: TrustedProxies::new(s.trusted_proxies.clone()),
         rate_limit: s.rate_limit.clone(),
+        cors: cors?,
     })
 }
 
@@ -581,6 +620,7 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         strip_prefix: r.strip_prefix,
         allow_empty_segments: r.allow_empty_segments,
         allow_apps: r.allow_apps,
+        cors: r.cors,
         scheme,
         authority,
         base_path,

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Token buckets on `/auth/exchange`. Defaults to the values of [`RateLimitConfig`].
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
+    /// Browser origins allowed to call the gateway's endpoints and routes. Defaults to none
+    /// (no CORS headers: only same-origin pages can call the gateway).
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
     /// Open connections on the public listener; one more is closed at once (and counted).
     /// Defaults to `10000`.
     #[serde(default = "default_max_connections")]
@@ -114,6 +118,46 @@ impl TlsConfig {
 pub struct BucketConfig {
     pub per_minute: u32,
     pub burst: u32,
+}
+
+/// `server.cors`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct CorsConfig {
+    /// `scheme://host[:port]` exactly as the browser sends it (`https://app.example.com`,
+    /// `http://localhost:3000`), `https://*.example.com` (one label), or `"*"` (any origin; not
+    /// with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight may ask for. Defaults to GET, HEAD, POST, PUT, PATCH, DELETE.
+    #[serde(default = "default_cors_methods")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight may ask for. Defaults to authorization, content-type,
+    /// x-request-id.
+    #[serde(default = "default_cors_headers")]
+    pub allowed_headers: Vec<String>,
+    /// Response headers the page may read besides the safelisted ones. Defaults to
+    /// x-request-id. Identity headers are refused here.
+    #[serde(default = "default_cors_expose")]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer. Defaults to `10m`.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// `Access-Control-Allow-Credentials: true` (cookies, client certificates). The gateway
+    /// needs none (tokens travel in `Authorization`). Defaults to `false`.
+    #[serde(default)]
+    pub allow_credentials: bool,
+}
+
+fn default_cors_methods() -> Vec<String> {
+    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].map(String::from).to_vec()
+}
+fn default_cors_headers() -> Vec<String> {
+    ["authorization", "content-type", "x-request-id"].map(String::from).to_vec()
+}
+fn default_cors_expose() -> Vec<String> {
+    vec!["x-request-id".into()]
+}
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -419,6 +463,11 @@ pub struct RouteConfig {
     /// The route is still chosen as if `//` were `/`. Defaults to `false` (400).
     #[serde(default)]
     pub allow_empty_segments: bool,
+    /// Apply `server.cors` to this route (the gateway answers its preflights and sets the CORS
+    /// headers of its responses, replacing the upstream's). `false`: browsers on other origins
+    /// cannot call it. Defaults to `true`.
+    #[serde(default = "default_true")]
+    pub cors: bool,
 }
 
 /// Where forward-auth (`/auth/verify`) reads the original request's URI from: the one source
@@ -641,6 +690,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             trusted_proxies: Vec::new(),
             rate_limit: RateLimitConfig::default(),
+            cors: None,
             max_connections: default_max_connections(),
             workers: 0,
             idle_timeout: default_idle_timeout(),

@@ -32,6 +32,7 @@ pub async fn handle(
         return Err(Rejection::NotFound("no route for this path"));
     };
     info.endpoint = route.label.clone().into();
+    info.skip_cors = !route.cors;
     info.upstream = Some(route.upstream_authority().to_string());
     let result = forward(state, &route, req, &path, peer, worker, info).await;
     let status = match &result {

@@ -105,6 +105,7 @@ mod tests {
                     name: None,
                     allow_empty_segments: false,
                     allow_apps: false,
+                    cors: true,
                 })
                 .collect(),
             ..Default::default()

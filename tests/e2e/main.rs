@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod connections;
+mod cors;
 mod credentials;
 mod demo;
 mod docs;

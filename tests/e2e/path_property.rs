@@ -37,6 +37,7 @@ fn table() -> RouteTable {
                 name: None,
                 allow_empty_segments: *empty,
                 allow_apps: false,
+                cors: true,
             })
             .collect(),
         ..ProxyConfig::default()

@@ -165,6 +165,13 @@ async fn handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Result<Re
         st.stalled.notify_one();
         release.await;
         Response::new(full("late"))
+    } else if path.ends_with("/own-cors") {
+        // An upstream that sets CORS headers of its own (and a Vary).
+        let mut r = Response::new(full("ok"));
+        r.headers_mut().insert("access-control-allow-origin", http::HeaderValue::from_static("*"));
+        r.headers_mut().insert("access-control-allow-credentials", http::HeaderValue::from_static("true"));
+        r.headers_mut().insert("vary", http::HeaderValue::from_static("Accept-Encoding"));
+        r
     } else {
         Response::new(full("ok"))
     };
