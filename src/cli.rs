@@ -46,6 +46,9 @@ pub enum Command {
         /// Admin port of the demo gateway (0 = any free port).
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
+        /// Port of the sample single-page app, on its own origin (0 = any free port).
+        #[arg(long, default_value_t = 3000)]
+        app_port: u16,
     },
     /// Run only the loopback mock of Entra ID + Graph, with the demo's users (for benchmarks:
     /// `benches/run.sh` starts it as its own process).
@@ -179,9 +182,10 @@ pub fn run(cli: Cli) -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
-        Command::Demo { port, admin_port } => {
+        Command::Demo { port, admin_port, app_port } => {
             let _logging = crate::logging::init("info", LogFormat::Pretty, true);
-            with_runtime(async move { crate::demo::run(port, admin_port, shutdown_signal()).await })
+            let ports = crate::demo::DemoPorts { gateway: port, admin: admin_port, app: app_port };
+            with_runtime(async move { crate::demo::run(ports, shutdown_signal()).await })
         }
     }
 }

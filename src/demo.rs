@@ -26,18 +26,36 @@ const PLATFORM: &str = "0a1b2c3d-0000-4000-8000-00000000e002";
 const ADMINS: &str = "0a1b2c3d-0000-4000-8000-00000000a001";
 const SALES: &str = "0a1b2c3d-0000-4000-8000-00000000c001";
 
+mod spa;
+
+/// The demo's ports (0: any free one).
+#[derive(Debug, Clone, Copy)]
+pub struct DemoPorts {
+    pub gateway: u16,
+    pub admin: u16,
+    /// The sample single-page app, on its own origin.
+    pub app: u16,
+}
+
 /// Runs the demo until `shutdown` completes.
-pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn run(ports: DemoPorts, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let mock = MockEntra::start(MockSettings::default()).await.map_err(|e| format!("mock Entra: {e}"))?;
     seed_users(&mock);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let echo = start_echo(stop_rx).await.map_err(|e| format!("echo upstream: {e}"))?;
-    let public = bind(port, "--port").await?;
-    let admin = bind(admin_port, "--admin-port").await?;
+    let echo = start_echo(stop_rx.clone()).await.map_err(|e| format!("echo upstream: {e}"))?;
+    let public = bind(ports.gateway, "--port").await?;
+    let admin = bind(ports.admin, "--admin-port").await?;
+    let app = bind(ports.app, "--app-port").await?;
     let (gw, admin_addr) =
         (public.local_addr().map_err(|e| e.to_string())?, admin.local_addr().map_err(|e| e.to_string())?);
+    let app_addr = app.local_addr().map_err(|e| e.to_string())?;
+    let app_config = std::sync::Arc::new(spa::config_json(&mock, gw).to_string());
+    let mock_addr = mock.addr();
+    tokio::spawn(crate::server::serve(app, None, stop_rx, crate::server::ConnLimits::short(), move |req, _| {
+        spa::serve(req, app_config.clone(), gw, mock_addr)
+    }));
     let files = DemoFiles::create(&mock)?;
-    let config = demo_config(&mock, echo, gw, admin_addr, &files)?;
+    let config = demo_config(&mock, echo, gw, admin_addr, app_addr, &files)?;
     let state = AppState::build(config).map_err(|e| e.to_string())?;
     let (gw_stop_tx, mut gw_stop_rx) = watch::channel(false);
     let stop = async move {
@@ -45,7 +63,7 @@ pub async fn run(port: u16, admin_port: u16, shutdown: impl Future<Output = ()>)
     };
     let server = tokio::spawn(crate::server::run_with_state(state, Listeners { public, admin }, stop, None));
     self_check(&mock, gw).await;
-    print_instructions(&mock, gw, admin_addr);
+    print_instructions(&mock, gw, admin_addr, app_addr);
     shutdown.await;
     let _ = gw_stop_tx.send(true);
     let _ = server.await;
@@ -86,7 +104,9 @@ fn seed_users(mock: &MockEntra) {
         photo: None,
         tenant: None,
     };
-    s.add_user(user("alice", "a11ce000-0000-4000-8000-000000000001", "Alice Jørgensen", &[ENGINEERING, ADMINS]));
+    let mut alice = user("alice", "a11ce000-0000-4000-8000-000000000001", "Alice Jørgensen", &[ENGINEERING, ADMINS]);
+    alice.photo = Some(("image/png".into(), bytes::Bytes::from_static(include_bytes!("demo/alice.png"))));
+    s.add_user(alice);
     // Bob is in Platform, which is nested in Engineering: only Graph knows (token overage).
     s.add_user(user("bob", "b0b00000-0000-4000-8000-000000000002", "Bob Builder", &[PLATFORM]));
     s.add_user(user("carol", "ca401000-0000-4000-8000-000000000003", "Carol Seller", &[SALES]));
@@ -138,6 +158,7 @@ fn demo_config(
     echo: SocketAddr,
     gw: SocketAddr,
     admin: SocketAddr,
+    app: SocketAddr,
     files: &DemoFiles,
 ) -> Result<Config, String> {
     let echo_url = format!("http://{echo}");
@@ -145,6 +166,7 @@ fn demo_config(
     let overrides = vec![
         set("SERVER__LISTEN", gw.to_string()),
         set("SERVER__ADMIN_LISTEN", admin.to_string()),
+        set("SERVER__CORS__ALLOWED_ORIGINS", format!("[\"http://{app}\"]")),
         set("ENTRA__AUTHORITY_HOST", mock.authority_host()),
         set("ENTRA__GRAPH_URL", mock.graph_url()),
         set("ENTRA__CLIENT_SECRET_FILE", files.secret().display().to_string()),
@@ -187,12 +209,16 @@ async fn self_check(mock: &MockEntra, gw: SocketAddr) {
     }
 }
 
-fn print_instructions(mock: &MockEntra, gw: SocketAddr, admin: SocketAddr) {
+fn print_instructions(mock: &MockEntra, gw: SocketAddr, admin: SocketAddr, app: SocketAddr) {
     let m = mock.addr();
     let extract = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
     println!(
         r#"
 entra-gateway demo is running (Ctrl-C to stop)
+
+  Open http://{app}/ in a browser: the sample app signs you in with MSAL.js (Sign in),
+  exchanges the token at the gateway, shows you and calls an API through the gateway.
+
   gateway        http://{gw}        (exchange, proxy, /.well-known/jwks.json)
   admin          http://{admin}        (/metrics, /healthz, /readyz)
   mock Entra ID  http://{m}   (users: alice = allowed via token groups, bob = allowed via Graph

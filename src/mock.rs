@@ -5,7 +5,9 @@
 //! endpoint (client credentials and On-Behalf-Of, checking the client secret and the OBO
 //! assertion's signature), Graph `users/{id}`, `me`, `checkMemberGroups` (at most 20 ids, as
 //! Graph), `transitiveMemberOf` with `@odata.nextLink` paging, photos, and switches that make it
-//! slow, fail, or answer 429 with `Retry-After`. It counts every call per endpoint.
+//! slow, fail, or answer 429 with `Retry-After`; and what MSAL.js needs of an authority
+//! ([`msal`]: authorization code with PKCE, refresh tokens, logout, CORS). It counts every call
+//! per endpoint.
 //! Must not: be used by `serve`; it binds loopback only. Its keys (`src/mock/keys/`) are public
 //! test keys.
 
@@ -181,6 +183,9 @@ pub struct MockState {
     page_size: Mutex<usize>,
     calls: Mutex<HashMap<String, u64>>,
     graph_tokens: Mutex<HashMap<String, Principal>>,
+    /// Authorization codes waiting to be redeemed, and refresh tokens (MSAL.js flows).
+    auth_codes: Mutex<HashMap<String, msal::AuthCode>>,
+    refresh_tokens: Mutex<HashMap<String, msal::Session>>,
     /// Certificates registered on the app: `x5t#S256` -> public key.
     certificates: Mutex<HashMap<String, DecodingKey>>,
 }
@@ -313,3 +318,4 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 mod control;
 mod endpoints;
+pub mod msal;

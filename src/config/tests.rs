@@ -140,3 +140,21 @@ fn empty_allowed_groups_needs_explicit_allow_any() {
     let yaml = minimal().replace(&format!("allowed_groups: [\"{GROUP}\"]"), "allow_any_tenant_user: true");
     assert!(check_yaml(&yaml, &no_env(), FileChecks::Skip).is_ok());
 }
+
+#[test]
+fn cors_entries_are_checked_and_identity_headers_are_never_exposed() {
+    let yaml = format!(
+        "{}server:\n  cors:\n    allowed_origins: [\"https://app.example.com/\", \"https://*.example.com\"]\n    \
+         expose_headers: [x-request-id, X_Auth_Groups]\n",
+        minimal()
+    );
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["server.cors.allowed_origins[0]", "server.cors.expose_headers[1]"], "{err}");
+    assert!(err.to_string().contains("never exposed to browsers"), "{err}");
+    let ok = format!("{}server:\n  cors:\n    allowed_origins: [\"http://localhost:3000\"]\n", minimal());
+    let c = check_yaml(&ok, &no_env(), FileChecks::Skip).unwrap();
+    let cors = c.server.cors.unwrap();
+    assert_eq!((cors.max_age, cors.allow_credentials), (Duration::from_secs(600), false));
+    assert_eq!(cors.allowed_headers, ["authorization", "content-type", "x-request-id"]);
+}

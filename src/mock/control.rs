@@ -15,6 +15,8 @@ impl MockState {
             page_size: Mutex::new(100),
             calls: Mutex::default(),
             graph_tokens: Mutex::default(),
+            auth_codes: Mutex::default(),
+            refresh_tokens: Mutex::default(),
             certificates: Mutex::default(),
         }
     }
@@ -219,13 +221,22 @@ impl MockState {
                 c.insert(k, v);
             }
         }
+        self.sign_with(Value::Object(c), spec.signing_kid.as_deref(), spec.kid.as_deref())
+    }
+
+    /// `claims` signed RS256 with the current key.
+    pub(super) fn sign_claims(&self, claims: Value) -> String {
+        self.sign_with(claims, None, None)
+    }
+
+    fn sign_with(&self, claims: Value, signing_kid: Option<&str>, header_kid: Option<&str>) -> String {
         let keys = lock(&self.keys);
-        let key = match &spec.signing_kid {
-            Some(kid) => keys.keys.iter().find(|k| &k.kid == kid).expect("a published kid"),
+        let key = match signing_kid {
+            Some(kid) => keys.keys.iter().find(|k| k.kid == kid).expect("a published kid"),
             None => &keys.keys[keys.signing],
         };
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(spec.kid.clone().unwrap_or_else(|| key.kid.clone()));
-        jsonwebtoken::encode(&header, &Value::Object(c), &key.encoding).expect("mock signing works")
+        header.kid = Some(header_kid.map(str::to_string).unwrap_or_else(|| key.kid.clone()));
+        jsonwebtoken::encode(&header, &claims, &key.encoding).expect("mock signing works")
     }
 }

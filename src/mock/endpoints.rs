@@ -20,10 +20,19 @@ pub(super) fn query(req: &Request<Incoming>) -> HashMap<String, String> {
 
 impl MockState {
     pub(super) async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let resp = self.route(req).await;
+        super::msal::with_cors(resp, origin.as_ref())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (req.method().clone(), segs.as_slice()) {
+            (Method::OPTIONS, _) => super::msal::preflight(&req),
             (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => self.openid(tenant),
+            (Method::GET, [tenant, "oauth2", "v2.0", "authorize"]) => self.authorize(&tenant.to_ascii_lowercase(), &req),
+            (Method::GET, [_, "oauth2", "v2.0", "logout"]) => self.logout(&req),
             (Method::GET, [_, "discovery", "v2.0", "keys"] | [_, "discovery", "keys"]) => self.jwks(),
             (Method::POST, [_, "oauth2", "v2.0", "token"]) => self.token(req).await,
             (_, ["graph", "v1.0", rest @ ..]) => {
@@ -39,16 +48,7 @@ impl MockState {
 
     pub(super) fn openid(&self, tenant: &str) -> Response<Body> {
         self.count("openid");
-        let base = self.base();
-        reply(
-            StatusCode::OK,
-            json!({
-                "issuer": format!("{base}/{tenant}/v2.0"),
-                "jwks_uri": format!("{base}/{tenant}/discovery/v2.0/keys"),
-                "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
-                "id_token_signing_alg_values_supported": ["RS256"],
-            }),
-        )
+        reply(StatusCode::OK, self.openid_document(tenant))
     }
 
     pub(super) fn jwks(&self) -> Response<Body> {
@@ -83,6 +83,9 @@ impl MockState {
         let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
         let endpoint = if grant == "client_credentials" { "token_app" } else { "token_obo" };
         let tenant = path.trim_start_matches('/').split('/').next().unwrap_or_default().to_ascii_lowercase();
+        if matches!(grant, "authorization_code" | "refresh_token") {
+            return self.user_token(&tenant, &form);
+        }
         self.count(endpoint);
         self.count(&format!("{endpoint}:{tenant}"));
         if !self.settings.knows_tenant(&tenant) {
