@@ -33,7 +33,11 @@ enum OriginRule {
     Any,
     Exact(Origin),
     /// `scheme://*.suffix[:port]`: exactly one more label in front of `suffix`.
-    Subdomain { scheme: String, suffix: String, port: Option<u16> },
+    Subdomain {
+        scheme: String,
+        suffix: String,
+        port: Option<u16>,
+    },
 }
 
 /// A serialized origin: `scheme://host[:port]`, lower case.
@@ -121,9 +125,10 @@ impl OriginRule {
             OriginRule::Subdomain { scheme, suffix, port } => {
                 *scheme == o.scheme
                     && *port == o.port
-                    && o.host.strip_suffix(suffix.as_str()).and_then(|l| l.strip_suffix('.')).is_some_and(
-                        |label| !label.is_empty() && !label.contains('.'),
-                    )
+                    && o.host
+                        .strip_suffix(suffix.as_str())
+                        .and_then(|l| l.strip_suffix('.'))
+                        .is_some_and(|label| !label.is_empty() && !label.contains('.'))
             }
         }
     }
@@ -168,9 +173,11 @@ impl CorsPolicy {
             errors.push(("allowed_origins".into(), "list at least one origin, e.g. https://app.example.com".into()));
         }
         let token = |v: &str| !v.is_empty() && HeaderName::from_bytes(v.as_bytes()).is_ok();
-        for (key, list) in
-            [("allowed_methods", s.allowed_methods), ("allowed_headers", s.allowed_headers), ("expose_headers", s.expose_headers)]
-        {
+        for (key, list) in [
+            ("allowed_methods", s.allowed_methods),
+            ("allowed_headers", s.allowed_headers),
+            ("expose_headers", s.expose_headers),
+        ] {
             for (i, v) in list.iter().enumerate() {
                 if !token(v) {
                     errors.push((format!("{key}[{i}]"), format!("{v:?} is not a method or header name")));

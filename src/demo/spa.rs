@@ -26,7 +26,11 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/redirect.js", "text/javascript; charset=utf-8", include_str!("../../examples/spa/redirect.js")),
     ("/app.js", "text/javascript; charset=utf-8", include_str!("../../examples/spa/app.js")),
     ("/app.css", "text/css; charset=utf-8", include_str!("../../examples/spa/app.css")),
-    ("/vendor/msal-browser.min.js", "text/javascript; charset=utf-8", include_str!("../../examples/spa/vendor/msal-browser.min.js")),
+    (
+        "/vendor/msal-browser.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../examples/spa/vendor/msal-browser.min.js"),
+    ),
     (
         "/vendor/msal-redirect-bridge.min.js",
         "text/javascript; charset=utf-8",
@@ -60,7 +64,12 @@ pub fn config_json(mock: &MockEntra, gateway: SocketAddr) -> serde_json::Value {
 }
 
 /// Serves the app; `config` is the generated `config.json`.
-pub async fn serve(req: Request<Incoming>, config: std::sync::Arc<String>, gateway: SocketAddr, mock: SocketAddr) -> Response<Body> {
+pub async fn serve(
+    req: Request<Incoming>,
+    config: std::sync::Arc<String>,
+    gateway: SocketAddr,
+    mock: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path();
     let (content_type, body) = match (path, FILES.iter().find(|(p, ..)| *p == path)) {
         ("/config.json", _) => ("application/json", config.as_str().to_string()),

@@ -31,7 +31,9 @@ impl MockState {
         match (req.method().clone(), segs.as_slice()) {
             (Method::OPTIONS, _) => super::msal::preflight(&req),
             (Method::GET, [tenant, "v2.0", ".well-known", "openid-configuration"]) => self.openid(tenant),
-            (Method::GET, [tenant, "oauth2", "v2.0", "authorize"]) => self.authorize(&tenant.to_ascii_lowercase(), &req),
+            (Method::GET, [tenant, "oauth2", "v2.0", "authorize"]) => {
+                self.authorize(&tenant.to_ascii_lowercase(), &req)
+            }
             (Method::GET, [_, "oauth2", "v2.0", "logout"]) => self.logout(&req),
             (Method::GET, [_, "discovery", "v2.0", "keys"] | [_, "discovery", "keys"]) => self.jwks(),
             (Method::POST, [_, "oauth2", "v2.0", "token"]) => self.token(req).await,

@@ -97,7 +97,11 @@ impl MockState {
         let redirect_uri = get("redirect_uri");
         if get("client_id") != self.settings.client_id || !redirect_allowed(&redirect_uri) {
             // Entra shows an error page rather than redirecting to an unknown URI.
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "AADSTS50011: unknown client or redirect URI");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "AADSTS50011: unknown client or redirect URI",
+            );
         }
         if !self.settings.knows_tenant(tenant) {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "AADSTS90002: Tenant not found.");
@@ -161,8 +165,11 @@ impl MockState {
                 r
             }
             None => {
-                let mut r = Response::new(full("<!doctype html><title>Signed out</title><p>You are signed out of the mock Entra ID.</p>"));
-                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+                let mut r = Response::new(full(
+                    "<!doctype html><title>Signed out</title><p>You are signed out of the mock Entra ID.</p>",
+                ));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
                 r
             }
         }
@@ -177,7 +184,11 @@ impl MockState {
         let (login, scope, nonce) = match get("grant_type").as_str() {
             "authorization_code" => {
                 let Some(code) = lock(&self.auth_codes).remove(&get("code")) else {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS70008: the code is unknown or was used");
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "AADSTS70008: the code is unknown or was used",
+                    );
                 };
                 let verifier_hash = B64.encode(sha2::Sha256::digest(get("code_verifier").as_bytes()));
                 if code.issued.elapsed() > CODE_TTL
@@ -185,21 +196,35 @@ impl MockState {
                     || code.redirect_uri != get("redirect_uri")
                     || verifier_hash != code.challenge
                 {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS501481: code verifier, redirect URI or client mismatch");
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "AADSTS501481: code verifier, redirect URI or client mismatch",
+                    );
                 }
                 let scope = form.get("scope").cloned().unwrap_or(code.scope);
                 (code.login, scope, code.nonce)
             }
             "refresh_token" => {
                 let Some(s) = lock(&self.refresh_tokens).get(&get("refresh_token")).cloned() else {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS700082: the refresh token is unknown or revoked");
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "AADSTS700082: the refresh token is unknown or revoked",
+                    );
                 };
                 if s.client_id != get("client_id") {
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS700082: client mismatch");
                 }
                 (s.login, get("scope"), None)
             }
-            _ => return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "use authorization_code or refresh_token"),
+            _ => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    "use authorization_code or refresh_token",
+                );
+            }
         };
         self.count(&format!("token_{}", get("grant_type")));
         self.issue_user_tokens(tenant, &login, &scope, nonce)
@@ -219,7 +244,12 @@ impl MockState {
         let scp = api_scopes.iter().map(|sc| sc.trim_start_matches(&api)).collect::<Vec<_>>().join(" ");
         let mut extra = serde_json::Map::new();
         extra.insert("scp".into(), json!(if scp.is_empty() { "User.Read".to_string() } else { scp }));
-        let access = self.mint(&TokenSpec { user: Some(login.into()), aud: Some(aud), extra: Some(extra), ..Default::default() });
+        let access = self.mint(&TokenSpec {
+            user: Some(login.into()),
+            aud: Some(aud),
+            extra: Some(extra),
+            ..Default::default()
+        });
         let utid = self.user_tenant(login);
         let user = lock(&self.users).values().find(|u| u.login == login).cloned().unwrap_or_default();
         let now = unix_now();

@@ -32,7 +32,13 @@ async fn setup(with_cors: bool) -> (entra_gateway::mock::MockEntra, Upstream, Ga
     (mock, up, gw)
 }
 
-async fn preflight(gw: &Gateway, path: &str, origins: &[&str], method: &str, headers: Option<&str>) -> reqwest::Response {
+async fn preflight(
+    gw: &Gateway,
+    path: &str,
+    origins: &[&str],
+    method: &str,
+    headers: Option<&str>,
+) -> reqwest::Response {
     let mut r = client().request(Method::OPTIONS, gw.url(path)).header("Access-Control-Request-Method", method);
     for o in origins {
         r = r.header("Origin", *o);
@@ -64,7 +70,10 @@ async fn a_preflight_of_an_auth_required_route_is_answered_by_the_gateway_and_ne
     assert!(h.get("access-control-allow-credentials").is_none(), "credentials are off unless asked");
     assert!(vary(&r).contains("origin") && vary(&r).contains("access-control-request-headers"), "{}", vary(&r));
     for path in ["/auth/exchange", "/auth/me", "/public/x"] {
-        assert_eq!(preflight(&gw, path, &["https://a.example.test"], "POST", Some("authorization")).await.status(), 204);
+        assert_eq!(
+            preflight(&gw, path, &["https://a.example.test"], "POST", Some("authorization")).await.status(),
+            204
+        );
     }
     assert_eq!(up.requests(), 0, "the upstream saw no preflight");
 }
@@ -125,7 +134,13 @@ async fn actual_responses_carry_the_origin_for_allowed_callers_and_errors_are_re
     assert!(r.headers().get("access-control-allow-credentials").is_none());
     assert_eq!(vary(&r), "accept-encoding,origin");
     assert!(up.last().headers.get("origin").is_some(), "the upstream still sees the Origin");
-    let r = client().get(gw.url("/api/own-cors")).bearer_auth(&token).header("Origin", "http://evil.test").send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/own-cors"))
+        .bearer_auth(&token)
+        .header("Origin", "http://evil.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "CORS is the browser's business: the request itself is not refused");
     assert!(cors_headers(&r).is_empty(), "not the upstream's `*` either: {:?}", cors_headers(&r));
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 #[test]
 fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
-        .args(["demo", "--port", "0", "--admin-port", "0"])
+        .args(["demo", "--port", "0", "--admin-port", "0", "--app-port", "0"])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -27,8 +27,13 @@ fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
     let mut log = Vec::new();
     let mut script = Vec::new();
     let mut in_instructions = false;
+    let mut app = None;
     loop {
         let line = rx.recv_timeout(Duration::from_secs(120)).expect("the demo prints its instructions");
+        if let Some(url) = line.trim().strip_prefix("Open ").and_then(|l| l.split(' ').next()) {
+            assert!(line.contains("in a browser"), "{line}");
+            app = Some(url.to_string());
+        }
         if line.contains("demo is running") {
             in_instructions = true;
         } else if in_instructions
@@ -71,6 +76,25 @@ fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
         assert!(shown.contains(expected), "missing `{expected}` in:\n{shown}");
     }
     assert!(!shown.contains("spoofed"), "the spoofed identity header reached the echo service:\n{shown}");
+
+    // The sample app, on its own origin, and the gateway's CORS answer for that origin.
+    let app = app.expect("the demo prints `Open http://127.0.0.1:<port>/ in a browser`");
+    assert!(app.starts_with("http://127.0.0.1:") && app.ends_with('/'), "{app}");
+    let origin = app.trim_end_matches('/');
+    let check = format!(
+        "set -e; curl -sf {app} | grep -q '>Sign in</button>'; \
+         gw=$(curl -sf {app}config.json | sed -E 's/.*\"gatewayUrl\":\"([^\"]+)\".*/\\1/'); \
+         curl -s -o /dev/null -w '%{{http_code}} ' -X OPTIONS $gw/auth/exchange -H 'Origin: {origin}' \
+           -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: authorization'; \
+         curl -s -D - -o /dev/null -X OPTIONS $gw/auth/exchange -H 'Origin: {origin}' \
+           -H 'Access-Control-Request-Method: POST' | tr -d '\\r' | grep -i '^access-control-allow-origin'; \
+         curl -s -o /dev/null -w '%{{http_code}}' -X OPTIONS $gw/auth/exchange -H 'Origin: http://evil.test' \
+           -H 'Access-Control-Request-Method: POST'"
+    );
+    let out = Command::new("bash").arg("-c").arg(&check).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(shown.trim(), format!("204 access-control-allow-origin: {origin}\n403"), "{shown}");
 
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
