@@ -53,6 +53,11 @@ server:
   admin_listen: {{ printf "0.0.0.0:%d" (int $v.server.adminPort) | quote }}
   shutdown_grace: {{ $v.server.shutdownGrace | quote }}
   trusted_proxies: {{ toJson $v.server.trustedProxies }}
+  workers: {{ int $v.server.workers }}
+  {{- if $v.server.corsAllowedOrigins }}
+  cors:
+    allowed_origins: {{ toJson $v.server.corsAllowedOrigins }}
+  {{- end }}
   rate_limit:
     exchange_per_ip: {{ if $v.server.rateLimit.exchangePerIp }}{ per_minute: {{ $v.server.rateLimit.exchangePerIp.perMinute }}, burst: {{ $v.server.rateLimit.exchangePerIp.burst }} }{{ else }}null{{ end }}
     exchange_per_user: {{ if $v.server.rateLimit.exchangePerUser }}{ per_minute: {{ $v.server.rateLimit.exchangePerUser.perMinute }}, burst: {{ $v.server.rateLimit.exchangePerUser.burst }} }{{ else }}null{{ end }}
@@ -143,4 +148,5 @@ proxy:
 logging:
   level: {{ $v.logging.level | quote }}
   format: {{ $v.logging.format }}
+  access_log: {{ $v.logging.accessLog }}
 {{- end }}
