@@ -9,7 +9,7 @@
 //!   request path), [`keys`] (signing keys), `identity` (identity header names, spoof
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
-//!   `metrics` (Prometheus families).
+//!   `cors` (browser origins), `metrics` (Prometheus families).
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
 //! - Domain: `cache` (in-process and Redis), `directory` (user records), `revocation`

@@ -39,7 +39,11 @@ fn values_sets() -> Vec<(String, Vec<String>)> {
         sets.push((format!("example {e}"), vec!["-f".into(), format!("deploy/examples/{e}/values.yaml")]));
     }
     let mut browser = REQUIRED.map(String::from).to_vec();
-    for v in ["server.corsAllowedOrigins={https://app.example.com,https://*.example.org}", "logging.accessLog=false", "server.workers=2"] {
+    for v in [
+        "server.corsAllowedOrigins={https://app.example.com,https://*.example.org}",
+        "logging.accessLog=false",
+        "server.workers=2",
+    ] {
         browser.extend(["--set".to_string(), v.to_string()]);
     }
     sets.push(("CORS origins, access log off, two workers".to_string(), browser));
@@ -136,7 +140,11 @@ fn the_rendered_config_file_passes_check_config_for_every_values_set() {
             .arg(&path));
         assert!(ok, "{set}: the chart renders a config the gateway refuses:\n{err}\n{config}");
         if set.starts_with("CORS") {
-            for line in [r#"allowed_origins: ["https://app.example.com","https://*.example.org"]"#, "access_log: false", "workers: 2"] {
+            for line in [
+                r#"allowed_origins: ["https://app.example.com","https://*.example.org"]"#,
+                "access_log: false",
+                "workers: 2",
+            ] {
                 assert!(config.contains(line), "{set}: `{line}` missing in\n{config}");
             }
         }
