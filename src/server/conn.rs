@@ -217,7 +217,7 @@ pub async fn serve_with_events<H, F>(
     while let Some(accepted) = accept(&listener, &slots, &mut stop, &limits, &events).await {
         worker.spawn(accepted);
     }
-    listener_closed(&listener);
+    listener_closed(listener);
     worker.drain().await;
 }
 
@@ -282,7 +282,7 @@ pub async fn serve_on_workers<M, H, F>(
             open.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    listener_closed(&listener);
+    listener_closed(listener);
     drop(queues);
     for worker in finished {
         let _ = worker.await;
@@ -328,8 +328,10 @@ async fn accept(
     }
 }
 
-fn listener_closed(listener: &TcpListener) {
+/// Closes the listening socket (new connections are refused from here on), then says so.
+fn listener_closed(listener: TcpListener) {
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    drop(listener);
     tracing::info!(addr = %local, "listener closed");
 }
 
