@@ -368,7 +368,10 @@ async fn route_public(
             return Err(r);
         }
     };
-    if crate::cors::is_preflight(req.method(), req.headers()) {
+    // A preflight sent to /auth/verify is an ingress asking whether a browser's OPTIONS may
+    // pass: that is forward-auth's decision (a token is needed), never a CORS answer, which the
+    // ingress would read as "allowed" and pass on with the client's headers.
+    if crate::cors::is_preflight(req.method(), req.headers()) && !is_verify_path(path.as_str()) {
         info.endpoint = "preflight".into();
         info.skip_cors = true;
         return preflight(state, &req, &path);
@@ -378,7 +381,7 @@ async fn route_public(
         "/auth/logout" => ("logout", Endpoint::Logout),
         "/auth/me" => ("me", Endpoint::Me),
         "/auth/me/photo" => ("me_photo", Endpoint::Photo),
-        p if p == "/auth/verify" || p.starts_with("/auth/verify/") => ("verify", Endpoint::Verify),
+        p if is_verify_path(p) => ("verify", Endpoint::Verify),
         "/.well-known/jwks.json" => ("jwks", Endpoint::Jwks),
         "/.well-known/openid-configuration" => ("openid_configuration", Endpoint::Discovery),
         p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => ("unknown_gateway_path", Endpoint::Unknown),
@@ -398,6 +401,11 @@ async fn route_public(
         Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
         Endpoint::Proxy => forward::handle(state, req, path, peer, worker, info).await,
     }
+}
+
+/// `/auth/verify` and its Envoy form `/auth/verify/<path>`.
+fn is_verify_path(path: &str) -> bool {
+    path.strip_prefix("/auth/verify").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Answers a CORS preflight itself: never forwarded, never asked for a token. The gateway's

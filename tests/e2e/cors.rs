@@ -169,3 +169,54 @@ async fn without_server_cors_preflights_are_refused_and_responses_are_untouched(
     let r = client().request(Method::OPTIONS, gw.url("/public/x")).send().await.unwrap();
     assert_eq!((r.status().as_u16(), up.last().method.as_str()), (200, "OPTIONS"));
 }
+
+#[tokio::test]
+async fn a_preflight_sent_to_forward_auth_is_a_forward_auth_question_never_a_cors_answer() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let gw = GatewayBuilder::new(&mock)
+        .yaml(&yaml(&up))
+        .set("SERVER__CORS__ALLOWED_ORIGINS", format!(r#"["{APP}"]"#))
+        .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "x-original-uri")
+        .start()
+        .await;
+    // An ingress that sends the browser's OPTIONS (method and headers) to /auth/verify reads a
+    // 2xx as "let it through": a CORS 204 here would open the route to anyone.
+    for path in ["/auth/verify", "/auth/%76erify", "/auth/verify?x=1", "/auth/verify/api/items"] {
+        let r = client()
+            .request(Method::OPTIONS, gw.url(path))
+            .header("Origin", APP)
+            .header("Access-Control-Request-Method", "DELETE")
+            .header("Access-Control-Request-Headers", "authorization")
+            .header("X-Original-URI", "/api/items")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), 204, "{path}: answered as a preflight");
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        assert!(r.headers().get("access-control-allow-methods").is_none(), "{path}");
+    }
+    let r = client()
+        .request(Method::OPTIONS, gw.url("/auth/verify"))
+        .header("Origin", APP)
+        .header("Access-Control-Request-Method", "DELETE")
+        .header("X-Original-URI", "/api/items")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "forward-auth asks for a token, preflight or not");
+    let (status, _, body) = exchange(&gw, &token_for(&mock, "alice")).await;
+    assert_eq!(status, 200);
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let r = client()
+        .request(Method::OPTIONS, gw.url("/auth/verify"))
+        .header("Origin", APP)
+        .header("Access-Control-Request-Method", "DELETE")
+        .header("X-Original-URI", "/api/items")
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "an authenticated OPTIONS is judged like any request");
+    assert_eq!(up.requests(), 0);
+}

@@ -6,7 +6,7 @@
 //! IIS, a CGI script) makes of the forwarded path, it is a path of the route that was checked.
 //!
 //! The test command runs 4096 cases; a long run:
-//!   PROPTEST_CASES=1000000 cargo test --release --test path_property
+//!   PROPTEST_CASES=1000000 cargo test --release --test e2e path_property
 
 use entra_gateway::config::{ProxyConfig, ProxySettings, RouteAuth, RouteConfig};
 use entra_gateway::path::CanonicalPath;
