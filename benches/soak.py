@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Under load and faults: soak, SIGTERM with a second replica, Redis killed and restarted.
 
-Run by `bash benches/soak.sh` (which builds the release binary and installs what is missing);
+Run by `bash benches/run.sh soak` (which builds the release binary and installs what is missing);
 not part of the test command. Loopback only, bounded in time (SOAK_SECONDS, 600 by default, plus
 about two minutes). Every component is its own process:
   upstream   nginx returning 200 "hello world"
@@ -266,7 +266,7 @@ def main():
         say(soak_line)
         say(term_line)
         say(f"Redis outage: {exchange['requests']} exchanges of cached users, {exchange['errors']} failed; a token "
-            f"logged out before the kill was probed {probes[0]} times and accepted {fail_open[0]} times (fail-open).")
+            f"logged out before the kill was probed {probes[0]} times and accepted {fail_open[0]} times (each acceptance would be a fail-open).")
         say()
         say("All hold." if soak_ok and term_ok and redis_ok else "NOT ALL HOLD: see the rows marked NO.")
     finally:
