@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark, one command: the gateway against nginx, every component its own process.
-#   bash benches/run.sh                      (about 6 minutes on 2 cores)
+#   bash benches/run.sh                      (about 7 minutes on 2 cores after the build)
 #   BENCH_SECONDS=10 BENCH_ONLY=required bash benches/run.sh
 #   bash benches/run.sh soak                 (under load and faults: SOAK_SECONDS (600) + ~3 min)
 # Installs wrk, nginx and redis-server when missing (apt-get, starting no service), builds the
