@@ -9,6 +9,8 @@
 //! again or falls back. Must not: open sockets, or log or print a secret.
 
 mod build;
+#[cfg(test)]
+pub(crate) use build::entra_settings;
 mod env;
 mod parse;
 mod raw;

@@ -260,6 +260,13 @@ fn resolve_workers(configured: usize) -> usize {
     }
 }
 
+/// The typed settings of an `entra` section alone (files not read), for unit tests of the
+/// modules that take them.
+#[cfg(test)]
+pub(crate) fn entra_settings(e: &EntraConfig) -> Option<EntraSettings> {
+    entra(e, false, &Vec::new(), &mut Problems(Vec::new()))
+}
+
 fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> Option<EntraSettings> {
     let authority = p.outbound_url("entra.authority_host", &e.authority_host);
     let graph_url = p.outbound_url("entra.graph_url", &e.graph_url);

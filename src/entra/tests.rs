@@ -76,7 +76,7 @@ fn validator(extra_entra: &str) -> EntraValidator {
          issuer:\n  issuer: https://gw.example\n  signing_keys: [{{ kid: k1, private_key_file: /x.pem }}]\n"
     );
     let raw = crate::config::check_yaml(&yaml, &Vec::new(), crate::config::FileChecks::Skip).unwrap();
-    let cfg = test_settings(&raw.entra);
+    let cfg = crate::config::entra_settings(&raw.entra).expect("a valid entra section");
     struct NoKeys;
     #[async_trait::async_trait]
     impl jwks::KeySource for NoKeys {
@@ -87,28 +87,6 @@ fn validator(extra_entra: &str) -> EntraValidator {
     let d = std::time::Duration::from_secs(3600);
     let jwks = JwksCache::with_source(std::sync::Arc::new(NoKeys), d, d, crate::metrics::Metrics::new());
     EntraValidator::new(&cfg, jwks)
-}
-
-/// The typed settings of a raw `entra` section (no files needed in claims mode).
-fn test_settings(e: &crate::config::EntraConfig) -> EntraSettings {
-    EntraSettings {
-        cloud: e.cloud,
-        authority: e.authority_host.clone(),
-        graph_url: e.graph_url.clone(),
-        v1_issuer_host: e.cloud.hosts().2,
-        tenants: e.tenants.clone(),
-        client_id: e.client_id.clone(),
-        audiences: e.audiences.clone(),
-        required_scopes: e.required_scopes.clone(),
-        accepted_token_versions: e.accepted_token_versions.clone(),
-        clock_skew: e.clock_skew,
-        graph_mode: e.graph_mode,
-        group_lookup: e.group_lookup,
-        request_timeout: e.request_timeout,
-        graph_max_retries: e.graph_max_retries,
-        graph_max_retry_wait: e.graph_max_retry_wait,
-        credential: None,
-    }
 }
 
 fn classify(v: &EntraValidator, claims: serde_json::Value) -> Result<Validated, EntraError> {
