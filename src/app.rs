@@ -158,7 +158,7 @@ impl AppState {
         let clients = (0..server.workers.max(1)).map(|_| upstream_client(outbound_tls.clone())).collect();
         let forwarder = Proxy::new(clients, proxy.forward_token, proto, server.trusted_proxies.clone());
         Ok(Arc::new(AppState {
-            live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy)) },
+            live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy, &metrics)) },
             photos: Photos { graph, cache: TtlCache::new("photo", 10_000, metrics.clone()), ttl: cache.profile_ttl },
             limits: ExchangeLimits::new(&server.rate_limit, server.trusted_proxies.clone()),
             server,

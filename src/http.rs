@@ -265,15 +265,28 @@ impl From<ProxyError> for Rejection {
 /// by the handlers as they learn it.
 #[derive(Debug, Default)]
 pub struct AccessInfo {
-    /// The endpoint, or the proxy route's label (bounded: names from code or config).
+    /// The endpoint (bounded: names from code); see [`AccessInfo::endpoint`].
     pub endpoint: std::borrow::Cow<'static, str>,
-    /// `host:port` of the upstream, for proxied requests.
-    pub upstream: Option<String>,
+    /// The proxy route that served the request: its label is the endpoint, its upstream and
+    /// metric handles are used as they are (nothing copied per request).
+    pub route: Option<Arc<crate::proxy::routes::Route>>,
     /// The caller's internal user id, once known.
     pub user_id: Option<String>,
     /// The response leaves CORS alone: a preflight answer (already complete), or a route with
     /// `cors: false`.
     pub skip_cors: bool,
+}
+
+impl AccessInfo {
+    /// The endpoint, or the proxy route's label.
+    pub fn endpoint(&self) -> &str {
+        self.route.as_ref().map_or(&self.endpoint, |r| r.label.as_str())
+    }
+
+    /// `host:port` of the upstream, for proxied requests.
+    fn upstream(&self) -> &str {
+        self.route.as_ref().map_or("-", |r| r.upstream_authority())
+    }
 }
 
 use crate::request_id::X_REQUEST_ID;
@@ -307,21 +320,24 @@ pub async fn public(
         cors.decorate(origin, resp.headers_mut());
     }
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .http_requests_total
-        .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
-        .inc();
+    match &info.route {
+        Some(route) => route.metrics.answered(status),
+        None => state
+            .metrics
+            .http_requests_total
+            .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
+            .inc(),
+    }
     let (level, error, reason) = failure.unwrap_or((tracing::Level::INFO, "-", String::new()));
     macro_rules! access_line {
         ($level:ident) => {
             tracing::$level!(
                 target: "access",
                 method = %method,
-                route = %info.endpoint,
+                route = info.endpoint(),
                 status,
                 duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
-                upstream = info.upstream.as_deref().unwrap_or("-"),
+                upstream = info.upstream(),
                 user_id = info.user_id.as_deref().unwrap_or("-"),
                 request_id = id.to_str().unwrap_or("-"),
                 error,
@@ -365,6 +381,7 @@ async fn route_public(
         Ok(p) => p,
         Err(r) => {
             info.endpoint = "refused".into();
+            crate::body::linger(req.into_body());
             return Err(r);
         }
     };

@@ -45,7 +45,7 @@ pub(crate) mod identity;
 pub(crate) mod issuer;
 pub mod keys;
 pub(crate) mod logging;
-pub(crate) mod metrics;
+pub mod metrics;
 #[cfg(feature = "demo")]
 pub mod mock;
 pub(crate) mod outbound;

@@ -4,8 +4,11 @@
 //! of their values. Must not: take label values from requests (raw paths, user ids, tokens):
 //! callers pass `&'static str` outcomes or route names that come from the config.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets from 100µs to 30s, so that sub-millisecond proxy overhead is visible.
@@ -213,25 +216,90 @@ impl Default for Metrics {
     }
 }
 
+/// The bounded status labels, in the order of [`status_slot`].
+const STATUS_LABELS: [&str; 18] = [
+    "200", "201", "204", "400", "401", "403", "404", "429", "500", "502", "503", "504", "1xx", "2xx", "3xx", "4xx",
+    "5xx", "error",
+];
+
+/// The index in [`STATUS_LABELS`] of a status (`None`: no answer at all).
+fn status_slot(status: Option<u16>) -> usize {
+    match status {
+        Some(200) => 0,
+        Some(201) => 1,
+        Some(204) => 2,
+        Some(400) => 3,
+        Some(401) => 4,
+        Some(403) => 5,
+        Some(404) => 6,
+        Some(429) => 7,
+        Some(500) => 8,
+        Some(502) => 9,
+        Some(503) => 10,
+        Some(504) => 11,
+        Some(s) if s < 200 => 12,
+        Some(s) if s < 300 => 13,
+        Some(s) if s < 400 => 14,
+        Some(s) if s < 500 => 15,
+        Some(_) => 16,
+        None => 17,
+    }
+}
+
 /// A bounded label for an HTTP status from an outbound call.
 pub fn status_label(status: Option<u16>) -> &'static str {
-    match status {
-        Some(200) => "200",
-        Some(201) => "201",
-        Some(204) => "204",
-        Some(400) => "400",
-        Some(401) => "401",
-        Some(403) => "403",
-        Some(404) => "404",
-        Some(429) => "429",
-        Some(500) => "500",
-        Some(502) => "502",
-        Some(503) => "503",
-        Some(504) => "504",
-        Some(s) if s < 300 => "2xx",
-        Some(s) if s < 500 => "4xx",
-        Some(_) => "5xx",
-        None => "error",
+    STATUS_LABELS[status_slot(status)]
+}
+
+/// One proxy route's metric series, each looked up by label once (on first use, so that a
+/// route's series appear when it is first used, as before) and then used directly: the
+/// per-request cost is an atomic add, not a hash of the label values under a lock.
+pub struct RouteMetrics {
+    label: String,
+    families: Metrics,
+    duration: OnceLock<Histogram>,
+    /// Per status slot: (`proxy_requests_total`, `http_requests_total`) of this route.
+    requests: [OnceLock<(IntCounter, IntCounter)>; STATUS_LABELS.len()],
+}
+
+impl RouteMetrics {
+    pub fn new(label: &str, families: &Metrics) -> RouteMetrics {
+        RouteMetrics {
+            label: label.to_string(),
+            families: families.clone(),
+            duration: OnceLock::new(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn counters(&self, status: u16) -> &(IntCounter, IntCounter) {
+        let slot = status_slot(Some(status));
+        self.requests[slot].get_or_init(|| {
+            let values = [self.label.as_str(), STATUS_LABELS[slot]];
+            (
+                self.families.proxy_requests_total.with_label_values(&values),
+                self.families.http_requests_total.with_label_values(&values),
+            )
+        })
+    }
+
+    /// A proxied request answered with `status` after `elapsed`.
+    pub fn proxied(&self, status: u16, elapsed: std::time::Duration) {
+        self.counters(status).0.inc();
+        self.duration
+            .get_or_init(|| self.families.proxy_duration.with_label_values(&[self.label.as_str()]))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The response of a request of this route left the gateway with `status`.
+    pub fn answered(&self, status: u16) {
+        self.counters(status).1.inc();
+    }
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics").field("label", &self.label).finish_non_exhaustive()
     }
 }
 
@@ -250,6 +318,23 @@ mod tests {
     }
 
     #[test]
+    fn route_handles_count_in_the_same_series_as_label_look_ups() {
+        let m = Metrics::new();
+        let route = RouteMetrics::new("api", &m);
+        assert!(!m.render().contains("route=\"api\""), "no series before the first request");
+        route.proxied(200, std::time::Duration::from_millis(2));
+        route.proxied(200, std::time::Duration::from_millis(2));
+        route.proxied(418, std::time::Duration::from_millis(2));
+        route.answered(200);
+        m.proxy_requests_total.with_label_values(&["api", "200"]).inc();
+        let text = m.render();
+        assert!(text.contains("entra_gateway_proxy_requests_total{route=\"api\",status=\"200\"} 3\n"), "{text}");
+        assert!(text.contains("entra_gateway_proxy_requests_total{route=\"api\",status=\"4xx\"} 1\n"), "{text}");
+        assert!(text.contains("entra_gateway_proxy_duration_seconds_count{route=\"api\"} 3\n"), "{text}");
+        assert!(text.contains("entra_gateway_http_requests_total{endpoint=\"api\",status=\"200\"} 1\n"), "{text}");
+    }
+
+    #[test]
     fn dropped_log_lines_are_exposed_even_when_none_were_dropped() {
         let m = Metrics::new();
         assert!(!m.render().contains("entra_gateway_log_lines_dropped_total"));
@@ -261,5 +346,10 @@ mod tests {
     fn status_labels_stay_bounded() {
         assert_eq!(status_label(Some(418)), "4xx");
         assert_eq!(status_label(None), "error");
+        assert_eq!(status_label(Some(504)), "504");
+        assert_eq!(status_label(Some(302)), "3xx", "a redirect is not a client error");
+        assert_eq!(status_label(Some(101)), "1xx");
+        assert_eq!(status_label(Some(599)), "5xx");
+        assert_eq!(status_label(Some(204)), "204");
     }
 }

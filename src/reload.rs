@@ -157,7 +157,7 @@ pub fn reload(
         applied.push("authorization");
     }
     if routes_changed || new.raw.proxy.forward_auth != current.proxy.forward_auth {
-        state.live.routes.store(Arc::new(RouteTable::new(&new.proxy)));
+        state.live.routes.store(Arc::new(RouteTable::new(&new.proxy, &state.metrics)));
         applied.push("proxy.routes, proxy.forward_auth");
     }
     let restart = restart_needed(current, &new.raw);

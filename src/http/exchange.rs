@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{AccessInfo, Body, Rejection, bearer, json};
 use crate::app::AppState;
+use crate::body::ReadError;
 use crate::directory::UserRecord;
 use crate::entra::Validated;
 use crate::exchange::{Exchanged, Subject};
@@ -118,18 +118,17 @@ async fn read_token(req: Request<Incoming>, limit: usize, deadline: Duration) ->
     let (parts, body) = req.into_parts();
     let header_token = bearer(&parts.headers).map(str::to_owned);
     if header_token.is_none() && parts.headers.contains_key(header::AUTHORIZATION) {
+        crate::body::linger(body);
         return Err(Rejection::InvalidRequest("the Authorization header must be `Bearer <Entra access token>`".into()));
     }
-    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await;
+    let read = tokio::time::timeout(deadline, crate::body::read_limited(&parts.headers, body, limit)).await;
     let Ok(read) = read else {
         return Err(Rejection::RequestTimeout);
     };
     let body = match read {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Rejection::PayloadTooLarge);
-        }
-        Err(_) => {
+        Ok(b) => b,
+        Err(ReadError::TooLarge) => return Err(Rejection::PayloadTooLarge),
+        Err(ReadError::Broken) => {
             return Err(Rejection::InvalidRequest("the request body could not be read".into()));
         }
     };

@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use super::{AccessInfo, Body, Rejection, bearer};
 use crate::app::AppState;
 use crate::config::RouteAuth;
-use crate::metrics::status_label;
 use crate::path::CanonicalPath;
 
 pub async fn handle(
@@ -31,17 +30,15 @@ pub async fn handle(
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
-    info.endpoint = route.label.clone().into();
+    drop(routes);
     info.skip_cors = !route.cors;
-    info.upstream = Some(route.upstream_authority().to_string());
     let result = forward(state, &route, req, &path, peer, worker, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
         Err(rejection) => rejection.class().status.as_u16(),
     };
-    let m = &state.metrics;
-    m.proxy_requests_total.with_label_values(&[route.label.as_str(), status_label(Some(status))]).inc();
-    m.proxy_duration.with_label_values(&[route.label.as_str()]).observe(started.elapsed().as_secs_f64());
+    route.metrics.proxied(status, started.elapsed());
+    info.route = Some(route);
     result
 }
 
@@ -54,16 +51,34 @@ async fn forward(
     worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
-    let principal = match route.auth {
-        RouteAuth::None => None,
-        RouteAuth::Required => {
-            let p = state.access.authenticate(bearer(req.headers())).await?;
-            info.user_id = Some(p.claims.sub.clone());
-            state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
-            Some(p)
+    let principal = match admit(state, route, &req, path, info).await {
+        Ok(principal) => principal,
+        Err(refused) => {
+            crate::body::linger(req.into_body());
+            return Err(refused);
         }
     };
     let ids = state.access.identity_headers();
     Ok(state.proxy.forward(worker, route, principal.as_deref(), ids, path, req, peer).await?)
+}
+
+/// The route's checks: the path's empty segments, then for `auth: required` the caller and
+/// the route's groups. `Ok(None)`: an open route.
+async fn admit(
+    state: &AppState,
+    route: &crate::proxy::routes::Route,
+    req: &Request<Incoming>,
+    path: &CanonicalPath,
+    info: &mut AccessInfo,
+) -> Result<Option<std::sync::Arc<crate::access::Principal>>, Rejection> {
+    route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
+    match route.auth {
+        RouteAuth::None => Ok(None),
+        RouteAuth::Required => {
+            let p = state.access.authenticate(bearer(req.headers())).await?;
+            info.user_id = Some(p.claims.sub.clone());
+            state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
+            Ok(Some(p))
+        }
+    }
 }

@@ -9,12 +9,25 @@
 use std::sync::Arc;
 
 use crate::config::{OriginalUriSource, ProxySettings, RouteSpec, Unmatched};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::path::{CanonicalPath, PathError};
 use http::Uri;
 use http::uri::PathAndQuery;
 
-/// One configured route, ready for the hot path (parsed by the config).
-pub type Route = RouteSpec;
+/// One configured route, ready for the hot path: its settings (parsed by the config) and its
+/// metric handles.
+#[derive(Debug)]
+pub struct Route {
+    spec: RouteSpec,
+    pub metrics: RouteMetrics,
+}
+
+impl std::ops::Deref for Route {
+    type Target = RouteSpec;
+    fn deref(&self) -> &RouteSpec {
+        &self.spec
+    }
+}
 
 /// Why no upstream URI could be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -69,8 +82,13 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(c: &ProxySettings) -> RouteTable {
-        let mut routes: Vec<Arc<Route>> = c.routes.iter().cloned().map(Arc::new).collect();
+    /// The table of `c`'s routes; `metrics`: the families their handles count in.
+    pub fn new(c: &ProxySettings, metrics: &Metrics) -> RouteTable {
+        let mut routes: Vec<Arc<Route>> = c
+            .routes
+            .iter()
+            .map(|spec| Arc::new(Route { metrics: RouteMetrics::new(&spec.label, metrics), spec: spec.clone() }))
+            .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         RouteTable { routes, original_uri: c.original_uri, unmatched: c.unmatched }
     }
@@ -110,7 +128,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        RouteTable::new(&ProxySettings::try_from(&cfg).unwrap())
+        RouteTable::new(&ProxySettings::try_from(&cfg).unwrap(), &Metrics::new())
     }
 
     fn path(p: &str) -> CanonicalPath {

@@ -159,6 +159,18 @@ async fn malformed_requests_get_400_invalid_request_and_oversized_bodies_413() {
 }
 
 #[tokio::test]
+async fn a_client_still_sending_an_oversized_body_reads_the_413_not_a_connection_reset() {
+    let mock = mock().await;
+    let gw = GatewayBuilder::new(&mock).start().await;
+    let head = "POST /auth/exchange HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded";
+    for _ in 0..3 {
+        let (status, sent) = send_large_body(gw.addr, head, 3 << 20).await;
+        assert_eq!(status, 413);
+        sent.expect("the gateway read (and discarded) the rest instead of resetting the connection");
+    }
+}
+
+#[tokio::test]
 async fn every_bad_token_gets_401_invalid_token_without_echoing_it() {
     let mock = mock().await;
     let gw = GatewayBuilder::new(&mock).start().await;

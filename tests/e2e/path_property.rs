@@ -42,7 +42,7 @@ fn table() -> RouteTable {
             .collect(),
         ..ProxyConfig::default()
     };
-    RouteTable::new(&ProxySettings::try_from(&cfg).unwrap())
+    RouteTable::new(&ProxySettings::try_from(&cfg).unwrap(), &entra_gateway::metrics::Metrics::new())
 }
 
 /// Full percent-decoding (every `%XX`, once per pass, until nothing changes: what a server

@@ -140,6 +140,23 @@ async fn refused_requests_get_401_or_403_and_never_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn an_upload_refused_before_forwarding_is_answered_not_reset_and_never_reaches_the_upstream() {
+    let (mock, up, gw) = setup().await;
+    let bob = login(&gw, &mock, "bob").await;
+    let cases = [
+        ("POST /api/upload HTTP/1.1\r\nHost: gw".to_string(), 401),
+        (format!("PUT /admin/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {bob}"), 403),
+        ("POST /public/%2e%2e/api/upload HTTP/1.1\r\nHost: gw".to_string(), 400),
+    ];
+    for (head, want) in cases {
+        let (status, sent) = send_large_body(gw.addr, &head, 3 << 20).await;
+        assert_eq!(status, want, "{}", head.lines().next().unwrap());
+        sent.expect("the client could finish sending and read the answer");
+    }
+    assert_eq!(up.requests(), 0);
+}
+
+#[tokio::test]
 async fn paths_and_queries_arrive_unchanged_and_strip_prefix_works() {
     let (mock, up, gw) = setup().await;
     let token = login(&gw, &mock, "alice").await;

@@ -266,6 +266,38 @@ pub async fn raw_request(addr: SocketAddr, head: &[u8]) -> (u16, String) {
     (status, text)
 }
 
+/// Sends `head` (as for [`raw_request`]) with `Content-Length: body_len`, then `body_len` bytes,
+/// while reading the answer: the status line, and whether the whole body could be written
+/// (a server that closes on unread data makes the client's writes fail with a reset).
+pub async fn send_large_body(addr: SocketAddr, head: &str, body_len: usize) -> (u16, std::io::Result<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!("{head}\r\nContent-Length: {body_len}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            wr.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        wr.flush().await
+    });
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match rd.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&byte[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, writer.await.unwrap())
+}
+
 /// Writes a loaded config as YAML (for a gateway run as a child process).
 pub fn write_config(config: &Config, path: &std::path::Path) {
     let yaml = serde_saphyr::to_string(&serde_json::to_value(&config.raw).unwrap()).unwrap();
