@@ -202,9 +202,11 @@ async fn self_check(mock: &MockEntra, gw: SocketAddr) {
                     StatusCode::OK => format!("groups={} roles={}", body["user"]["groups"], body["user"]["roles"]),
                     _ => format!("{}", body["error_description"]),
                 };
-                tracing::info!("self-check: {login} exchange -> {status} {detail}");
+                // Printed, not logged: the log writer is asynchronous, and these lines must come
+                // before the instructions.
+                println!("self-check: {login} exchange -> {status} {detail}");
             }
-            Err(e) => tracing::warn!("self-check: {login} exchange failed: {e}"),
+            Err(e) => println!("self-check: {login} exchange failed: {e}"),
         }
     }
 }

@@ -8,15 +8,17 @@ use std::time::Duration;
 
 #[test]
 fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
-        .args(["demo", "--port", "0", "--admin-port", "0", "--app-port", "0"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("demo starts");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
+            .args(["demo", "--port", "0", "--admin-port", "0", "--app-port", "0"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("demo starts"),
+    );
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
@@ -96,7 +98,18 @@ fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
     assert!(out.status.success(), "{shown}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(shown.trim(), format!("204 access-control-allow-origin: {origin}\n403"), "{shown}");
 
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let status = child.wait().unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "demo exit: {status}");
+}
+
+/// The demo process, killed if the test fails before stopping it (an orphaned demo would keep
+/// the test's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
