@@ -233,6 +233,8 @@ pub struct RouteSpec {
     pub cors: bool,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// `Host` of requests to the upstream: its authority (a default port left out).
+    pub host_header: http::HeaderValue,
     /// The upstream URL's path without a trailing `/`.
     pub base_path: String,
 }

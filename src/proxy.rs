@@ -1,12 +1,14 @@
 //! The reverse proxy: forwards a request whose caller is already checked to its upstream.
 //!
-//! Owns: the pooled upstream client (HTTP/1.1 keep-alive, HTTP/2 to https upstreams that
-//! offer it through ALPN, rustls), request and response header rewriting (see [`headers`]),
+//! Owns: choosing the upstream connection (plain-HTTP upstreams: this worker's HTTP/1.1
+//! connections, see [`pool`]; `https` upstreams: hyper-util's pooled client, HTTP/2 when the
+//! upstream offers it through ALPN, rustls), request and response header rewriting (see [`headers`]),
 //! streaming bodies both ways without buffering, WebSocket upgrades, and the upstream timeout
 //! (time to response headers). Must not: authenticate (see `access`) or decide routes (see
 //! [`routes`]); it is given both.
 
 pub mod headers;
+mod pool;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -84,9 +86,9 @@ pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
 
 /// Forwards requests.
 pub struct Proxy {
-    /// One pooled client per worker thread: an upstream connection is used by the thread that
-    /// opened it.
-    clients: Box<[UpstreamClient]>,
+    /// Per worker thread (an upstream connection is used by the thread that opened it): the
+    /// connections to `http` upstreams and the client for `https` ones.
+    workers: Box<[(pool::Http1Pool, UpstreamClient)]>,
     forward_token: bool,
     /// `X-Forwarded-Proto` of the public listener.
     proto: &'static str,
@@ -101,7 +103,8 @@ impl Proxy {
         proto: &'static str,
         trusted: TrustedProxies,
     ) -> Proxy {
-        Proxy { clients: clients.into_boxed_slice(), forward_token, proto, trusted }
+        let workers = clients.into_iter().map(|c| (pool::Http1Pool::new(CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT), c));
+        Proxy { workers: workers.collect(), forward_token, proto, trusted }
     }
 
     /// Rewrites the request for `route` and streams it to the upstream. `path` is the request's
@@ -127,15 +130,23 @@ impl Proxy {
             // HTTP/2 carries the host in `:authority`.
             parts.headers.insert(header::HOST, authority);
         }
-        parts.uri = route
-            .upstream_uri(path, parts.uri.query())
-            .map_err(|e| ProxyError::BadGateway(format!("upstream URI: {e}")))?;
+        let plain = route.scheme == http::uri::Scheme::HTTP;
+        let uri = match plain {
+            true => route.upstream_path(path, parts.uri.query()).map(http::Uri::from),
+            false => route.upstream_uri(path, parts.uri.query()),
+        };
+        parts.uri = uri.map_err(|e| ProxyError::BadGateway(format!("upstream URI: {e}")))?;
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         ids.strip(h);
         headers::strip_hop_by_hop(h, upgrade);
         self.trusted.rewrite(h, peer.ip(), self.proto);
-        h.remove(header::HOST);
+        match plain {
+            // Sent as is: the upstream's own authority, as a client of it would send.
+            true => h.insert(header::HOST, route.host_header.clone()),
+            // hyper-util's client sets it from the URI.
+            false => h.remove(header::HOST),
+        };
         if route.auth == RouteAuth::Required && !self.forward_token {
             h.remove(header::AUTHORIZATION);
         }
@@ -144,14 +155,20 @@ impl Proxy {
                 h.insert(name.clone(), value.clone());
             }
         }
-        let client = self
-            .clients
-            .get(worker % self.clients.len().max(1))
+        let (pool, client) = self
+            .workers
+            .get(worker % self.workers.len().max(1))
             .ok_or_else(|| ProxyError::BadGateway("no upstream client".into()))?;
-        let sent = client.request(Request::from_parts(parts, body));
+        let req = Request::from_parts(parts, body);
+        let sent = async {
+            match plain {
+                true => pool.send(&route.authority, req).await.map_err(|e| e.0),
+                false => client.request(req).await.map_err(|e| crate::outbound::error_chain(&e)),
+            }
+        };
         let mut resp = match tokio::time::timeout(route.timeout, sent).await {
             Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(e)) => return Err(ProxyError::BadGateway(crate::outbound::error_chain(&e))),
+            Ok(Err(cause)) => return Err(ProxyError::BadGateway(cause)),
             Ok(Ok(resp)) => resp,
         };
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

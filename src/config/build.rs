@@ -618,6 +618,7 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         bad(p, "upstream", "must be an http:// or https:// URL");
     }
     let (scheme, authority, base_path) = upstream?;
+    let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
     (p.0.len() == before).then(|| RouteSpec {
         label: r.name.clone().unwrap_or_else(|| r.path_prefix.clone()),
         prefix: r.path_prefix.clone(),
@@ -630,6 +631,7 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         cors: r.cors,
         scheme,
         authority,
+        host_header,
         base_path,
     })
 }

@@ -53,15 +53,24 @@ impl RouteSpec {
         Ok(())
     }
 
-    /// The upstream URI: the canonical path (prefix stripped if configured) and the query.
-    pub fn upstream_uri(&self, path: &CanonicalPath, query: Option<&str>) -> Result<Uri, RouteError> {
+    /// The upstream request target (origin form): the canonical path (prefix stripped if
+    /// configured) under the upstream's base path, and the query.
+    pub fn upstream_path(&self, path: &CanonicalPath, query: Option<&str>) -> Result<PathAndQuery, RouteError> {
         let tail = if self.strip_prefix { path.after_prefix(&self.prefix) } else { &path.as_str()[1..] };
-        let mut pq = format!("{}/{tail}", self.base_path);
+        let mut pq = String::with_capacity(self.base_path.len() + tail.len() + 2 + query.map_or(0, str::len));
+        pq.push_str(&self.base_path);
+        pq.push('/');
+        pq.push_str(tail);
         if let Some(q) = query {
             pq.push('?');
             pq.push_str(q);
         }
-        let pq: PathAndQuery = pq.parse().map_err(|_| RouteError::InvalidUri)?;
+        PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).map_err(|_| RouteError::InvalidUri)
+    }
+
+    /// The upstream URI: scheme, authority and [`RouteSpec::upstream_path`].
+    pub fn upstream_uri(&self, path: &CanonicalPath, query: Option<&str>) -> Result<Uri, RouteError> {
+        let pq = self.upstream_path(path, query)?;
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
