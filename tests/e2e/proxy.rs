@@ -163,6 +163,8 @@ async fn paths_and_queries_arrive_unchanged_and_strip_prefix_works() {
     let path = "/api/files/a%3Ab%20c/d.txt?q=%C3%A9t%C3%A9&x=1+2&empty=&u=a%2Fb";
     assert_eq!(get(&gw, path, Some(&token)).await.status(), 200);
     assert_eq!(up.last().uri, path);
+    let host: Vec<_> = up.last().headers.get_all("host").iter().cloned().collect();
+    assert_eq!(host, [up.url().trim_start_matches("http://")], "one Host: the upstream's own authority");
     assert_eq!(get(&gw, "/strip/inner/x?y=1", Some(&token)).await.status(), 200);
     assert_eq!(up.last().uri, "/base/inner/x?y=1");
     // Dot segments (plain or encoded) and encoded slashes are refused before routing can be
