@@ -60,8 +60,9 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
-log "cargo clippy --all-targets -- -D warnings"
+log "cargo clippy --all-targets -- -D warnings (and the image's build: --no-default-features)"
 cargo clippy --all-targets -- -D warnings
+cargo clippy --no-default-features -- -D warnings
 
 log "cargo test (unit, end-to-end, CLI, property)"
 cargo test --all-targets

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod init;
 
-use crate::config::{Config, FileChecks, GraphMode, LogFormat, ProcessEnv, SigningAlgorithm};
+use crate::config::{Config, FileChecks, GraphMode, ProcessEnv, SigningAlgorithm};
 
 #[derive(Debug, Parser)]
 #[command(name = "entra-gateway", version, about = "Token-exchange gateway for Microsoft Entra ID")]
@@ -183,7 +183,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
         Command::Demo { port, admin_port, app_port } => {
-            let _logging = crate::logging::init("info", LogFormat::Pretty, true);
+            let _logging = crate::logging::init("info", crate::config::LogFormat::Pretty, true);
             let ports = crate::demo::DemoPorts { gateway: port, admin: admin_port, app: app_port };
             with_runtime(async move { crate::demo::run(ports, shutdown_signal()).await })
         }
@@ -217,6 +217,7 @@ async fn serve(path: PathBuf) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+#[cfg(feature = "demo")]
 fn with_runtime<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     with_runtime_threads(threads, f)
