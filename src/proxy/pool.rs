@@ -5,7 +5,9 @@
 //! a request again on a new connection when a kept one turned out closed before the request
 //! was written. A connection goes back to the list as soon as its request is sent and is
 //! chosen again once its response has ended (hyper says so through `is_ready`): no task per
-//! request, unlike hyper-util's pooled client, which spawns one to wait for that moment.
+//! request, unlike hyper-util's pooled client, which spawns one to wait for that moment. A
+//! connection unused for the idle timeout is dropped at the next checkout for its upstream;
+//! one the upstream closes (most close idle connections within a minute) is dropped there too.
 //! Must not: rewrite requests (see [`super::headers`]) or speak TLS or HTTP/2 (`https://`
 //! upstreams use hyper-util's client, which negotiates both).
 
