@@ -48,14 +48,17 @@ impl Http1Pool {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority`. A kept connection found closed
-    /// before the request was written is dropped and the request goes out on a new one.
+    /// before the request was written is dropped and the request goes out once more, on a new
+    /// connection (so at most two attempts).
     pub async fn send(
         &self,
         authority: &Authority,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
+        let mut reuse = true;
         loop {
-            let (mut sender, kept) = match self.checkout(authority) {
+            let checked_out = if reuse { self.checkout(authority) } else { None };
+            let (mut sender, kept) = match checked_out {
                 Some(sender) => (sender, true),
                 None => (self.connect(authority).await?, false),
             };
@@ -64,7 +67,7 @@ impl Http1Pool {
             match sent.await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
-                    Some(back) if kept => req = back,
+                    Some(back) if kept => (req, reuse) = (back, false),
                     _ => return Err(SendError(crate::outbound::error_chain(&e.into_error()))),
                 },
             }
