@@ -231,6 +231,8 @@ pub struct RouteSpec {
     pub allow_apps: bool,
     /// `server.cors` applies to this route.
     pub cors: bool,
+    /// `path_prefix` compared with the request's case as it is.
+    pub case_sensitive: bool,
     pub scheme: Scheme,
     pub authority: Authority,
     /// `Host` of requests to the upstream: its authority (a default port left out).

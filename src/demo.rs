@@ -124,33 +124,45 @@ async fn bind(port: u16, flag: &str) -> Result<TcpListener, String> {
     })
 }
 
-/// The demo's signing key and client secret, in a private temp directory removed on exit.
+/// The demo's signing key and client secret, in a private temp directory removed on exit: a
+/// new directory with a random name and mode 0700 (`mkdtemp`, by `tempfile`), whose files are
+/// created new (`O_EXCL`: never through a symlink someone planted) with mode 0600.
 struct DemoFiles {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl DemoFiles {
     fn create(mock: &MockEntra) -> Result<DemoFiles, String> {
-        let dir = std::env::temp_dir().join(format!("entra-gateway-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        DemoFiles::create_with(&mock.settings().client_secret)
+    }
+
+    fn create_with(client_secret: &str) -> Result<DemoFiles, String> {
+        let dir =
+            tempfile::Builder::new().prefix("entra-gateway-demo-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let files = DemoFiles { dir };
-        let _ = std::fs::remove_file(files.key());
         crate::keys::generate_to_file(SigningAlgorithm::ES256, &files.key()).map_err(|e| e.to_string())?;
-        std::fs::write(files.secret(), &mock.settings().client_secret).map_err(|e| format!("secret file: {e}"))?;
+        write_new_private(&files.secret(), client_secret.as_bytes()).map_err(|e| format!("secret file: {e}"))?;
         Ok(files)
     }
     fn key(&self) -> PathBuf {
-        self.dir.join("demo-1.pem")
+        self.dir.path().join("demo-1.pem")
     }
     fn secret(&self) -> PathBuf {
-        self.dir.join("client-secret")
+        self.dir.path().join("client-secret")
     }
 }
 
-impl Drop for DemoFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Writes a new file (refusing an existing one or a symlink) readable by the owner only.
+fn write_new_private(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
     }
+    opts.open(path)?.write_all(content)
 }
 
 fn demo_config(
@@ -279,4 +291,33 @@ async fn echo(req: Request<Incoming>) -> Response<Body> {
             "headers": headers,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn the_demo_files_live_in_a_new_private_directory_with_a_random_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let a = DemoFiles::create_with("s3cret").unwrap();
+        let b = DemoFiles::create_with("s3cret").unwrap();
+        assert_ne!(a.dir.path(), b.dir.path(), "a fresh directory each time");
+        let name = a.dir.path().file_name().unwrap().to_string_lossy().to_string();
+        assert!(!name.ends_with(&std::process::id().to_string()), "not predictable from the pid: {name}");
+        let mode = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(a.dir.path()), 0o700);
+        assert_eq!(mode(&a.key()), 0o600);
+        assert_eq!(mode(&a.secret()), 0o600);
+        // A file planted where the secret goes is never written through.
+        let planted = a.dir.path().join("planted");
+        assert!(write_new_private(&a.secret(), b"x").is_err(), "existing files are not overwritten");
+        std::os::unix::fs::symlink(&planted, a.dir.path().join("link")).unwrap();
+        assert!(write_new_private(&a.dir.path().join("link"), b"x").is_err());
+        assert!(!planted.exists(), "the symlink was not followed");
+        let dir = a.dir.path().to_path_buf();
+        drop(a);
+        assert!(!dir.exists(), "removed on exit");
+    }
 }

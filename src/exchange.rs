@@ -35,6 +35,11 @@ pub enum ExchangeError {
     UserMissing,
     #[error("the calling app {0} is not allowed: list its client id or one of its app roles in authorization.apps")]
     AppNotAllowed(String),
+    #[error(
+        "app tokens of tenant {0} are not accepted: app roles and client ids count only for the tenants in \
+         authorization.apps.tenants (the home tenant by default)"
+    )]
+    AppTenantNotAllowed(String),
     #[error("Microsoft Graph: {0}")]
     Graph(GraphError),
     #[error(transparent)]
@@ -132,8 +137,11 @@ impl ExchangeService {
         if !policy.apps_enabled() {
             return Err(ExchangeError::Token(self.entra.app_token_refusal(app)));
         }
+        if !policy.apps_tenant_allowed(&app.tid) {
+            return Err(ExchangeError::AppTenantNotAllowed(app.tid.clone()));
+        }
         let roles = policy
-            .decide_app(&app.client_id, &app.roles)
+            .decide_app(&app.tid, &app.client_id, &app.roles)
             .ok_or_else(|| ExchangeError::AppNotAllowed(app.client_id.clone()))?;
         let minted = self.issuer.mint_app(app, roles)?;
         Ok(Exchanged { minted, subject: Subject::App(app.clone()) })

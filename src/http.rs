@@ -208,7 +208,8 @@ impl From<ExchangeError> for Rejection {
             e @ (ExchangeError::NotInAllowedGroup
             | ExchangeError::GroupsNotInToken(_)
             | ExchangeError::UserMissing
-            | ExchangeError::AppNotAllowed(_)) => Rejection::AccessDenied(e.to_string()),
+            | ExchangeError::AppNotAllowed(_)
+            | ExchangeError::AppTenantNotAllowed(_)) => Rejection::AccessDenied(e.to_string()),
             ExchangeError::Graph(g) => g.into(),
             ExchangeError::Directory(d) => d.into(),
             ExchangeError::Mint(m) => Rejection::Internal { cause: m.to_string() },

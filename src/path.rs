@@ -19,7 +19,8 @@
 //! - other characters outside RFC 3986 `pchar` (`|`, `{`, `^`, non-ASCII, ...) are
 //!   percent-encoded as UTF-8, which is what a browser sends for them anyway.
 //!
-//! Matching stays case-sensitive: `/ADMIN/` is not `/admin/`.
+//! Case is kept as sent (the upstream sees `/ADMIN/` as `/ADMIN/`); routes compare it folded
+//! unless they set `case_sensitive` (`proxy::routes`).
 
 use std::borrow::Cow;
 
@@ -48,6 +49,13 @@ pub enum PathError {
     EmptySegment,
     #[error("the original URI must be a path (`/...`) or an absolute URL (`https://host/...`)")]
     NotOriginOrAbsolute,
+    #[error("the original URL's authority is not a plain host[:port] (it comes from the client's Host header)")]
+    BadAuthority,
+    #[error(
+        "the original URL has a `?` or `#` right after its host: the client's Host header ended it early, \
+         so its path cannot be known"
+    )]
+    NoPathAfterHost,
 }
 
 /// A canonical request path.
@@ -114,25 +122,79 @@ impl CanonicalPath {
 }
 
 /// The path of forward-auth's original URI: origin-form (`/path?query`) or absolute-form
-/// (`scheme://authority/path?query`, the scheme at position 0), without query and fragment.
+/// (`http[s]://host[:port]/path?query`, the scheme at position 0), without query and fragment.
+///
+/// Absolute-form is read as RFC 3986 says (the authority ends at the first `/`, `?` or `#`),
+/// parsed by `http::Uri`, and then held to what an ingress that builds the URL as
+/// `$scheme://$http_host$request_uri` can honestly produce: the authority must be a plain
+/// `host[:port]` (no userinfo, a numeric port), and what follows it must be a path (`/...`) or
+/// nothing (`/`). A `?` or `#` right after the authority means the client's own `Host` header
+/// ended the authority early (`Host: app.example:443?` turns `/admin` into query text): refused,
+/// never read as `/`.
 pub fn original_uri_path(raw: &str) -> Result<&str, PathError> {
     let cut = |s: &str| s.split(['?', '#']).next().unwrap_or_default().len();
     if raw.starts_with('/') {
         return Ok(&raw[..cut(raw)]);
     }
     let (scheme, rest) = raw.split_once("://").ok_or(PathError::NotOriginOrAbsolute)?;
-    let scheme_ok = scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if !scheme_ok || authority_len == 0 {
+    if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
         return Err(PathError::NotOriginOrAbsolute);
     }
-    let path = &rest[authority_len..];
-    if !path.starts_with('/') {
-        // `https://host` or `https://host?x`: the root.
-        return Ok("/");
+    let uri: http::Uri = raw.parse().map_err(|_| PathError::NotOriginOrAbsolute)?;
+    let authority = uri.authority().ok_or(PathError::NotOriginOrAbsolute)?.as_str();
+    // The parser's authority must be exactly the text up to the first `/`, `?` or `#`.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if authority != &rest[..end] {
+        return Err(PathError::BadAuthority);
     }
-    Ok(&path[..cut(path)])
+    if !is_host_port(authority) {
+        return Err(PathError::BadAuthority);
+    }
+    let after = &rest[end..];
+    match after.as_bytes().first() {
+        None => Ok("/"),
+        Some(b'/') => Ok(&after[..cut(after)]),
+        Some(_) => Err(PathError::NoPathAfterHost),
+    }
+}
+
+/// `host[:port]`: a DNS name or IPv4 address (letters, digits, `-`, `.`, `_`), or an IPv6
+/// literal in brackets; an optional port of 1 to 5 digits up to 65535. No userinfo.
+pub fn is_host_port(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, rest)) => (addr.parse::<std::net::Ipv6Addr>().is_ok(), port_part(rest)),
+            None => return false,
+        },
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let ok =
+                !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            (ok, Ok(port))
+        }
+    };
+    let port_ok = match port {
+        Ok(None) => true,
+        Ok(Some(p)) => {
+            p.len() <= 5
+                && !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        }
+        Err(()) => false,
+    };
+    host_ok && port_ok
+}
+
+/// What follows an IPv6 literal's `]`: nothing, or `:port`.
+fn port_part(rest: &str) -> Result<Option<&str>, ()> {
+    match rest {
+        "" => Ok(None),
+        r => r.strip_prefix(':').map(Some).ok_or(()),
+    }
 }
 
 #[derive(Default)]
@@ -393,10 +455,34 @@ mod tests {
         assert_eq!(original_uri_path("/admin/x?next=https://e.example/public/"), Ok("/admin/x"));
         assert_eq!(original_uri_path("https://app.example/api/a?b#c"), Ok("/api/a"));
         assert_eq!(original_uri_path("https://app.example"), Ok("/"));
-        assert_eq!(original_uri_path("https://app.example?x=/public/"), Ok("/"));
+        assert_eq!(original_uri_path("https://[::1]:8443/a"), Ok("/a"));
+        assert_eq!(original_uri_path("HTTP://app.example:80/a"), Ok("/a"));
         assert_eq!(original_uri_path("/p#frag"), Ok("/p"));
-        for bad in ["admin/x", "x/https://a.example/public/", "https:///x", "1http://a/b", "", "?/public/"] {
+        for bad in ["admin/x", "x/https://a.example/public/", "https:///x", "1http://a/b", "", "?/public/", "ftp://a/b"]
+        {
             assert_eq!(original_uri_path(bad), Err(PathError::NotOriginOrAbsolute), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_host_header_that_ends_the_authority_early_is_refused_never_read_as_the_root() {
+        // ingress-nginx: `$scheme://$http_host$request_uri` with a crafted Host.
+        for bad in
+            ["https://app.example.com:443?/admin/secret", "https://app.example.com#/admin", "https://a.example?x=/p/"]
+        {
+            assert_eq!(original_uri_path(bad), Err(PathError::NoPathAfterHost), "{bad}");
+        }
+        for bad in [
+            "https://victim@app.example/admin",
+            "https://app.example:x/admin",
+            "https://app.example:99999/admin",
+            "https://app.example:/admin",
+            "https://[nope]/admin",
+        ] {
+            assert_eq!(original_uri_path(bad), Err(PathError::BadAuthority), "{bad}");
+        }
+        for bad in ["https://[::1/admin", "https://a%2fb/admin", "https://a b/admin"] {
+            assert!(original_uri_path(bad).is_err(), "{bad}");
         }
     }
 }

@@ -46,9 +46,20 @@ impl Policy {
         self.apps.enabled()
     }
 
-    /// The internal roles of an app caller (`client_id` lowercase, `app_roles` from its token),
-    /// or `None` when neither its client id nor any of its app roles is listed.
-    pub fn decide_app(&self, client_id: &str, app_roles: &[String]) -> Option<Vec<String>> {
+    /// Whether app rules apply to tokens of tenant `tid` (`authorization.apps.tenants`; the
+    /// home tenant by default): a partner tenant's admin can assign our app roles to their own
+    /// apps, and that grant means nothing here.
+    pub fn apps_tenant_allowed(&self, tid: &str) -> bool {
+        self.apps.tenants.iter().any(|t| t == tid)
+    }
+
+    /// The internal roles of an app caller of tenant `tid` (`client_id` lowercase, `app_roles`
+    /// from its token), or `None` when its tenant is not one the rules apply to, or neither its
+    /// client id nor any of its app roles is listed.
+    pub fn decide_app(&self, tid: &str, client_id: &str, app_roles: &[String]) -> Option<Vec<String>> {
+        if !self.apps_tenant_allowed(tid) {
+            return None;
+        }
         let by_client = self.apps.clients.get(client_id);
         let by_role: Vec<&Vec<String>> = app_roles.iter().filter_map(|r| self.apps.app_roles.get(r)).collect();
         if by_client.is_none() && by_role.is_empty() {
@@ -162,10 +173,14 @@ mod tests {
         p.apps.clients.insert("c1".into(), vec!["svc".into()]);
         p.apps.app_roles.insert("Orders.Read".into(), vec!["orders-reader".into(), "svc".into()]);
         assert!(p.apps_enabled());
-        assert_eq!(p.decide_app("c1", &[]), Some(vec!["svc".into()]));
-        assert_eq!(p.decide_app("c1", &["Orders.Read".into()]), Some(vec!["orders-reader".into(), "svc".into()]));
-        assert_eq!(p.decide_app("c2", &["Orders.Read".into()]), Some(vec!["orders-reader".into(), "svc".into()]));
-        assert_eq!(p.decide_app("c2", &["Other".into()]), None);
+        p.apps.tenants = vec!["home".into()];
+        assert_eq!(p.decide_app("home", "c1", &[]), Some(vec!["svc".into()]));
+        let both = Some(vec!["orders-reader".into(), "svc".into()]);
+        assert_eq!(p.decide_app("home", "c1", &["Orders.Read".into()]), both);
+        assert_eq!(p.decide_app("home", "c2", &["Orders.Read".into()]), both);
+        assert_eq!(p.decide_app("home", "c2", &["Other".into()]), None);
+        assert_eq!(p.decide_app("partner", "c2", &["Orders.Read".into()]), None, "a partner admin's grant");
+        assert_eq!(p.decide_app("partner", "c1", &[]), None);
     }
 
     #[test]

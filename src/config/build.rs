@@ -446,6 +446,22 @@ fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSetti
         }
         p.role_names(&path, roles);
     }
+    let known_tenants: Vec<String> = raw.entra.tenants.iter().map(|t| t.to_ascii_lowercase()).collect();
+    let mut app_tenants = Vec::new();
+    for (i, t) in a.apps.tenants.iter().enumerate() {
+        let path = format!("authorization.apps.tenants[{i}]");
+        match p.guid(&path, t, TENANT) {
+            Some(t) if known_tenants.contains(&t) => app_tenants.push(t),
+            Some(_) => {
+                p.push(&path, "not in entra.tenants: tokens of that tenant are refused before any app rule");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if app_tenants.is_empty() {
+        app_tenants.extend(known_tenants.first().cloned());
+    }
     let mut configured: BTreeSet<String> = allowed.iter().cloned().collect();
     configured.extend(group_roles.keys().cloned());
     for r in &raw.proxy.routes {
@@ -455,7 +471,7 @@ fn authorization(raw: &RawConfig, p: &mut Problems) -> Option<AuthorizationSetti
         allowed_groups: allowed,
         group_roles,
         allow_any_tenant_user: a.allow_any_tenant_user,
-        apps: AppsConfig { clients, app_roles: a.apps.app_roles.clone() },
+        apps: AppsConfig { clients, app_roles: a.apps.app_roles.clone(), tenants: app_tenants },
         configured_groups: configured,
     })
 }
@@ -591,8 +607,8 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
             "must be a canonical path (no `//`, `.`/`..` segments, `;`, `\\` or escapes of unreserved \
              characters; escapes in upper case)",
         );
-    } else if !seen.insert(r.path_prefix.clone()) {
-        bad(p, "path_prefix", "duplicate path_prefix");
+    } else if !seen.insert(r.path_prefix.to_ascii_lowercase()) {
+        bad(p, "path_prefix", "duplicate path_prefix (prefixes are compared case-insensitively)");
     }
     if r.path_prefix.starts_with("/auth/") || r.path_prefix.starts_with("/.well-known/") {
         bad(p, "path_prefix", "/auth/ and /.well-known/ belong to the gateway");
@@ -613,10 +629,13 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
     if r.auth == RouteAuth::None && r.allow_apps {
         bad(p, "allow_apps", "needs auth: required (auth: none lets everyone in)");
     }
-    let upstream = upstream(&r.upstream);
-    if upstream.is_none() {
-        bad(p, "upstream", "must be an http:// or https:// URL");
-    }
+    let upstream = match upstream(&r.upstream) {
+        Ok(u) => Some(u),
+        Err(why) => {
+            bad(p, "upstream", why);
+            None
+        }
+    };
     let (scheme, authority, base_path) = upstream?;
     let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
     (p.0.len() == before).then(|| RouteSpec {
@@ -629,6 +648,7 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         allow_empty_segments: r.allow_empty_segments,
         allow_apps: r.allow_apps,
         cors: r.cors,
+        case_sensitive: r.case_sensitive,
         scheme,
         authority,
         host_header,
@@ -636,20 +656,32 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
     })
 }
 
-/// An upstream URL's scheme, authority and path (without a trailing `/`).
-fn upstream(raw: &str) -> Option<(Scheme, Authority, String)> {
-    let url = url::Url::parse(raw).ok()?;
+/// An upstream URL's scheme, authority and path (without a trailing `/`). Credentials in the
+/// URL would be sent to nobody (the gateway never forwards them) and printed by
+/// `check-config`; a query or fragment would be silently dropped: both are refused.
+fn upstream(raw: &str) -> Result<(Scheme, Authority, String), &'static str> {
+    const FORM: &str =
+        "must be an http:// or https:// URL such as http://orders.default.svc:8080 or https://api.internal/base";
+    let url = url::Url::parse(raw).map_err(|_| FORM)?;
     let scheme = match url.scheme() {
         "https" => Scheme::HTTPS,
         "http" => Scheme::HTTP,
-        _ => return None,
+        _ => return Err(FORM),
     };
-    let host = url.host_str()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry user:password@ (the gateway sends identity headers and its own token, never URL credentials)",
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a ?query or #fragment (only scheme, host, port and a base path)");
+    }
+    let host = url.host_str().ok_or(FORM)?;
     let authority = match url.port() {
         Some(port) => format!("{host}:{port}"),
         None => host.to_string(),
     };
-    Some((scheme, authority.parse().ok()?, url.path().trim_end_matches('/').to_string()))
+    Ok((scheme, authority.parse().map_err(|_| FORM)?, url.path().trim_end_matches('/').to_string()))
 }
 
 impl TryFrom<&ProxyConfig> for ProxySettings {

@@ -135,10 +135,28 @@ pub(super) fn parse(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<
                 let path = error_path(e.path());
                 let message = e.inner().to_string();
                 let mut original = repairs.original(&path);
-                if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                let missing = message.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`'));
+                let mut typo_of_missing = false;
+                if let Some(field) = missing {
+                    // The item is dropped below: report its unknown keys now, and a misspelt
+                    // key as what it is rather than as a missing one.
+                    for key in known.unknown_children(&tree, &path, &original) {
+                        let mut at = original.clone();
+                        at.push(Seg::Key(key.clone()));
+                        let message = match known.suggest(&at) {
+                            Some(s) => {
+                                typo_of_missing |= s == field;
+                                format!("unknown key (did you mean `{s}`?)")
+                            }
+                            None => "unknown key".into(),
+                        };
+                        problems.push(problem(&at, message, &from_env));
+                    }
                     original.push(Seg::Key(field.to_string()));
                 }
-                problems.push(problem(&original, friendly(&original, &message), &from_env));
+                if !typo_of_missing {
+                    problems.push(problem(&original, friendly(&original, &message), &from_env));
+                }
                 if !repairs.repair(&mut tree, &path) {
                     return (None, problems);
                 }
@@ -260,6 +278,18 @@ impl Repairs {
     }
 }
 
+fn pointer<'a>(tree: &'a Value, path: &[Seg]) -> Option<&'a Value> {
+    let mut node = tree;
+    for seg in path {
+        node = match (node, seg) {
+            (Value::Object(map), Seg::Key(k)) => map.get(k)?,
+            (Value::Array(items), Seg::Index(i)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
 fn pointer_mut<'a>(tree: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
     let mut node = tree;
     for seg in path {
@@ -292,6 +322,27 @@ impl KnownKeys {
                 .insert("tls".into(), serde_json::json!({"cert_file": null, "key_file": null, "extra_ca_file": null}));
         }
         known
+    }
+
+    /// The keys of the object at `path` (in `tree`) that the reference config does not know at
+    /// `original` (the same place in the file's numbering).
+    fn unknown_children(&self, tree: &Value, path: &[Seg], original: &[Seg]) -> Vec<String> {
+        let Some(Value::Object(item)) = pointer(tree, path) else { return Vec::new() };
+        let mut node = &self.tree;
+        for seg in original {
+            node = match (seg, node) {
+                (Seg::Key(k), n) => match n.get(k) {
+                    Some(v) => v,
+                    None => return Vec::new(),
+                },
+                (Seg::Index(_), n) => match n.get(0) {
+                    Some(v) => v,
+                    None => return Vec::new(),
+                },
+            };
+        }
+        let Some(known) = node.as_object() else { return Vec::new() };
+        item.keys().filter(|k| !known.contains_key(*k)).cloned().collect()
     }
 
     /// The closest known sibling of an unknown key, if it is close enough to be a typo.

@@ -345,6 +345,11 @@ pub struct AppsConfig {
     /// App role (as assigned in Entra) -> internal roles. Defaults to none.
     #[serde(default)]
     pub app_roles: BTreeMap<String, Vec<String>>,
+    /// Tenants whose app tokens these rules apply to: an app role assigned in a partner tenant
+    /// is that tenant admin's grant, not yours. Each must be in `entra.tenants`. Defaults to the
+    /// home tenant (the first of `entra.tenants`) only.
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 impl AppsConfig {
@@ -437,7 +442,9 @@ pub enum RouteAuth {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct RouteConfig {
-    /// Request path prefix; the longest matching prefix wins.
+    /// Request path prefix; the longest matching prefix wins. Compared case-insensitively unless
+    /// `case_sensitive`; a prefix ending in `/` also covers its bare path (`/admin/` covers
+    /// `/admin` and `/admin?x`).
     pub path_prefix: String,
     /// `http://` or `https://` base URL of the upstream.
     pub upstream: String,
@@ -468,6 +475,30 @@ pub struct RouteConfig {
     /// cannot call it. Defaults to `true`.
     #[serde(default = "default_true")]
     pub cors: bool,
+    /// Compare `path_prefix` with the request path's case as it is. Defaults to `false`: matched
+    /// case-insensitively (ASCII), because Express, ASP.NET Core and IIS serve `/Admin/x` from
+    /// the `/admin/` handlers; set it only for an upstream that truly tells them apart.
+    #[serde(default)]
+    pub case_sensitive: bool,
+}
+
+impl RouteConfig {
+    /// A route with every default: `auth: required`, 30 s timeout, no groups.
+    pub fn new(path_prefix: &str, upstream: &str) -> RouteConfig {
+        RouteConfig {
+            path_prefix: path_prefix.into(),
+            upstream: upstream.into(),
+            auth: default_route_auth(),
+            timeout: default_route_timeout(),
+            allowed_groups: None,
+            strip_prefix: false,
+            name: None,
+            allow_apps: false,
+            allow_empty_segments: false,
+            cors: true,
+            case_sensitive: false,
+        }
+    }
 }
 
 /// Where forward-auth (`/auth/verify`) reads the original request's URI from: the one source
@@ -786,6 +817,14 @@ impl RawConfig {
         for (i, url) in self.cache.cluster_urls.iter().enumerate() {
             if let Some(v) = value.pointer_mut(&format!("/cache/cluster_urls/{i}")) {
                 *v = Value::String(redact_url(url.expose()));
+            }
+        }
+        // Upstream URLs with credentials are refused, but a refused config is printed too.
+        for (i, route) in self.proxy.routes.iter().enumerate() {
+            if route.upstream.contains('@')
+                && let Some(v) = value.pointer_mut(&format!("/proxy/routes/{i}/upstream"))
+            {
+                *v = Value::String(redact_url(&route.upstream));
             }
         }
         serde_saphyr::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))

@@ -158,3 +158,42 @@ fn cors_entries_are_checked_and_identity_headers_are_never_exposed() {
     assert_eq!((cors.max_age, cors.allow_credentials), (Duration::from_secs(600), false));
     assert_eq!(cors.allowed_headers, ["authorization", "content-type", "x-request-id"]);
 }
+
+#[test]
+fn a_misspelt_key_inside_a_route_is_reported_as_the_unknown_key_it_is() {
+    let yaml = format!(
+        "{}proxy:\n  routes:\n    - {{ path_prefx: /api/, upstream: \"http://127.0.0.1:3000\", colour: red }}\n",
+        minimal()
+    );
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    let shown: Vec<String> = err.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        shown.iter().any(|p| p == "proxy.routes[0].path_prefx: unknown key (did you mean `path_prefix`?)"),
+        "{shown:?}"
+    );
+    assert!(shown.iter().any(|p| p == "proxy.routes[0].colour: unknown key"), "{shown:?}");
+    assert!(!shown.iter().any(|p| p.contains("path_prefix: required")), "{shown:?}");
+}
+
+#[test]
+fn upstream_urls_with_credentials_or_a_query_are_refused_and_never_printed() {
+    for (upstream, why) in [
+        ("http://user:hunter2@127.0.0.1:3000", "user:password@"),
+        ("http://127.0.0.1:3000/base?x=1", "?query"),
+        ("http://127.0.0.1:3000/#frag", "?query"),
+        ("ftp://127.0.0.1/", "http:// or https://"),
+    ] {
+        let yaml =
+            format!("{}proxy:\n  routes:\n    - {{ path_prefix: /api/, upstream: \"{upstream}\" }}\n", minimal());
+        let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("proxy.routes[0].upstream") && shown.contains(why), "{upstream}: {shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+    let raw: RawConfig = serde_saphyr::from_str(&format!(
+        "{}proxy:\n  routes:\n    - {{ path_prefix: /api/, upstream: \"http://u:hunter2@h:1\" }}\n",
+        minimal()
+    ))
+    .unwrap();
+    assert!(!raw.redacted_yaml().contains("hunter2"));
+}

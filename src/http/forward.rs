@@ -15,6 +15,7 @@ use super::{AccessInfo, Body, Rejection, bearer};
 use crate::app::AppState;
 use crate::config::RouteAuth;
 use crate::path::CanonicalPath;
+use crate::proxy::routes::RouteMatch;
 
 pub async fn handle(
     state: &AppState,
@@ -26,32 +27,32 @@ pub async fn handle(
 ) -> Result<Response<Body>, Rejection> {
     let started = Instant::now();
     let routes = state.live.routes.load();
-    let Some(route) = routes.find(&path).cloned() else {
+    let Some(found) = routes.find(&path) else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
     drop(routes);
-    info.skip_cors = !route.cors;
-    let result = forward(state, &route, req, &path, peer, worker, info).await;
+    info.skip_cors = !found.cors;
+    let result = forward(state, &found, req, &path, peer, worker, info).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
         Err(rejection) => rejection.class().status.as_u16(),
     };
-    route.metrics.proxied(status, started.elapsed());
-    info.route = Some(route);
+    found.metrics.proxied(status, started.elapsed());
+    info.route = Some(found.into_route());
     result
 }
 
 async fn forward(
     state: &AppState,
-    route: &crate::proxy::routes::Route,
+    found: &RouteMatch,
     req: Request<Incoming>,
     path: &CanonicalPath,
     peer: SocketAddr,
     worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let principal = match admit(state, route, &req, path, info).await {
+    let principal = match admit(state, found, &req, path, info).await {
         Ok(principal) => principal,
         Err(refused) => {
             crate::body::linger(req.into_body());
@@ -59,26 +60,29 @@ async fn forward(
         }
     };
     let ids = state.access.identity_headers();
-    Ok(state.proxy.forward(worker, route, principal.as_deref(), ids, path, req, peer).await?)
+    Ok(state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer).await?)
 }
 
-/// The route's checks: the path's empty segments, then for `auth: required` the caller and
-/// the route's groups. `Ok(None)`: an open route.
-async fn admit(
+/// The checks of every policy the path reaches (see [`RouteMatch`]): the path's empty segments,
+/// then, when any of them is `auth: required`, the caller and each one's groups. `Ok(None)`: an
+/// open route.
+pub(super) async fn admit(
     state: &AppState,
-    route: &crate::proxy::routes::Route,
+    found: &RouteMatch,
     req: &Request<Incoming>,
     path: &CanonicalPath,
     info: &mut AccessInfo,
 ) -> Result<Option<std::sync::Arc<crate::access::Principal>>, Rejection> {
-    route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
-    match route.auth {
-        RouteAuth::None => Ok(None),
-        RouteAuth::Required => {
-            let p = state.access.authenticate(bearer(req.headers())).await?;
-            info.user_id = Some(p.claims.sub.clone());
-            state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
-            Ok(Some(p))
-        }
+    for route in found.policies() {
+        route.check_empty_segments(path).map_err(|e| Rejection::InvalidRequest(e.to_string()))?;
     }
+    if !found.requires_auth() {
+        return Ok(None);
+    }
+    let p = state.access.authenticate(bearer(req.headers())).await?;
+    info.user_id = Some(p.claims.sub.clone());
+    for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
+        state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
+    }
+    Ok(Some(p))
 }

@@ -52,17 +52,23 @@ pub async fn handle(
         ));
     };
     let path = original_path(source, &req, own_path)?;
-    let route = routes.find(&path);
-    if let Some(r) = route {
-        r.check_empty_segments(&path).map_err(|e| Rejection::InvalidRequest(format!("original URI: {e}")))?;
+    let found = routes.find(&path);
+    if let Some(found) = &found {
+        for r in found.policies() {
+            r.check_empty_segments(&path).map_err(|e| Rejection::InvalidRequest(format!("original URI: {e}")))?;
+        }
     }
-    if route.is_some_and(|r| r.auth == RouteAuth::None) {
+    if found.as_ref().is_some_and(|f| !f.requires_auth()) {
         return Ok(Response::new(full("")));
     }
     let principal = state.access.authenticate(bearer(req.headers())).await?;
     info.user_id = Some(principal.claims.sub.clone());
-    match route {
-        Some(r) => state.access.authorize(&principal, r.groups.as_deref(), r.allow_apps)?,
+    match &found {
+        Some(found) => {
+            for r in found.policies().filter(|r| r.auth == RouteAuth::Required) {
+                state.access.authorize(&principal, r.groups.as_deref(), r.allow_apps)?;
+            }
+        }
         // Unmatched paths are for users only: app callers need a route with allow_apps.
         None if routes.unmatched == Unmatched::Authenticated => state.access.authorize(&principal, None, false)?,
         None => return Err(Rejection::AccessDenied("no route matches the original path".into())),

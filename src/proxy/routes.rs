@@ -1,8 +1,11 @@
 //! The route table: which upstream serves a path, and under which policy.
 //!
 //! Owns: longest-prefix matching on path-segment boundaries of the canonical path
-//! ([`crate::path`]: dot segments, encoded slashes and the like never get this far), the
-//! empty-segment opt-in per route, forward-auth's settings (they change with the routes on a
+//! ([`crate::path`]: dot segments, encoded slashes and the like never get this far), compared
+//! case-insensitively (ASCII) unless a route sets `case_sensitive: true` (Express, ASP.NET Core
+//! and IIS serve `/ADMIN/x` from the `/admin/` handlers), a prefix ending in `/` covering its
+//! bare path too (`/admin/` covers `/admin` and `/admin?x`), the stricter policy whenever two
+//! readings of a path differ (see [`RouteMatch`]), the empty-segment opt-in per route, forward-auth's settings (they change with the routes on a
 //! reload), and building the upstream URI from the same canonical path (optional prefix strip;
 //! the query unchanged, byte for byte). Must not: touch headers or bodies.
 
@@ -37,12 +40,15 @@ pub enum RouteError {
 }
 
 impl RouteSpec {
-    /// Whether `path` falls under this route (segment boundary unless the prefix ends in `/`).
+    /// Whether `path` falls under this route, by the route's own reading (case folded unless
+    /// `case_sensitive`).
     fn matches(&self, path: &str) -> bool {
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        prefix_matches(&self.prefix, path, !self.case_sensitive)
+    }
+
+    /// Whether `path` falls under this route with the case compared exactly.
+    fn matches_exactly(&self, path: &str) -> bool {
+        prefix_matches(&self.prefix, path, false)
     }
 
     /// Refuses `//` unless this route accepts it.
@@ -80,6 +86,58 @@ impl RouteSpec {
     }
 }
 
+/// Whether `path` is under `prefix`: on a segment boundary (or anywhere after a prefix ending in
+/// `/`), or the bare path of a prefix ending in `/` (`/admin` for `/admin/`); `fold`: ASCII case
+/// ignored.
+pub fn prefix_matches(prefix: &str, path: &str, fold: bool) -> bool {
+    let (p, b) = (prefix.as_bytes(), path.as_bytes());
+    let same = |a: &[u8], b: &[u8]| if fold { a.eq_ignore_ascii_case(b) } else { a == b };
+    if b.len() >= p.len() && same(&b[..p.len()], p) {
+        return p.ends_with(b"/") || b.len() == p.len() || b[p.len()] == b'/';
+    }
+    p.len() > 1 && p.ends_with(b"/") && b.len() == p.len() - 1 && same(b, &p[..p.len() - 1])
+}
+
+/// The outcome of matching a path: the route that serves it (its upstream, metrics, CORS), and
+/// any other route whose policy must hold as well because another reading of the same path
+/// reaches it. Readings: the routes' own (case folded unless `case_sensitive`), and the exact
+/// case. When they choose different routes, or two routes match equally long, every policy
+/// involved applies: the stricter one wins, whatever the upstream makes of the case.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    route: Arc<Route>,
+    also: Vec<Arc<Route>>,
+}
+
+impl RouteMatch {
+    /// The route that serves the request.
+    pub fn route(&self) -> &Arc<Route> {
+        &self.route
+    }
+
+    /// Every route whose policy applies: the serving one first.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Route>> {
+        std::iter::once(&self.route).chain(self.also.iter())
+    }
+
+    /// Whether any of the policies needs a token.
+    pub fn requires_auth(&self) -> bool {
+        self.policies().any(|r| r.auth == crate::config::RouteAuth::Required)
+    }
+
+    /// The serving route.
+    pub fn into_route(self) -> Arc<Route> {
+        self.route
+    }
+}
+
+impl std::ops::Deref for RouteMatch {
+    type Target = Route;
+    fn deref(&self) -> &Route {
+        &self.route
+    }
+}
+
 /// Routes sorted by prefix length, longest first, and forward-auth's settings.
 #[derive(Debug)]
 pub struct RouteTable {
@@ -102,10 +160,28 @@ impl RouteTable {
         RouteTable { routes, original_uri: c.original_uri, unmatched: c.unmatched }
     }
 
-    /// The route of a canonical path: the longest prefix matching its `for_matching` form.
-    pub fn find(&self, path: &CanonicalPath) -> Option<&Arc<Route>> {
+    /// The route of a canonical path: the longest prefix matching its `for_matching` form by
+    /// each route's own reading; an equally long match, or the longest exact-case match when it
+    /// is another route, adds its policy (see [`RouteMatch`]).
+    pub fn find(&self, path: &CanonicalPath) -> Option<RouteMatch> {
         let matching = path.for_matching();
-        self.routes.iter().find(|r| r.matches(&matching))
+        let mut candidates = self.routes.iter().filter(|r| r.matches(&matching));
+        let first = candidates.next()?;
+        let mut found = RouteMatch { route: first.clone(), also: Vec::new() };
+        for tie in candidates.take_while(|r| r.prefix.len() == first.prefix.len()) {
+            // Equally long: the exact-case one serves; both policies hold.
+            if tie.matches_exactly(&matching) && !found.route.matches_exactly(&matching) {
+                found.also.push(std::mem::replace(&mut found.route, tie.clone()));
+            } else {
+                found.also.push(tie.clone());
+            }
+        }
+        if let Some(exact) = self.routes.iter().find(|r| r.matches_exactly(&matching))
+            && !found.policies().any(|r| Arc::ptr_eq(r, exact))
+        {
+            found.also.push(exact.clone());
+        }
+        Some(found)
     }
 
     /// Every route prefix (tests and the property test's reference check).
@@ -118,26 +194,21 @@ impl RouteTable {
 mod tests {
     use super::*;
 
+    fn table_of(routes: Vec<crate::config::RouteConfig>) -> RouteTable {
+        let cfg = crate::config::ProxyConfig { routes, ..Default::default() };
+        RouteTable::new(&ProxySettings::try_from(&cfg).unwrap(), &Metrics::new())
+    }
+
     fn table(routes: &[(&str, &str, bool)]) -> RouteTable {
-        let cfg = crate::config::ProxyConfig {
-            routes: routes
+        table_of(
+            routes
                 .iter()
                 .map(|(p, u, strip)| crate::config::RouteConfig {
-                    path_prefix: p.to_string(),
-                    upstream: u.to_string(),
-                    auth: crate::config::RouteAuth::Required,
-                    timeout: std::time::Duration::from_secs(30),
-                    allowed_groups: None,
                     strip_prefix: *strip,
-                    name: None,
-                    allow_empty_segments: false,
-                    allow_apps: false,
-                    cors: true,
+                    ..crate::config::RouteConfig::new(p, u)
                 })
                 .collect(),
-            ..Default::default()
-        };
-        RouteTable::new(&ProxySettings::try_from(&cfg).unwrap(), &Metrics::new())
+        )
     }
 
     fn path(p: &str) -> CanonicalPath {
@@ -157,7 +228,33 @@ mod tests {
         assert_eq!(t.find(&path("/docs/a")).unwrap().prefix, "/docs");
         assert!(t.find(&path("/docsx")).is_none());
         assert!(t.find(&path("/other")).is_none());
-        assert!(t.find(&path("/API/admin/x")).is_none(), "matching is case-sensitive");
+        assert_eq!(t.find(&path("/API/Admin/x")).unwrap().prefix, "/api/admin/", "case folded");
+        assert_eq!(t.find(&path("/api")).unwrap().prefix, "/api/", "the bare path of a prefix ending in /");
+        assert!(t.find(&path("/apix")).is_none());
+    }
+
+    #[test]
+    fn when_two_readings_differ_every_policy_involved_applies() {
+        let mut cs = crate::config::RouteConfig::new("/Docs/", "http://c:3");
+        cs.case_sensitive = true;
+        cs.auth = crate::config::RouteAuth::None;
+        let t = table_of(vec![
+            crate::config::RouteConfig::new("/api/", "http://a:1"),
+            {
+                let mut r = crate::config::RouteConfig::new("/API/public/", "http://b:2");
+                r.auth = crate::config::RouteAuth::None;
+                r
+            },
+            cs,
+        ]);
+        // Folded, /API/public/ is longer; exactly, only /api/ matches: both policies hold.
+        let m = t.find(&path("/api/public/x")).unwrap();
+        assert_eq!(m.prefix, "/API/public/");
+        assert!(m.requires_auth(), "the protected reading wins");
+        // A case-sensitive route is reached only by its exact case.
+        assert!(t.find(&path("/docs/x")).is_none());
+        let m = t.find(&path("/Docs/x")).unwrap();
+        assert!(!m.requires_auth());
     }
 
     #[test]

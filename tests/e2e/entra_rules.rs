@@ -166,6 +166,54 @@ async fn app_callers_work_through_the_proxy_and_forward_auth_with_their_own_head
     assert_eq!(client().get(gw.url("/auth/me/photo")).bearer_auth(&daemon).send().await.unwrap().status(), 404);
 }
 
+/// An app token of the partner tenant (listed in `entra.tenants` for its users).
+fn partner_app_token(mock: &MockEntra, client: &str, roles: &[&str]) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("scp".into(), Value::Null);
+    extra.insert("sub".into(), json!(DAEMON_SP));
+    extra.insert("azp".into(), json!(client));
+    extra.insert("roles".into(), json!(roles));
+    mock.mint(&TokenSpec {
+        oid: Some(DAEMON_SP.into()),
+        tid: Some(MOCK_PARTNER_TENANT.into()),
+        extra: Some(extra),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_partner_tenants_admin_cannot_grant_our_app_roles_to_their_apps() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let apps = format!(r#"{{clients: {{"{DAEMON}": [svc]}}, app_roles: {{Reports.Read: [reports]}}}}"#);
+    let start = |tenants_for_apps: Option<String>| {
+        let mut b = GatewayBuilder::new(&mock)
+            .yaml(&app_routes(&up))
+            .set("ENTRA__TENANTS", two_tenants(&mock))
+            .set("AUTHORIZATION__APPS", apps.clone());
+        if let Some(t) = tenants_for_apps {
+            b = b.set("AUTHORIZATION__APPS__TENANTS", t);
+        }
+        b.start()
+    };
+    let gw = start(None).await;
+    // The partner's admin assigned our app role Reports.Read (and our client id's role) to
+    // their own app: by default, rules are for the home tenant only.
+    for token in [partner_app_token(&mock, STRANGER, &["Reports.Read"]), partner_app_token(&mock, DAEMON, &[])] {
+        let (status, body) = exchange_json(&gw, &token).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["error_description"].as_str().unwrap().contains("authorization.apps.tenants"), "{body}");
+    }
+    let (status, body) = exchange_json(&gw, &app_token(&mock, REPORTER, &["Reports.Read"], 2)).await;
+    assert_eq!(status, 200, "the home tenant's grant holds: {body}");
+    gw.stop().await;
+    // Listed explicitly, the partner tenant's apps count.
+    let gw = start(Some(two_tenants(&mock))).await;
+    let (status, body) = exchange_json(&gw, &partner_app_token(&mock, STRANGER, &["Reports.Read"])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"]["roles"], json!(["reports"]));
+}
+
 fn two_tenants(mock: &MockEntra) -> String {
     format!("[\"{}\", \"{MOCK_PARTNER_TENANT}\"]", mock.settings().tenant_id)
 }

@@ -28,16 +28,9 @@ fn table() -> RouteTable {
         routes: PREFIXES
             .iter()
             .map(|(p, empty)| RouteConfig {
-                path_prefix: p.to_string(),
-                upstream: "http://127.0.0.1:1".into(),
                 auth: RouteAuth::Required,
-                timeout: std::time::Duration::from_secs(1),
-                allowed_groups: None,
-                strip_prefix: false,
-                name: None,
                 allow_empty_segments: *empty,
-                allow_apps: false,
-                cors: true,
+                ..RouteConfig::new(p, "http://127.0.0.1:1")
             })
             .collect(),
         ..ProxyConfig::default()
@@ -105,9 +98,13 @@ fn remove_dot_segments(input: &[u8]) -> Vec<u8> {
     output
 }
 
+/// Whether a resolved path is under `prefix` for an upstream that ignores case (the routes here
+/// are all case-insensitive), the bare path of a prefix ending in `/` included.
 fn under(path: &[u8], prefix: &str) -> bool {
     let p = prefix.as_bytes();
-    path.starts_with(p) && (p.ends_with(b"/") || path.len() == p.len() || path[p.len()] == b'/')
+    let head = |n: usize| path.len() >= n && path[..n].eq_ignore_ascii_case(&p[..n]);
+    (head(p.len()) && (p.ends_with(b"/") || path.len() == p.len() || path[p.len()] == b'/'))
+        || (p.len() > 1 && p.ends_with(b"/") && path.len() == p.len() - 1 && head(p.len() - 1))
 }
 
 /// A piece of a segment: route names, dots and their spellings, parameters, escapes.
@@ -161,7 +158,8 @@ proptest! {
     fn a_forwarded_path_resolves_under_the_route_that_was_checked(raw in raw_path()) {
         let table = table();
         let Ok(path) = CanonicalPath::parse(&raw) else { return Ok(()) };
-        let Some(route) = table.find(&path) else { return Ok(()) };
+        let Some(found) = table.find(&path) else { return Ok(()) };
+        let route = found.route();
         if route.check_empty_segments(&path).is_err() {
             return Ok(());
         }
@@ -184,6 +182,85 @@ proptest! {
         if let Ok(p) = CanonicalPath::parse(&raw) {
             let again = CanonicalPath::parse(p.as_str()).expect("a canonical path is accepted");
             prop_assert_eq!(again.as_str(), p.as_str());
+        }
+    }
+}
+
+/// RFC 3986 Appendix B, by hand (an independent parser): scheme, authority, path, query and
+/// fragment of a URI reference.
+fn rfc3986_parts(uri: &str) -> (Option<&str>, Option<&str>, &str) {
+    let mut rest = uri;
+    let scheme = match rest.find([':', '/', '?', '#']) {
+        Some(i) if i > 0 && rest.as_bytes()[i] == b':' => {
+            let s = &rest[..i];
+            rest = &rest[i + 1..];
+            Some(s)
+        }
+        _ => None,
+    };
+    let authority = match rest.strip_prefix("//") {
+        Some(after) => {
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            rest = &after[end..];
+            Some(&after[..end])
+        }
+        None => None,
+    };
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    (scheme, authority, &rest[..path_end])
+}
+
+/// Text for the parts of a URL: characters that end or disguise an authority, and plain ones.
+fn url_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "app.example", "app.example.com", ":443", ":", "?", "#", "/", "@", "[", "]", "::1", "%2f", "%3f",
+                "admin", "secret", "public", "x", ".", "..", " ", "\\", "%", "80", "99999", "a_b", "-",
+            ]).prop_map(str::to_string),
+            1 => any::<char>().prop_map(|c| c.to_string()),
+        ],
+        0..6,
+    )
+    .prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// For arbitrary authority, path, query and fragment text, the path forward-auth checks is
+    /// the path RFC 3986 reads (empty meaning `/`), or the URL is refused.
+    #[test]
+    fn the_original_url_path_is_what_rfc_3986_reads_or_the_request_is_refused(
+        authority in url_text(), path in url_text(), query in prop::option::of(url_text()),
+        fragment in prop::option::of(url_text()),
+    ) {
+        let mut url = format!("https://{authority}{path}");
+        if let Some(q) = &query { url.push('?'); url.push_str(q); }
+        if let Some(f) = &fragment { url.push('#'); url.push_str(f); }
+        if let Ok(checked) = entra_gateway::path::original_uri_path(&url) {
+            let (scheme, auth, reference) = rfc3986_parts(&url);
+            prop_assert_eq!(scheme, Some("https"));
+            let auth = auth.unwrap_or_default();
+            prop_assert!(entra_gateway::path::is_host_port(auth), "{url:?}: accepted authority {auth:?}");
+            let want = if reference.is_empty() { "/" } else { reference };
+            prop_assert_eq!(checked, want, "{:?}", url);
+            prop_assert!(!reference.is_empty() || url.len() == "https://".len() + auth.len(),
+                "{url:?}: an empty path followed by a query or fragment was accepted");
+        }
+    }
+
+    /// ingress-nginx builds `$scheme://$http_host$request_uri` from the client's own `Host`:
+    /// whatever that header holds (nginx itself refuses a `/` or NUL in it with 400), the path
+    /// checked is the path of the request nginx serves, or the request is refused.
+    #[test]
+    fn a_crafted_host_never_changes_the_path_forward_auth_checks(host in url_text(), tail in url_text()) {
+        prop_assume!(!host.contains('/') && !host.contains('\0'));
+        let request_uri = format!("/admin/{tail}");
+        let url = format!("https://{host}{request_uri}");
+        if let Ok(checked) = entra_gateway::path::original_uri_path(&url) {
+            let served = request_uri.split(['?', '#']).next().unwrap_or_default();
+            prop_assert_eq!(checked, served, "Host {:?}", host);
         }
     }
 }
