@@ -137,8 +137,14 @@ impl DemoFiles {
     }
 
     fn create_with(client_secret: &str) -> Result<DemoFiles, String> {
-        let dir =
-            tempfile::Builder::new().prefix("entra-gateway-demo-").tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("entra-gateway-demo-");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o700));
+        }
+        let dir = builder.tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let files = DemoFiles { dir };
         crate::keys::generate_to_file(SigningAlgorithm::ES256, &files.key()).map_err(|e| e.to_string())?;
         write_new_private(&files.secret(), client_secret.as_bytes()).map_err(|e| format!("secret file: {e}"))?;
