@@ -28,6 +28,7 @@ use crate::proxy::routes::RouteTable;
 use crate::proxy::{Proxy, client_tls, upstream_client};
 use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
+use crate::seal::Sealer;
 
 /// Why the gateway could not start (the config itself was already checked).
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +115,13 @@ impl AppState {
         let metrics = Metrics::new();
         let outbound_tls = client_tls(&server.extra_ca).map_err(StartError::Tls)?;
         let http = outbound_client(entra.request_timeout, outbound_tls.clone())?;
+        let sealer = match &cache.integrity_key {
+            Some(key) => Sealer::derive([key.expose().as_bytes()]),
+            None => Sealer::derive(issuer.keys.iter().map(|k| k.secret_bytes())),
+        }
+        .ok_or_else(|| StartError::Redis("no key to seal shared values with".into()))?;
         let issuer = Arc::new(Issuer::new(issuer));
-        let redis = RedisStore::connect(&cache, metrics.clone()).map_err(StartError::Redis)?;
+        let redis = RedisStore::connect(&cache, metrics.clone(), sealer).map_err(StartError::Redis)?;
         let jwks = JwksCache::new(
             http.clone(),
             &entra.authority,
@@ -130,16 +136,18 @@ impl AppState {
             .clone()
             .map(|credential| Arc::new(GraphClient::new(&entra, credential, http.clone(), metrics.clone())));
         let policy = Arc::new(ArcSwap::from_pointee(Policy::new(&authorization)));
+        let local_revocations = MemoryRevocations::new(cache.max_revocations, &metrics);
         let (users, revocations): (Arc<dyn UserStore>, Arc<dyn RevocationStore>) = match &redis {
             Some(r) => (
                 Arc::new(RedisUserStore::new(r.clone())),
                 Arc::new(RedisRevocations::new(
                     r.clone(),
                     cache.revocation_requires_redis,
+                    local_revocations,
                     metrics.revocation_feed_up.clone(),
                 )),
             ),
-            None => (Arc::new(MemoryUserStore::default()), Arc::new(MemoryRevocations::default())),
+            None => (Arc::new(MemoryUserStore::default()), Arc::new(local_revocations)),
         };
         let directory = Directory::new(users);
         let exchange = ExchangeService::new(ExchangeParts {

@@ -177,10 +177,13 @@ pub struct IssuerSettings {
     pub keys: KeyRing,
 }
 
-/// `cache.*` with the Redis CA loaded.
+/// `cache.*` with the Redis CA, URL and password files loaded.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
     pub redis: Option<RedisSettings>,
+    /// `redis_integrity_key_file`'s key; `None`: derived from the signing keys.
+    pub integrity_key: Option<Secret>,
+    pub max_revocations: usize,
     pub l1_ttl: Duration,
     pub revocation_requires_redis: bool,
     pub key_prefix: String,
@@ -198,6 +201,27 @@ pub struct RedisSettings {
     /// PEM CA bundle for `rediss://` (besides the system roots).
     pub ca_pem: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// ACL user and password (`redis_username`, `redis_password_file`), put into the URL.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+impl RedisSettings {
+    /// `url` with the configured user and password in it (those already in it stay otherwise).
+    pub fn with_credentials(&self, url: &Secret) -> Result<Secret, String> {
+        if self.username.is_none() && self.password.is_none() {
+            return Ok(url.clone());
+        }
+        let mut u = url::Url::parse(url.expose()).map_err(|_| "cache.redis_url: not a URL".to_string())?;
+        if let Some(name) = &self.username {
+            u.set_username(name).map_err(|_| "cache.redis_username: cannot be set on this URL".to_string())?;
+        }
+        if let Some(password) = &self.password {
+            u.set_password(Some(password.expose()))
+                .map_err(|_| "cache.redis_password_file: cannot be set on this URL".to_string())?;
+        }
+        Ok(Secret::new(u.to_string()))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -133,6 +133,12 @@ impl SigningKey {
         Ok(key)
     }
 
+    /// The private key's bytes (PKCS#8 / PKCS#1 DER): input key material for keys derived from
+    /// it (the Redis integrity key, see `seal`). Never logged or sent.
+    pub fn secret_bytes(&self) -> &[u8] {
+        self.encoding.as_bytes()
+    }
+
     /// A compact JWS of `claims` signed with this key (header: `typ`, `alg`, `kid`).
     pub fn sign<T: serde::Serialize>(&self, claims: &T) -> Result<String, String> {
         let payload = serde_json::to_vec(claims).map_err(|e| e.to_string())?;

@@ -9,7 +9,8 @@
 //!   request path), [`keys`] (signing keys), `identity` (identity header names, spoof
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
-//!   `cors` (browser origins), `metrics` (Prometheus families).
+//!   `cors` (browser origins), `metrics` (Prometheus families), [`seal`] (the HMAC that makes
+//!   every value shared through Redis tamper-evident).
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
 //! - Domain: `cache` (in-process and Redis), `directory` (user records), `revocation`
@@ -56,5 +57,6 @@ pub(crate) mod ratelimit;
 pub(crate) mod reload;
 pub(crate) mod request_id;
 pub(crate) mod revocation;
+pub mod seal;
 pub mod server;
 pub mod tls;

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub jwks_stale: IntGaugeVec,
     pub revocation_feed_up: IntGauge,
+    pub cache_integrity_failures_total: IntCounterVec,
+    pub revocations_local: IntGauge,
+    pub revocations_evicted_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -48,6 +51,12 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
     let h = HistogramVec::new(opts, labels).expect("static metric definition");
     registry.register(Box::new(h.clone())).expect("metric registered once");
     h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
 }
 
 impl Metrics {
@@ -156,6 +165,26 @@ impl Metrics {
                 .expect("static metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
+            },
+            cache_integrity_failures_total: counter(
+                &r,
+                "entra_gateway_cache_integrity_failures_total",
+                "Values read from Redis whose integrity check (HMAC) failed, by kind; each is ignored as a miss.",
+                &["kind"],
+            ),
+            revocations_local: gauge(
+                &r,
+                "entra_gateway_revocations",
+                "Revoked tokens this replica holds in process (bounded by cache.max_revocations).",
+            ),
+            revocations_evicted_total: {
+                let c = IntCounter::new(
+                    "entra_gateway_revocations_evicted_total",
+                    "Revocations dropped from the in-process set because it was full (the soonest-expiring first).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone())).expect("metric registered once");
+                c
             },
             registry: r,
         }

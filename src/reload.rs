@@ -102,9 +102,19 @@ pub async fn config_reloader(state: Arc<AppState>, path: PathBuf, initial: RawCo
     let mut first = true;
     loop {
         let forced = if std::mem::take(&mut first) { false } else { next_trigger(&mut events, &mut hup).await };
-        let now = hash(&path);
+        let mut now = hash(&path);
         if !forced && now.is_some() && now == last {
             continue;
+        }
+        // A file still being written (the first check can run while a writer is half-way, and
+        // a slow writer outlasts one settle period): read it only once it holds still.
+        for _ in 0..50 {
+            tokio::time::sleep(SETTLE).await;
+            let again = hash(&path);
+            if again == now {
+                break;
+            }
+            now = again;
         }
         last = now;
         match reload(&state, &current, &path, forced) {

@@ -14,13 +14,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use crate::cache::redis::RedisStore;
 
-use moka::Expiry;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
 
 use crate::cache::StoreError;
 
@@ -35,41 +36,78 @@ pub trait RevocationStore: Send + Sync {
     async fn follow(&self) {}
 }
 
-/// How often a replica re-reads every revocation while its feed is live (a message it could
-/// have missed is picked up at the latest then).
-pub const RESYNC_EVERY: Duration = Duration::from_secs(60);
+/// How often a replica re-reads every revocation while its feed is live (a message it missed,
+/// or a logout whose publish failed, is picked up at the latest then).
+pub const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// How often the subscription is checked with a PING; no answer within the Redis timeout and
 /// the feed counts as lost.
 pub const FEED_PING_EVERY: Duration = Duration::from_secs(5);
+/// Waits before the second and third attempt to publish a logout.
+const PUBLISH_RETRIES: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(200)];
 
-/// Entries carry their deadline (`tokio::time`, so tests can advance it); moka's own expiry,
-/// a little later, only frees the memory.
-struct UntilExpiry;
-
-impl Expiry<String, tokio::time::Instant> for UntilExpiry {
-    fn expire_after_create(&self, _key: &String, until: &tokio::time::Instant, _now: Instant) -> Option<Duration> {
-        Some(until.saturating_duration_since(tokio::time::Instant::now()) + Duration::from_secs(1))
-    }
+/// The revoked ids and when each stops mattering (the token's expiry), ordered both ways.
+#[derive(Default)]
+struct Revoked {
+    by_jti: HashMap<String, tokio::time::Instant>,
+    by_deadline: BTreeSet<(tokio::time::Instant, String)>,
 }
 
-/// In-process revocations, bounded and self-expiring.
+/// In-process revocations, bounded: past `cap`, the soonest-expiring entries go first (they
+/// would have stopped mattering soonest), each counted. Entries carry their deadline
+/// (`tokio::time`, so tests can advance it) and are dropped once it has passed.
 pub struct MemoryRevocations {
-    revoked: moka::sync::Cache<String, tokio::time::Instant>,
-}
-
-impl Default for MemoryRevocations {
-    fn default() -> Self {
-        MemoryRevocations {
-            revoked: moka::sync::Cache::builder().max_capacity(1_000_000).expire_after(UntilExpiry).build(),
-        }
-    }
+    revoked: RwLock<Revoked>,
+    cap: usize,
+    size: prometheus::IntGauge,
+    evicted: prometheus::IntCounter,
 }
 
 impl MemoryRevocations {
-    fn insert(&self, jti: &str, ttl: Duration) {
-        if !ttl.is_zero() {
-            self.revoked.insert(jti.to_string(), tokio::time::Instant::now() + ttl);
+    /// A set of at most `cap` entries, reported in `metrics`.
+    pub fn new(cap: usize, metrics: &crate::metrics::Metrics) -> MemoryRevocations {
+        MemoryRevocations {
+            revoked: RwLock::default(),
+            cap: cap.max(1),
+            size: metrics.revocations_local.clone(),
+            evicted: metrics.revocations_evicted_total.clone(),
         }
+    }
+
+    fn insert(&self, jti: &str, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let deadline = now + ttl;
+        let mut r = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        while let Some((d, _)) = r.by_deadline.first()
+            && *d <= now
+        {
+            if let Some((_, gone)) = r.by_deadline.pop_first() {
+                r.by_jti.remove(&gone);
+            }
+        }
+        match r.by_jti.get(jti).copied() {
+            Some(known) if known >= deadline => {}
+            known => {
+                if let Some(known) = known {
+                    r.by_deadline.remove(&(known, jti.to_string()));
+                }
+                r.by_jti.insert(jti.to_string(), deadline);
+                r.by_deadline.insert((deadline, jti.to_string()));
+            }
+        }
+        while r.by_jti.len() > self.cap {
+            let Some((_, gone)) = r.by_deadline.pop_first() else { break };
+            r.by_jti.remove(&gone);
+            self.evicted.inc();
+        }
+        self.size.set(r.by_jti.len() as i64);
+    }
+
+    fn contains(&self, jti: &str) -> bool {
+        let r = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        r.by_jti.get(jti).is_some_and(|until| tokio::time::Instant::now() < *until)
     }
 }
 
@@ -81,12 +119,13 @@ impl RevocationStore for MemoryRevocations {
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(self.revoked.get(jti).is_some_and(|until| tokio::time::Instant::now() < until))
+        Ok(self.contains(jti))
     }
 }
 
 /// Revocations shared through Redis (`{prefix}revoked:{jti}` holding the token's expiry in Unix
-/// milliseconds, expiring with it), followed through the `{prefix}revocations` channel.
+/// milliseconds, sealed and expiring with it), followed through the `{prefix}revocations`
+/// channel (sealed messages: a planted one is ignored).
 pub struct RedisRevocations {
     redis: Arc<RedisStore>,
     local: MemoryRevocations,
@@ -97,15 +136,14 @@ pub struct RedisRevocations {
 }
 
 impl RedisRevocations {
-    pub fn new(redis: Arc<RedisStore>, requires_redis: bool, feed_up: prometheus::IntGauge) -> RedisRevocations {
+    pub fn new(
+        redis: Arc<RedisStore>,
+        requires_redis: bool,
+        local: MemoryRevocations,
+        feed_up: prometheus::IntGauge,
+    ) -> RedisRevocations {
         feed_up.set(0);
-        RedisRevocations {
-            redis,
-            local: MemoryRevocations::default(),
-            requires_redis,
-            live: AtomicBool::new(false),
-            feed_up,
-        }
+        RedisRevocations { redis, local, requires_redis, live: AtomicBool::new(false), feed_up }
     }
 
     fn key(&self, jti: &str) -> String {
@@ -138,17 +176,32 @@ impl RedisRevocations {
     /// Copies every revocation in Redis into the local set.
     async fn resync(&self) -> Result<usize, StoreError> {
         let prefix = self.key("");
-        let entries = self.redis.scan_values(&format!("{prefix}*")).await?;
+        let entries = self.redis.scan_sealed("revocations", &format!("{prefix}*")).await?;
         let mut n = 0;
         for (key, until) in entries {
-            let (Some(jti), Some(until)) = (key.strip_prefix(&prefix), until.and_then(|u| u.parse::<u64>().ok()))
-            else {
+            let (Some(jti), Some(until)) = (key.strip_prefix(&prefix), parse_until(&until)) else {
                 continue;
             };
             self.remember(jti, until);
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Publishes a logout, trying up to three times; stored either way, so a replica that
+    /// misses it finds it at its next resync (within [`RESYNC_EVERY`]).
+    async fn publish(&self, message: &str) {
+        let mut last = None;
+        for wait in std::iter::once(Duration::ZERO).chain(PUBLISH_RETRIES) {
+            tokio::time::sleep(wait).await;
+            match self.redis.publish_sealed(&self.channel(), message.as_bytes()).await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        if let Some(e) = last {
+            tracing::warn!(error = %e, "logout stored but not published; other replicas resync within 5s");
+        }
     }
 
     /// One subscription: subscribe, resync, then apply messages until the connection fails.
@@ -173,9 +226,10 @@ impl RedisRevocations {
             tokio::select! {
                 msg = messages.next() => {
                     let Some(msg) = msg else { return Err("connection closed".into()) };
-                    match parse_message(msg.get_payload_bytes()) {
+                    let opened = self.redis.open_message("revocations", &self.channel(), msg.get_payload_bytes());
+                    match opened.as_deref().and_then(parse_message) {
                         Some((jti, until)) => self.remember(jti, until),
-                        None => tracing::debug!("ignored a malformed revocation message"),
+                        None => tracing::debug!("ignored a malformed or unsealed revocation message"),
                     }
                 }
                 _ = ping.tick() => {
@@ -192,6 +246,11 @@ impl RedisRevocations {
     }
 }
 
+/// A stored expiry: Unix milliseconds as text.
+fn parse_until(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// `"{jti} {until_unix_ms}"`.
 fn parse_message(payload: &[u8]) -> Option<(&str, u64)> {
     let (jti, until) = std::str::from_utf8(payload).ok()?.split_once(' ')?;
@@ -203,12 +262,9 @@ impl RevocationStore for RedisRevocations {
     async fn revoke(&self, jti: &str, ttl: Duration) -> Result<(), StoreError> {
         self.local.revoke(jti, ttl).await?;
         let until = (crate::clock::unix_now_ms() + ttl.as_millis() as u64).to_string();
-        let stored = self.redis.set_raw(&self.key(jti), until.as_bytes(), Some(ttl)).await;
-        if stored.is_ok()
-            && let Err(e) = self.redis.publish(&self.channel(), &format!("{jti} {until}")).await
-        {
-            // Stored: the other replicas find it at their next resync, or per request.
-            tracing::warn!(error = %e, "logout stored but not published");
+        let stored = self.redis.set_sealed(&self.key(jti), until.as_bytes(), Some(ttl)).await;
+        if stored.is_ok() {
+            self.publish(&format!("{jti} {until}")).await;
         }
         match stored {
             Ok(()) => Ok(()),
@@ -221,14 +277,14 @@ impl RevocationStore for RedisRevocations {
     }
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        if self.local.is_revoked(jti).await? {
+        if self.local.contains(jti) {
             return Ok(true);
         }
         if self.live.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        match self.redis.exists(&self.key(jti)).await {
-            Ok(revoked) => Ok(revoked),
+        match self.redis.get_sealed_as("get_revocation", "revocations", &self.key(jti)).await {
+            Ok(until) => Ok(until.and_then(|u| parse_until(&u)).is_some_and(|u| u > crate::clock::unix_now_ms())),
             Err(e) if self.requires_redis => Err(e),
             Err(_) => Ok(false),
         }
@@ -265,8 +321,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_local_set_is_capped_dropping_the_soonest_expiring_first() {
+        let metrics = crate::metrics::Metrics::new();
+        let r = MemoryRevocations::new(3, &metrics);
+        for (jti, secs) in [("a", 50), ("b", 10), ("c", 30), ("d", 40)] {
+            r.revoke(jti, Duration::from_secs(secs)).await.unwrap();
+        }
+        assert!(!r.is_revoked("b").await.unwrap(), "the soonest-expiring went first");
+        for jti in ["a", "c", "d"] {
+            assert!(r.is_revoked(jti).await.unwrap(), "{jti}");
+        }
+        assert_eq!(metrics.revocations_evicted_total.get(), 1);
+        assert_eq!(metrics.revocations_local.get(), 3);
+        // Expired entries make room before anything is evicted.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        r.revoke("e", Duration::from_secs(60)).await.unwrap();
+        assert_eq!(metrics.revocations_evicted_total.get(), 1);
+        assert_eq!(metrics.revocations_local.get(), 3, "c expired: a, d, e");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_revoked_jti_is_remembered_until_its_deadline_and_others_are_not() {
-        let r = MemoryRevocations::default();
+        let r = MemoryRevocations::new(100, &crate::metrics::Metrics::new());
         r.revoke("a", Duration::from_secs(60)).await.unwrap();
         assert!(r.is_revoked("a").await.unwrap());
         assert!(!r.is_revoked("b").await.unwrap());

@@ -3,9 +3,14 @@
 //! Owns: connecting (lazily, so the gateway starts and serves while Redis is down), reconnects
 //! (the connection manager re-dials after a failure; the cluster connection is re-created),
 //! the timeout of every command, the health flag and latency histogram, key namespacing under
-//! `cache.key_prefix`, and the versioned value envelope (a value this version cannot read is a
-//! miss, never a crash). Must not: decide what is cached or what a failure means; callers fall
-//! back to their in-process state.
+//! `cache.key_prefix`, sealing every value it stores and opening every value it reads back
+//! ([`crate::seal`]: an HMAC bound to the key name, so that whoever can write to Redis cannot
+//! plant a value; one that fails is a miss, counted in
+//! `entra_gateway_cache_integrity_failures_total` and logged without its content), and the
+//! versioned value envelope (a value this version cannot read is a miss, never a crash). Only
+//! lock values (`SET NX`, compared by this replica only) are stored unsealed: a planted lock
+//! makes the others wait at most its few seconds, then they load themselves. Must not: decide
+//! what is cached or what a failure means; callers fall back to their in-process state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +25,7 @@ use serde::de::DeserializeOwned;
 use crate::cache::StoreError;
 use crate::config::{CacheSettings, RedisTarget};
 use crate::metrics::Metrics;
+use crate::seal::Sealer;
 
 /// Version of the value envelope `{"v": 1, "d": ...}`.
 const FORMAT_VERSION: u64 = 1;
@@ -44,6 +50,7 @@ pub struct RedisStore {
     healthy: AtomicBool,
     latency: HistogramVec,
     metrics: Metrics,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -53,13 +60,15 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Prepares the connection without dialing; `None` when no Redis is configured.
-    pub fn connect(cfg: &CacheSettings, metrics: Metrics) -> Result<Option<Arc<RedisStore>>, String> {
+    /// Prepares the connection without dialing; `None` when no Redis is configured. `sealer`
+    /// seals what is stored and opens what is read.
+    pub fn connect(cfg: &CacheSettings, metrics: Metrics, sealer: Sealer) -> Result<Option<Arc<RedisStore>>, String> {
         let Some(redis) = &cfg.redis else { return Ok(None) };
         let certs = redis.ca_pem.clone().map(|pem| redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
         let timeout = redis.timeout;
         let (conn, pubsub) = match &redis.target {
             RedisTarget::Single(url) => {
+                let url = redis.with_credentials(url)?;
                 let client = match certs {
                     Some(c) => redis::Client::build_with_tls(url.expose(), c),
                     None => redis::Client::open(url.expose()),
@@ -75,6 +84,7 @@ impl RedisStore {
                 (Conn::Single(manager), Some(client))
             }
             RedisTarget::Cluster(urls) => {
+                let urls = urls.iter().map(|u| redis.with_credentials(u)).collect::<Result<Vec<_>, _>>()?;
                 let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(|u| u.expose().to_string()))
                     .connection_timeout(timeout.max(Duration::from_secs(1)))
                     .response_timeout(timeout)
@@ -94,6 +104,7 @@ impl RedisStore {
             healthy: AtomicBool::new(true),
             latency: metrics.redis_latency.clone(),
             metrics,
+            sealer,
         })))
     }
 
@@ -167,12 +178,12 @@ impl RedisStore {
     }
 
     /// Raw bytes under `key` (already prefixed).
-    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.run("get", redis::cmd("GET").arg(key)).await
     }
 
     /// `SET key value [PX ttl]`.
-    pub async fn set_raw(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+    async fn set_raw(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
@@ -197,14 +208,21 @@ impl RedisStore {
         self.run::<i64>("del_if", &cmd).await.map(|_| ())
     }
 
-    /// `PUBLISH channel payload` (channel already prefixed).
-    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        self.run::<i64>("publish", redis::cmd("PUBLISH").arg(channel).arg(payload)).await.map(|_| ())
+    /// `PUBLISH channel payload` (channel already prefixed), the payload sealed for the channel.
+    pub async fn publish_sealed(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(channel, payload);
+        self.run::<i64>("publish", redis::cmd("PUBLISH").arg(channel).arg(sealed)).await.map(|_| ())
     }
 
-    /// Every key matching `pattern` (already prefixed) with its value, by `SCAN` and `MGET` in
-    /// batches; a key that expires in between has no value.
-    pub async fn scan_values(&self, pattern: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    /// The payload of a message heard on `channel`, when it opens (else `None`, counted).
+    pub fn open_message(&self, kind: &'static str, channel: &str, message: &[u8]) -> Option<Vec<u8>> {
+        self.open(kind, channel, message)
+    }
+
+    /// Every key matching `pattern` (already prefixed) with its opened value, by `SCAN` and
+    /// `MGET` in batches; a key that expires in between, or whose value does not open, is left
+    /// out.
+    pub async fn scan_sealed(&self, kind: &'static str, pattern: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut found = Vec::new();
         let mut cursor = 0u64;
         loop {
@@ -212,8 +230,12 @@ impl RedisStore {
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
             let (next, keys): (u64, Vec<String>) = self.run("scan", &scan).await?;
             if !keys.is_empty() {
-                let values: Vec<Option<String>> = self.run("mget", redis::cmd("MGET").arg(&keys)).await?;
-                found.extend(keys.into_iter().zip(values));
+                let values: Vec<Option<Vec<u8>>> = self.run("mget", redis::cmd("MGET").arg(&keys)).await?;
+                for (key, value) in keys.into_iter().zip(values) {
+                    if let Some(opened) = value.and_then(|v| self.open(kind, &key, &v)) {
+                        found.push((key, opened));
+                    }
+                }
             }
             if next == 0 {
                 return Ok(found);
@@ -222,14 +244,58 @@ impl RedisStore {
         }
     }
 
+    /// `value` sealed for `key`, stored with an optional expiry.
+    pub async fn set_sealed(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
+        self.set_raw(key, &self.sealer.seal(key, value), ttl).await
+    }
+
+    /// The opened value under `key`; one that does not open is a miss.
+    pub async fn get_sealed(&self, kind: &'static str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_sealed_as("get", kind, key).await
+    }
+
+    /// [`Self::get_sealed`], its latency recorded under `command` (so that a caller's own
+    /// reads can be told apart in the metrics).
+    pub async fn get_sealed_as(
+        &self,
+        command: &'static str,
+        kind: &'static str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let raw: Option<Vec<u8>> = self.run(command, redis::cmd("GET").arg(key)).await?;
+        Ok(raw.and_then(|raw| self.open(kind, key, &raw)))
+    }
+
+    /// Opens a value read under `name`; a failure is counted and logged (never its content).
+    fn open(&self, kind: &'static str, name: &str, raw: &[u8]) -> Option<Vec<u8>> {
+        match self.sealer.open(name, raw) {
+            Ok(payload) => Some(payload.to_vec()),
+            Err(e) if e.is_integrity_failure() => {
+                self.metrics.cache_integrity_failures_total.with_label_values(&[kind]).inc();
+                tracing::warn!(
+                    key = name,
+                    kind,
+                    error = %e,
+                    "a value in redis failed its integrity check: ignored (was it written by someone else?)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::debug!(key = name, kind, error = %e, "a value in redis was sealed with a rotated-out key");
+                None
+            }
+        }
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
         self.run::<i64>("exists", redis::cmd("EXISTS").arg(key)).await.map(|n| n > 0)
     }
 
-    /// A typed value; a garbage or foreign-version value is a miss (counted as an error).
+    /// A typed value; a garbage, foreign-version or unsealed value is a miss (counted as an
+    /// error).
     pub async fn get_json<T: DeserializeOwned>(&self, cache: &'static str, key: &str) -> Result<Option<T>, StoreError> {
         let label = redis_label(cache);
-        let raw = match self.get_raw(key).await {
+        let raw = match self.get_sealed(cache, key).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.cache(label, "error");
@@ -260,7 +326,7 @@ impl RedisStore {
         value: &T,
         ttl: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let r = self.set_raw(key, &encode(value), ttl).await;
+        let r = self.set_sealed(key, &encode(value), ttl).await;
         if r.is_err() {
             self.metrics.cache(redis_label(cache), "error");
         }

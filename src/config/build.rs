@@ -136,6 +136,18 @@ impl Problems {
         }
     }
 
+    /// A file holding one secret value (trimmed): a password, a URL with a password, a key.
+    fn secret_file(&mut self, path: &str, file: &Path) -> Option<Secret> {
+        let bytes = self.file(path, file)?;
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(Secret::new(text.trim())),
+            Err(_) => {
+                self.push(path, format!("{} is not UTF-8 text", file.display()));
+                None
+            }
+        }
+    }
+
     fn at_least(&mut self, path: &str, value: Duration, min: Duration, what: &str) {
         if value < min {
             self.push(path, what);
@@ -518,7 +530,7 @@ fn issuer(i: &IssuerConfig, read: bool, p: &mut Problems) -> Option<IssuerSettin
 fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings> {
     let mut redis_url = |path: &str, url: &Secret| match url::Url::parse(url.expose()) {
         Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host().is_some() => {}
-        _ => p.push(path, "must be a redis:// or rediss:// URL"),
+        _ => p.push(path, "must be a redis:// or rediss:// URL, e.g. rediss://redis.cache.svc:6380/0"),
     };
     if let Some(url) = &c.redis_url {
         redis_url("cache.redis_url", url);
@@ -526,36 +538,82 @@ fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings>
     for (i, url) in c.cluster_urls.iter().enumerate() {
         redis_url(&format!("cache.cluster_urls[{i}]"), url);
     }
-    if c.redis_url.is_some() && !c.cluster_urls.is_empty() {
-        p.push("cache.cluster_urls", "set either redis_url or cluster_urls, not both");
+    let from_file = match (&c.redis_url_file, read) {
+        (Some(path), true) => p.secret_file("cache.redis_url_file", path).inspect(|url| {
+            if !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss")) {
+                p.push("cache.redis_url_file", "the file must hold a redis:// or rediss:// URL");
+            }
+        }),
+        _ => None,
+    };
+    let configured = [c.redis_url.is_some(), c.redis_url_file.is_some(), !c.cluster_urls.is_empty()];
+    if configured.iter().filter(|b| **b).count() > 1 {
+        p.push("cache.redis_url", "set one of redis_url, redis_url_file and cluster_urls");
     }
-    if c.revocation_requires_redis && c.redis_url.is_none() && c.cluster_urls.is_empty() {
-        p.push("cache.revocation_requires_redis", "needs redis_url or cluster_urls");
+    let any_redis = configured.iter().any(|b| *b);
+    if c.revocation_requires_redis && !any_redis {
+        p.push("cache.revocation_requires_redis", "needs redis_url, redis_url_file or cluster_urls");
     }
     if c.redis_timeout.is_zero() {
         p.push("cache.redis_timeout", "must be greater than zero");
     }
+    if c.max_revocations < 1000 {
+        p.push("cache.max_revocations", "at least 1000");
+    }
+    if c.redis_username.as_deref().is_some_and(|u| u.trim().is_empty() || u.contains([':', '@', '/'])) {
+        p.push("cache.redis_username", "an ACL user name (no `:`, `@` or `/`)");
+    }
+    let password = match (&c.redis_password_file, read) {
+        (Some(path), true) => p.secret_file("cache.redis_password_file", path),
+        _ => None,
+    };
+    let integrity_key = match (&c.redis_integrity_key_file, read) {
+        (Some(path), true) => p.secret_file("cache.redis_integrity_key_file", path).filter(|k| {
+            let long_enough = k.expose().len() >= 32;
+            if !long_enough {
+                p.push(
+                    "cache.redis_integrity_key_file",
+                    "at least 32 characters (e.g. `openssl rand -base64 48 > integrity.key`)",
+                );
+            }
+            long_enough
+        }),
+        _ => None,
+    };
     let ca_pem = match (&c.redis_ca_file, read) {
         (Some(path), true) => p.file("cache.redis_ca_file", path),
         _ => None,
     };
-    let ca_missing = read && c.redis_ca_file.is_some() && ca_pem.is_none();
+    let files_missing = read
+        && ((c.redis_ca_file.is_some() && ca_pem.is_none())
+            || (c.redis_url_file.is_some() && from_file.is_none())
+            || (c.redis_password_file.is_some() && password.is_none())
+            || (c.redis_integrity_key_file.is_some() && integrity_key.is_none()));
     if c.jwks_ttl < Duration::from_secs(300) {
         p.push("cache.jwks_ttl", "at least 5m (Entra rotates keys over days)");
     }
     if c.jwks_max_stale > Duration::from_secs(30 * 86_400) {
         p.push("cache.jwks_max_stale", "at most 30d (older keys may have been revoked by Microsoft)");
     }
-    let target = match (&c.redis_url, c.cluster_urls.is_empty()) {
-        (Some(url), _) => Some(RedisTarget::Single(url.clone())),
-        (None, false) => Some(RedisTarget::Cluster(c.cluster_urls.clone())),
-        (None, true) => None,
+    let target = match (&c.redis_url, from_file, c.cluster_urls.is_empty()) {
+        (Some(url), _, _) => Some(RedisTarget::Single(url.clone())),
+        (None, Some(url), _) => Some(RedisTarget::Single(url)),
+        (None, None, false) => Some(RedisTarget::Cluster(c.cluster_urls.clone())),
+        (None, None, true) => None,
     };
-    if ca_missing {
+    if files_missing {
         return None;
     }
     Some(CacheSettings {
-        redis: target.map(|target| RedisSettings { target, ca_pem, timeout: c.redis_timeout }),
+        redis: target.map(|target| RedisSettings {
+            target,
+            ca_pem,
+            timeout: c.redis_timeout,
+            username: c.redis_username.clone(),
+            password,
+        }),
+        integrity_key,
+        max_revocations: c.max_revocations,
         l1_ttl: c.l1_ttl,
         revocation_requires_redis: c.revocation_requires_redis,
         key_prefix: c.key_prefix.clone(),

@@ -393,9 +393,30 @@ pub struct CacheConfig {
     /// `cluster_urls`) means in-process memory only. Its password is redacted when printed.
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    /// File holding the Redis URL (a mounted Secret), instead of `redis_url`: the URL with its
+    /// password then never sits in an environment variable. Defaults to none.
+    #[serde(default)]
+    pub redis_url_file: Option<PathBuf>,
     /// Redis Cluster seed nodes (instead of `redis_url`). Defaults to none.
     #[serde(default)]
     pub cluster_urls: Vec<Secret>,
+    /// ACL user name for Redis (`AUTH user password`), instead of one in the URL. Defaults to
+    /// none (the URL's, or the `default` user).
+    #[serde(default)]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (with `redis_username` for an ACL user), instead of one
+    /// in the URL. Defaults to none.
+    #[serde(default)]
+    pub redis_password_file: Option<PathBuf>,
+    /// File holding the key (at least 32 characters) that seals every value shared in Redis.
+    /// Defaults to none: the key is derived from `issuer.signing_keys`, which every replica
+    /// already shares (the first key seals, any opens), so nothing new needs distributing.
+    #[serde(default)]
+    pub redis_integrity_key_file: Option<PathBuf>,
+    /// Most revoked tokens this replica holds in process; beyond it the soonest-expiring are
+    /// dropped first (counted in `entra_gateway_revocations_evicted_total`). Defaults to `100000`.
+    #[serde(default = "default_max_revocations")]
+    pub max_revocations: usize,
     /// PEM CA bundle trusted for `rediss://` (besides the system roots). Defaults to none.
     #[serde(default)]
     pub redis_ca_file: Option<PathBuf>,
@@ -676,6 +697,9 @@ fn default_l1_ttl() -> Duration {
 fn default_key_prefix() -> String {
     "entra-gateway:".into()
 }
+fn default_max_revocations() -> usize {
+    100_000
+}
 fn default_group_ttl() -> Duration {
     Duration::from_secs(5 * 60)
 }
@@ -735,7 +759,12 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             redis_url: None,
+            redis_url_file: None,
             cluster_urls: Vec::new(),
+            redis_username: None,
+            redis_password_file: None,
+            redis_integrity_key_file: None,
+            max_revocations: default_max_revocations(),
             redis_ca_file: None,
             redis_timeout: default_redis_timeout(),
             l1_ttl: default_l1_ttl(),
@@ -787,7 +816,13 @@ impl RawConfig {
             .chain(e.client_certificate_key_file.iter_mut())
             .for_each(fix);
         self.issuer.signing_keys.iter_mut().for_each(|k| fix(&mut k.private_key_file));
-        self.cache.redis_ca_file.iter_mut().for_each(fix);
+        let c = &mut self.cache;
+        c.redis_ca_file
+            .iter_mut()
+            .chain(c.redis_url_file.iter_mut())
+            .chain(c.redis_password_file.iter_mut())
+            .chain(c.redis_integrity_key_file.iter_mut())
+            .for_each(fix);
     }
 
     /// Fills values whose default depends on other keys.

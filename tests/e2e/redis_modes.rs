@@ -99,6 +99,82 @@ async fn tls_with_a_private_ca() {
 }
 
 #[tokio::test]
+async fn tls_and_an_acl_user_whose_url_and_password_come_from_files() {
+    let mock = mock().await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca_file) = (write("redis.crt", &cert), write("redis.key", &key), write("ca.pem", &ca.cert_pem));
+    let port = free_port();
+    let p = port.to_string();
+    let args = [
+        "--port",
+        "0",
+        "--tls-port",
+        &p,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        "no",
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "gateway",
+        "on",
+        ">pw-from-a-file",
+        "~entra-gateway:*",
+        "&entra-gateway:*",
+        "+@all",
+    ];
+    let redis = RedisServer::start_with(
+        port,
+        args.iter().map(|s| s.to_string()).collect(),
+        format!("rediss://gateway:pw-from-a-file@127.0.0.1:{port}/0"),
+        Some(ca.cert_pem.clone().into_bytes()),
+    )
+    .await;
+    // The URL (no credentials in it) and the password in files, as mounted Secrets are.
+    let url_file = write("redis-url", &format!("rediss://127.0.0.1:{port}/0\n"));
+    let password_file = write("redis-password", "pw-from-a-file\n");
+    replicas_share_state(
+        &mock,
+        &[
+            ("CACHE__REDIS_URL_FILE", url_file.clone()),
+            ("CACHE__REDIS_USERNAME", "gateway".into()),
+            ("CACHE__REDIS_PASSWORD_FILE", password_file),
+            ("CACHE__REDIS_CA_FILE", ca_file.clone()),
+        ],
+    )
+    .await;
+    let mut c = redis.connection().await;
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("entra-gateway:*").query_async(&mut c).await.unwrap();
+    assert!(keys.iter().any(|k| k.starts_with("entra-gateway:groups:")), "{keys:?}");
+    // A wrong password from the file: degraded, and the password is never printed.
+    let wrong = write("wrong-password", "not-it");
+    let gw = GatewayBuilder::new(&mock)
+        .set("CACHE__REDIS_URL_FILE", url_file)
+        .set("CACHE__REDIS_USERNAME", "gateway")
+        .set("CACHE__REDIS_PASSWORD_FILE", wrong)
+        .set("CACHE__REDIS_CA_FILE", ca_file)
+        .start()
+        .await;
+    assert_eq!(exchange(&gw, &token_for(&mock, "alice")).await.0, 200);
+    let r: serde_json::Value = client().get(gw.admin_url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["status"], "degraded", "{r}");
+    assert!(!r.to_string().contains("not-it") && !r.to_string().contains("pw-from-a-file"), "{r}");
+}
+
+#[tokio::test]
 async fn redis_cluster() {
     let mock = mock().await;
     let mut nodes = Vec::new();

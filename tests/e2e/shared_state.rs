@@ -11,10 +11,8 @@ use serde_json::Value;
 
 /// Replicas of one deployment share Redis and the signing key (one key per test process).
 async fn replica(mock: &MockEntra, redis: &RedisServer) -> Gateway {
-    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let pem = KEY.get_or_init(|| entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap());
     GatewayBuilder::new(mock)
-        .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
+        .key("k1", SigningAlgorithm::ES256, Some(deployment_key()))
         .set("CACHE__REDIS_URL", redis.url())
         .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "path")
         .start()
@@ -95,6 +93,7 @@ async fn fifty_concurrent_exchanges_of_one_new_user_across_two_replicas_make_one
     let redis = RedisServer::start().await;
     let start = || {
         GatewayBuilder::new(&mock)
+            .key("k1", SigningAlgorithm::ES256, Some(deployment_key()))
             .set("CACHE__REDIS_URL", redis.url())
             .set("SERVER__RATE_LIMIT__EXCHANGE_PER_USER", "null")
             .start()
@@ -139,6 +138,7 @@ async fn garbage_under_a_gateway_key_is_a_miss_not_a_crash() {
     let redis = RedisServer::start().await;
     let tid = mock.settings().tenant_id.clone();
     let mut c = redis.connection().await;
+    // Unsealed values (garbage, or a format from the future): integrity failures, i.e. misses.
     let _: () = ::redis::cmd("SET")
         .arg(format!("entra-gateway:user:{tid}:{BOB}"))
         .arg("\u{0}not json")
@@ -161,10 +161,7 @@ async fn garbage_under_a_gateway_key_is_a_miss_not_a_crash() {
     assert_eq!(exchange(&other, &overage_token_for(&mock, "bob")).await.0, 200);
     assert_eq!(client().get(gw.url("/auth/me")).bearer_auth(&token).send().await.unwrap().status(), 200);
     let metrics = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains("entra_gateway_cache_requests_total{cache=\"redis_users\",result=\"error\"}"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("entra_gateway_cache_integrity_failures_total{kind=\"users\"} 1"), "{metrics}");
 }
 
 #[tokio::test]
@@ -220,7 +217,7 @@ async fn metric(gw: &Gateway, series: &str) -> f64 {
 }
 
 const FEED_UP: &str = "entra_gateway_revocation_feed_up";
-const EXISTS_CALLS: &str = "entra_gateway_redis_command_duration_seconds_count{command=\"exists\"}";
+const EXISTS_CALLS: &str = "entra_gateway_redis_command_duration_seconds_count{command=\"get_revocation\"}";
 
 /// Waits (bounded) until `check` holds; the feed is asynchronous by nature.
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
@@ -257,7 +254,9 @@ async fn with_the_feed_live_requests_cost_no_redis_call_and_a_logout_reaches_the
     assert_eq!(metric(&b, EXISTS_CALLS).await, 0.0, "heard, not asked");
     let stored = keys(&redis, "entra-gateway:revoked:*").await;
     let mut c = redis.connection().await;
-    let until: u64 = ::redis::cmd("GET").arg(&stored[0]).query_async(&mut c).await.unwrap();
+    let sealed: String = ::redis::cmd("GET").arg(&stored[0]).query_async(&mut c).await.unwrap();
+    assert!(sealed.starts_with("eg1."), "stored sealed: {sealed}");
+    let until: u64 = sealed.rsplit('.').next().unwrap().parse().unwrap();
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     assert!(until > now_ms + 900_000 && until < now_ms + 910_000, "the key holds the token's end: {until}");
 }
@@ -313,4 +312,81 @@ async fn when_the_feed_is_lost_revocation_requires_redis_refuses_and_the_feed_re
     let calls = metric(&gw, EXISTS_CALLS).await;
     assert_eq!(verify_status(&gw, &token).await, 200);
     assert_eq!(metric(&gw, EXISTS_CALLS).await, calls, "live again: no call per request");
+}
+
+/// The payload of a sealed value as the test reads it from Redis (`eg1.<tag>.<mac>.<payload>`).
+fn payload_of(sealed: &str) -> &str {
+    sealed.splitn(4, '.').nth(3).expect("a sealed value")
+}
+
+#[tokio::test]
+async fn values_planted_in_redis_sign_no_one_in_and_grant_nothing() {
+    let mock = mock().await;
+    let redis = RedisServer::start().await;
+    let tid = mock.settings().tenant_id.clone();
+    let mut c = redis.connection().await;
+    // Whoever can write to Redis plants the JWKS of their own "Entra" (same tenant and client
+    // ids, their own signing key) in the format the gateway stores.
+    let evil = entra_gateway::mock::MockEntra::start(entra_gateway::mock::MockSettings::default()).await.unwrap();
+    seed(&evil);
+    let evil_jwks = client()
+        .get(format!("{}/{tid}/discovery/v2.0/keys", evil.authority_host()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let planted = serde_json::json!({"v": 1, "d": {"fetched_at": now, "body": evil_jwks}}).to_string();
+    let _: () =
+        ::redis::cmd("SET").arg(format!("entra-gateway:jwks:{tid}")).arg(&planted).query_async(&mut c).await.unwrap();
+
+    let a = replica(&mock, &redis).await;
+    let (status, _, body) =
+        exchange(&a, &evil.mint(&entra_gateway::mock::TokenSpec { user: Some("alice".into()), ..Default::default() }))
+            .await;
+    assert_eq!(status, 401, "a key planted in Redis signed someone in: {body}");
+    assert_eq!(exchange(&a, &token_for(&mock, "alice")).await.0, 200, "Entra's own keys, fetched instead");
+    assert_eq!(metric(&a, "entra_gateway_cache_integrity_failures_total{kind=\"jwks\"}").await, 1.0);
+
+    // A group decision that lets carol in, and a user record that makes bob alice: planted
+    // after the real ones were written, for a replica that starts afterwards.
+    assert_eq!(exchange(&a, &overage_token_for(&mock, "carol")).await.0, 403);
+    let alice_token = login(&a, &mock, "alice").await;
+    let alice_record: String =
+        ::redis::cmd("GET").arg(format!("entra-gateway:user:{tid}:{ALICE}")).query_async(&mut c).await.unwrap();
+    let as_bob = payload_of(&alice_record).replace(ALICE, BOB);
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("entra-gateway:user:{tid}:{BOB}"))
+        .arg(&as_bob)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for key in keys(&redis, &format!("entra-gateway:groups:{tid}:{CAROL}:*")).await {
+        let granted = serde_json::json!({"v": 1, "d": [ALLOWED]}).to_string();
+        let _: () = ::redis::cmd("SET").arg(&key).arg(granted).query_async(&mut c).await.unwrap();
+    }
+    let b = replica(&mock, &redis).await;
+    assert_eq!(exchange(&b, &overage_token_for(&mock, "carol")).await.0, 403, "a planted group decision let carol in");
+    let bob = login(&b, &mock, "bob").await;
+    let me: Value = client().get(b.url("/auth/me")).bearer_auth(&bob).send().await.unwrap().json().await.unwrap();
+    let alice_me: Value =
+        client().get(a.url("/auth/me")).bearer_auth(&alice_token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["oid"], BOB);
+    assert_ne!(me["id"], alice_me["id"], "a planted record gave bob alice's internal id");
+    assert!(metric(&b, "entra_gateway_cache_integrity_failures_total{kind=\"groups\"}").await >= 1.0);
+    assert!(metric(&b, "entra_gateway_cache_integrity_failures_total{kind=\"users\"}").await >= 1.0);
+
+    // A revocation message nobody sealed is ignored; a real logout after it is heard.
+    eventually("b's feed is live", || async { metric(&b, FEED_UP).await == 1.0 }).await;
+    let victim = login(&a, &mock, "dave").await;
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&victim).unwrap();
+    let forged = format!("{} {}", claims["jti"].as_str().unwrap(), (now + 600) * 1000);
+    let _: i64 =
+        ::redis::cmd("PUBLISH").arg("entra-gateway:revocations").arg(forged).query_async(&mut c).await.unwrap();
+    assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&bob).send().await.unwrap().status(), 204);
+    eventually("b heard the real logout", || async { verify_status(&b, &bob).await == 401 }).await;
+    assert_eq!(verify_status(&b, &victim).await, 200, "a forged revocation message was believed");
+    assert!(metric(&b, "entra_gateway_cache_integrity_failures_total{kind=\"revocations\"}").await >= 1.0);
 }

@@ -55,6 +55,13 @@ pub fn seed(mock: &MockEntra) {
     s.nest_group(NESTED_CHILD, ALLOWED);
 }
 
+/// The signing key every replica of one test deployment shares (one per test process): with it,
+/// replicas open each other's sealed values in Redis, as a real deployment's do.
+pub fn deployment_key() -> String {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap()).clone()
+}
+
 /// A token for a mock user (`groups` claim filled from the directory unless overage is set).
 pub fn token_for(mock: &MockEntra, login: &str) -> String {
     mock.mint(&TokenSpec { user: Some(login.into()), ..Default::default() })
