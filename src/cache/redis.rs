@@ -177,11 +177,6 @@ impl RedisStore {
         self.run::<String>("ping", &redis::cmd("PING")).await.map(|_| ())
     }
 
-    /// Raw bytes under `key` (already prefixed).
-    async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run("get", redis::cmd("GET").arg(key)).await
-    }
-
     /// `SET key value [PX ttl]`.
     async fn set_raw(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("SET");
