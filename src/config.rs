@@ -121,6 +121,7 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub max_exchange_body_bytes: usize,
     pub exchange_body_timeout: Duration,
+    pub write_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,

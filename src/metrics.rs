@@ -138,8 +138,9 @@ impl Metrics {
             connection_events_total: counter(
                 &r,
                 "entra_gateway_connection_events_total",
-                "Connections closed by the gateway's limits, by event (rejected_limit, \
-                 first_request_timeout, idle_timeout, tls_handshake_timeout, tls_handshake_failed).",
+                "Connections closed (or HTTP/2 streams reset) by the gateway's limits, by event (rejected_limit, \
+                 first_request_timeout, idle_timeout, tls_handshake_timeout, tls_handshake_failed, \
+                 write_timeout, stream_write_timeout).",
                 &["event"],
             ),
             open_connections: {

@@ -18,6 +18,7 @@ use crate::config::{Config, RawConfig};
 use crate::http;
 
 pub mod conn;
+mod deadline;
 pub use conn::{ConnEvents, ConnLimits, serve, serve_on_workers, serve_with_events};
 
 /// The two bound listeners.

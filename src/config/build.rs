@@ -184,6 +184,7 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
     p.at_least("server.header_read_timeout", s.header_read_timeout, ms100, "at least 100ms");
     p.at_least("server.idle_timeout", s.idle_timeout, ms100, "at least 100ms");
     p.at_least("server.exchange_body_timeout", s.exchange_body_timeout, ms100, "at least 100ms");
+    p.at_least("server.write_timeout", s.write_timeout, Duration::from_secs(1), "at least 1s");
     if s.max_connections == 0 {
         p.push("server.max_connections", "at least 1");
     }
@@ -253,6 +254,7 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
         shutdown_grace: s.shutdown_grace,
         max_exchange_body_bytes: s.max_exchange_body_bytes,
         exchange_body_timeout: s.exchange_body_timeout,
+        write_timeout: s.write_timeout,
         header_read_timeout: s.header_read_timeout,
         idle_timeout: s.idle_timeout,
         max_connections: s.max_connections,

@@ -24,6 +24,7 @@ const DURATION_KEYS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
     "exchange_body_timeout",
+    "write_timeout",
     "clock_skew",
     "request_timeout",
     "graph_max_retry_wait",

@@ -89,6 +89,11 @@ pub struct ServerConfig {
     /// How long `/auth/exchange` may take to receive its body; slower is 408. Defaults to `10s`.
     #[serde(default = "default_exchange_body_timeout", with = "humantime_serde")]
     pub exchange_body_timeout: Duration,
+    /// How long a response write may make no progress (a client that stops reading, an HTTP/2
+    /// stream left at a zero flow-control window) before the connection is closed (HTTP/2: the
+    /// stream is reset) and its upstream connection freed. Defaults to `30s`.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -649,6 +654,9 @@ fn default_h2_streams() -> u32 {
 fn default_exchange_body_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_max_exchange_body() -> usize {
     64 * 1024
 }
@@ -751,6 +759,7 @@ impl Default for ServerConfig {
             idle_timeout: default_idle_timeout(),
             http2_max_concurrent_streams: default_h2_streams(),
             exchange_body_timeout: default_exchange_body_timeout(),
+            write_timeout: default_write_timeout(),
         }
     }
 }

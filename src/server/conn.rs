@@ -1,7 +1,7 @@
 //! Connections of a listener: accept, limits, timeouts, graceful close.
 //!
 //! Owns: the accept loop, the cap on open connections, the TLS handshake deadline, HTTP/1.1
-//! and HTTP/2 settings (header size, stream cap, PINGs), a watchdog per connection (the first
+//! and HTTP/2 settings (header size, stream cap, PINGs), the write deadlines of `deadline`, a watchdog per connection (the first
 //! request head within `header_read_timeout`, which also bounds protocol detection and a quiet
 //! TLS client; graceful close after `idle_timeout` with nothing in flight), graceful close of
 //! every connection when the listener stops, and counting each of these events. Must not: look
@@ -17,11 +17,12 @@ use std::time::Duration;
 use ::http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::deadline::{Deadlined, StreamExec, watch_body};
 use crate::body::Body;
 use crate::metrics::Metrics;
 
@@ -44,6 +45,9 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Concurrent streams per HTTP/2 connection (announced in SETTINGS).
     pub h2_max_streams: u32,
+    /// A response write (HTTP/1.1: the socket; HTTP/2: a stream waiting for window) that makes
+    /// no progress for this long closes the connection or resets the stream.
+    pub write_timeout: Duration,
 }
 
 impl ConnLimits {
@@ -55,6 +59,7 @@ impl ConnLimits {
             idle_timeout: s.idle_timeout,
             max_connections: s.max_connections,
             h2_max_streams: s.http2_max_concurrent_streams,
+            write_timeout: s.write_timeout,
         }
     }
 
@@ -66,6 +71,7 @@ impl ConnLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             h2_max_streams: 100,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -89,7 +95,7 @@ impl ConnEvents {
         ConnEvents { metrics: Some(metrics), last_limit_log: Arc::default() }
     }
 
-    fn event(&self, event: &'static str) {
+    pub(super) fn event(&self, event: &'static str) {
         if let Some(m) = &self.metrics {
             m.connection_events_total.with_label_values(&[event]).inc();
         }
@@ -337,7 +343,7 @@ fn listener_closed(listener: TcpListener) {
 
 /// Serves the connections given to it (on the runtime it runs on) and drains them at the end.
 struct Worker<H> {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExec>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
     limits: ConnLimits,
@@ -358,7 +364,7 @@ where
         events: ConnEvents,
         handler: H,
     ) -> Worker<H> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExec::new(limits.write_timeout, events.clone()));
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -397,6 +403,7 @@ where
             let _slot = slot;
             let events = conn.events.clone();
             events.open(1);
+            let stream = Deadlined::new(stream, conn.limits.write_timeout, events.clone());
             match tls {
                 None => conn.serve(stream, peer, handler).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -429,7 +436,7 @@ where
 
 /// One accepted connection and what it needs to be served.
 struct Conn {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExec>>,
     limits: ConnLimits,
     events: ConnEvents,
     stop: watch::Receiver<bool>,
@@ -451,7 +458,7 @@ impl Conn {
             let guard = InFlight(svc_activity.clone());
             let fut = handler(req, peer);
             async move {
-                let resp = fut.await;
+                let resp = watch_body(fut.await);
                 drop(guard);
                 Ok::<_, Infallible>(resp)
             }

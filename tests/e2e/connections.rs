@@ -152,3 +152,74 @@ async fn try_get(addr: std::net::SocketAddr) -> (u16, ()) {
     let status = String::from_utf8_lossy(&buf).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (status, ())
 }
+
+const WRITE_TIMEOUT: &str = "entra_gateway_connection_events_total{event=\"write_timeout\"}";
+const STREAM_WRITE_TIMEOUT: &str = "entra_gateway_connection_events_total{event=\"stream_write_timeout\"}";
+
+/// A gateway with `server.write_timeout: 1s` in front of an upstream that serves large
+/// downloads on an open route; and the upstream.
+async fn slow_reader_setup() -> (Gateway, crate::support::upstream::Upstream, entra_gateway::mock::MockEntra) {
+    let mock = mock().await;
+    let up = crate::support::upstream::start().await;
+    let gw = GatewayBuilder::new(&mock)
+        .set("SERVER__WRITE_TIMEOUT", "1s")
+        .yaml(&format!(
+            "\nproxy:\n  routes:\n    - {{ path_prefix: /files/, upstream: \"{}\", auth: none }}\n",
+            up.url()
+        ))
+        .start()
+        .await;
+    (gw, up, mock)
+}
+
+/// Waits (bounded) until the upstream saw its download's reader go away.
+async fn upstream_released(up: &crate::support::upstream::Upstream) {
+    let aborted = up.state.download_aborted.notified();
+    if up.state.downloads_aborted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::timeout(Duration::from_secs(20), aborted).await.expect("the upstream connection was released");
+    }
+}
+
+#[tokio::test]
+async fn an_http1_client_that_stops_reading_a_large_response_is_cut_off_and_its_upstream_released() {
+    let (gw, up, _mock) = slow_reader_setup().await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /files/download?size=268435456 HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
+    // Read the head and a little of the body, then stop reading.
+    let mut first = [0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    upstream_released(&up).await;
+    assert_eq!(metric(&gw, WRITE_TIMEOUT).await, 1.0);
+    // The gateway closed the connection: what is left in the buffers ends in EOF (or a reset).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the connection stayed open");
+    assert!(rest.len() < 256 * 1024 * 1024, "the whole response was never written");
+}
+
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_has_its_stream_reset_and_its_upstream_released() {
+    let (gw, up, _mock) = slow_reader_setup().await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, connection) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/files/download?size=268435456", gw.addr)).body(()).unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    let resp = resp.await.expect("response headers need no window");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // Never release capacity: the stream stays at a zero window until the gateway resets it.
+    let next = tokio::time::timeout(Duration::from_secs(20), body.data()).await.expect("the stream was reset");
+    let err = next.expect("an error, not the end of the body").expect_err("no data through a zero window");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+    upstream_released(&up).await;
+    assert_eq!(metric(&gw, STREAM_WRITE_TIMEOUT).await, 1.0);
+    // The connection itself still serves.
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{}/files/small", gw.addr)).body(()).unwrap();
+    let (resp, _) = h2.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+}

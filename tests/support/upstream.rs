@@ -39,6 +39,10 @@ pub struct UpstreamState {
     pub unstall: Notify,
     /// Notified when a `/stall` request has arrived.
     pub stalled: Notify,
+    /// `/download` responses whose reader went away before the end (the gateway dropped the
+    /// upstream connection), and a notification for each.
+    pub downloads_aborted: AtomicU64,
+    pub download_aborted: Notify,
 }
 
 pub struct Upstream {
@@ -136,12 +140,15 @@ async fn handle(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Result<Re
         let size: usize =
             req.uri().query().and_then(|q| q.strip_prefix("size=")).and_then(|s| s.parse().ok()).unwrap_or(0);
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let st = st.clone();
         tokio::spawn(async move {
             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
             let mut left = size;
             while left > 0 {
                 let n = left.min(chunk.len());
                 if tx.send(Ok(Frame::data(chunk.slice(..n)))).await.is_err() {
+                    st.downloads_aborted.fetch_add(1, Ordering::SeqCst);
+                    st.download_aborted.notify_one();
                     return;
                 }
                 left -= n;
