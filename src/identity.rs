@@ -28,10 +28,19 @@ const UNDERSCORE_TWINS: [&str; 9] = [
     "x-original-uri",
 ];
 
+/// The default identity prefix, always stripped (and refused by forward-auth) even when another
+/// is configured: upstreams written for the default keep trusting `X-Auth-*`.
+const DEFAULT_PREFIX: &str = "x-auth-";
+
+/// Headers with an identity prefix that are not identity: ingress-nginx sets
+/// `X-Auth-Request-Redirect` (`$request_uri`) on every forward-auth request it sends.
+const NOT_IDENTITY: [&str; 1] = ["x-auth-request-redirect"];
+
 /// The identity header names for a configured prefix.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
-    prefix: String,
+    /// The configured prefix and the default one (lowercase, with `-`).
+    prefixes: Vec<String>,
     pub user_id: HeaderName,
     pub oid: HeaderName,
     pub tenant_id: HeaderName,
@@ -53,8 +62,13 @@ impl IdentityHeaders {
             return Err(HeaderName::from_bytes(b"").unwrap_err());
         }
         let name = |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes());
+        let configured = prefix.to_ascii_lowercase().replace('_', "-");
+        let mut prefixes = vec![DEFAULT_PREFIX.to_string()];
+        if !configured.starts_with(DEFAULT_PREFIX) {
+            prefixes.push(configured);
+        }
         Ok(IdentityHeaders {
-            prefix: prefix.to_ascii_lowercase().replace('_', "-"),
+            prefixes,
             user_id: name("User-Id")?,
             oid: name("Oid")?,
             tenant_id: name("Tenant-Id")?,
@@ -67,13 +81,27 @@ impl IdentityHeaders {
         })
     }
 
-    /// Removes every header whose name, with `_` read as `-`, starts with the prefix, and the
-    /// `_` twins of the forwarding headers (names are lowercase in `http`).
+    /// Whether a header name, with `_` read as `-` and case folded, could pass for an identity
+    /// header: it starts with the configured prefix or the default `X-Auth-`.
+    pub fn is_identity(&self, name: &HeaderName) -> bool {
+        let n = name.as_str();
+        self.prefixes.iter().any(|p| starts_with_dashed(n, p))
+            && !NOT_IDENTITY.iter().any(|x| n.len() == x.len() && starts_with_dashed(n, x))
+    }
+
+    /// The first header of a request that could pass for an identity header (forward-auth
+    /// refuses such a request: the ingress would pass it on to the upstream).
+    pub fn find_spoofed<'h>(&self, headers: &'h HeaderMap) -> Option<&'h HeaderName> {
+        headers.keys().find(|n| self.is_identity(n))
+    }
+
+    /// Removes every header whose name, with `_` read as `-`, starts with an identity prefix,
+    /// and the `_` twins of the forwarding headers (names are lowercase in `http`).
     pub fn strip(&self, headers: &mut HeaderMap) {
         let spoofed = |n: &HeaderName| {
-            let n = n.as_str();
-            starts_with_dashed(n, &self.prefix)
-                || (n.contains('_') && UNDERSCORE_TWINS.iter().any(|t| n.len() == t.len() && starts_with_dashed(n, t)))
+            let s = n.as_str();
+            self.prefixes.iter().any(|p| starts_with_dashed(s, p))
+                || (s.contains('_') && UNDERSCORE_TWINS.iter().any(|t| s.len() == t.len() && starts_with_dashed(s, t)))
         };
         if !headers.keys().any(spoofed) {
             return;
@@ -141,5 +169,34 @@ mod tests {
         h.insert(HeaderName::from_static("x-auth-user-id"), HeaderValue::from_static("evil"));
         ids.strip(&mut h);
         assert!(h.is_empty(), "a prefix written with _ strips the - spelling too");
+    }
+
+    #[test]
+    fn a_custom_prefix_strips_the_default_x_auth_headers_too() {
+        let ids = IdentityHeaders::new("X-Corp-Id-").unwrap();
+        assert_eq!(ids.user_id, "x-corp-id-user-id");
+        let mut h = HeaderMap::new();
+        for name in ["x-auth-roles", "x_corp_id_user_id", "X-Corp-Id-Email"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+        }
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(ids.find_spoofed(&h).is_some());
+        ids.strip(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(ids.find_spoofed(&h).is_none());
+    }
+
+    #[test]
+    fn forward_auth_sees_identity_headers_in_any_spelling_but_not_ingress_nginx_s_redirect_header() {
+        let ids = IdentityHeaders::new("X-Auth-").unwrap();
+        for name in ["x_auth_user_id", "X-AUTH-EXTRA", "x-auth_groups"] {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+            assert_eq!(ids.find_spoofed(&h).map(|n| n.as_str()), Some(name.to_ascii_lowercase().as_str()));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(HeaderName::from_static("x-auth-request-redirect"), HeaderValue::from_static("/x"));
+        h.insert(HeaderName::from_static("x-authorization-hint"), HeaderValue::from_static("v"));
+        assert!(ids.find_spoofed(&h).is_none());
     }
 }

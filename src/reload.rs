@@ -26,7 +26,7 @@ use crate::tls::ReloadingCert;
 const POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// After a change event, the file is read once no further event came for this long: a file
 /// written in pieces (an editor, `cat > file`) is read whole, not half-written.
-const SETTLE: Duration = Duration::from_millis(200);
+const SETTLE: Duration = Duration::from_millis(500);
 
 /// Watches the directories of `files`; each change event sends `()` (coalesced).
 fn watch(files: &[&Path]) -> Option<(RecommendedWatcher, mpsc::Receiver<()>)> {

@@ -6,7 +6,8 @@
 //! every other original-URI header is ignored), canonicalising its path exactly as the proxy
 //! does, applying that route's policy (no route: `proxy.forward_auth.unmatched`), and answering
 //! 200 with the identity headers, or 400/401/403. Must not: forward anything (the ingress
-//! does), or fall back to a weaker policy when the original URI is missing or unreadable.
+//! does), fall back to a weaker policy when the original URI is missing or unreadable, or let
+//! a request pass that carries a client's identity header (403 `spoofed_identity_header`).
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -39,6 +40,18 @@ fn original_path<B>(
     CanonicalPath::parse(original_uri_path(raw).map_err(bad)?).map_err(bad)
 }
 
+/// Refuses a request that carries a header that could pass for an identity header: Traefik,
+/// Caddy and nginx `auth_request` copy the client's headers into the check, and pass on to the
+/// application every one the gateway does not answer with (Traefik replaces only its
+/// `authResponseHeaders`, Go passes `X_Auth_User_Id` on as it is). Checked once the request
+/// would pass: a refusal for another reason keeps its status (401 stays 401).
+fn no_spoofed_identity<B>(state: &AppState, req: &Request<B>) -> Result<(), Rejection> {
+    match state.access.identity_headers().find_spoofed(req.headers()) {
+        Some(name) => Err(Rejection::SpoofedIdentityHeader(name.as_str().to_string())),
+        None => Ok(()),
+    }
+}
+
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
@@ -59,6 +72,7 @@ pub async fn handle(
         }
     }
     if found.as_ref().is_some_and(|f| !f.requires_auth()) {
+        no_spoofed_identity(state, &req)?;
         return Ok(Response::new(full("")));
     }
     let principal = state.access.authenticate(bearer(req.headers())).await?;
@@ -73,6 +87,7 @@ pub async fn handle(
         None if routes.unmatched == Unmatched::Authenticated => state.access.authorize(&principal, None, false)?,
         None => return Err(Rejection::AccessDenied("no route matches the original path".into())),
     }
+    no_spoofed_identity(state, &req)?;
     let mut resp = Response::new(full(""));
     for (name, value) in &principal.identity {
         resp.headers_mut().insert(name.clone(), value.clone());

@@ -16,6 +16,7 @@ mod docs;
 mod entra_rules;
 mod exchange;
 mod helm;
+mod ingresses;
 mod nginx;
 mod ops;
 mod path_property;

@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests: a mock Entra ID + Graph with known users, and a real
 //! gateway on loopback sockets configured through the same YAML + override path as production.
 
+pub mod ingress;
 pub mod process;
 pub mod redis;
 pub mod tls;
