@@ -13,10 +13,11 @@ use http::{HeaderName, HeaderValue};
 use moka::Expiry;
 use sha2::{Digest, Sha256};
 
+use crate::assertion::Assertions;
 use crate::cache::StoreError;
 use crate::clock::unix_now;
 use crate::identity::{IdentityHeaders, encode};
-use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer};
+use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer, MintError};
 use crate::policy::route_allows;
 use crate::revocation::RevocationStore;
 
@@ -26,6 +27,8 @@ pub struct Principal {
     pub claims: InternalClaims,
     /// The identity headers to inject, rendered once.
     pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The session's assertion tokens, per upstream audience.
+    assertions: Assertions,
     key: [u8; 32],
 }
 
@@ -90,7 +93,7 @@ impl Access {
         }
         let claims = self.issuer.verify(token)?;
         let identity = identity_values(&self.headers, &claims);
-        let principal = Arc::new(Principal { claims, identity, key });
+        let principal = Arc::new(Principal { claims, identity, assertions: Assertions::default(), key });
         self.verified.insert(key, principal.clone());
         Ok(principal)
     }
@@ -107,6 +110,11 @@ impl Access {
             return if allow_apps { Ok(()) } else { Err(AccessError::AppsNotAllowed) };
         }
         if route_allows(route_groups, &principal.claims.groups) { Ok(()) } else { Err(AccessError::RouteForbidden) }
+    }
+
+    /// `Authorization` for an upstream whose assertions carry `audience` (see `assertion`).
+    pub fn assertion(&self, principal: &Principal, audience: &str) -> Result<HeaderValue, MintError> {
+        principal.assertions.for_audience(&self.issuer, &principal.claims, audience)
     }
 
     /// Follows other replicas' logouts (Redis pub/sub) until the task is dropped.

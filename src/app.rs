@@ -164,7 +164,7 @@ impl AppState {
         let access = Access::new(issuer.clone(), revocations, proxy.identity.clone());
         let proto = if server.listener_tls.is_some() { "https" } else { "http" };
         let clients = (0..server.workers.max(1)).map(|_| upstream_client(outbound_tls.clone())).collect();
-        let forwarder = Proxy::new(clients, proxy.forward_token, proto, server.trusted_proxies.clone());
+        let forwarder = Proxy::new(clients, proxy.strip_headers.clone(), proto, server.trusted_proxies.clone());
         Ok(Arc::new(AppState {
             live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy, &metrics)) },
             photos: Photos { graph, cache: TtlCache::new("photo", 10_000, metrics.clone()), ttl: cache.profile_ttl },

@@ -235,7 +235,8 @@ pub enum RedisTarget {
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub identity: IdentityHeaders,
-    pub forward_token: bool,
+    /// `strip_request_headers`, lowercase with `-`.
+    pub strip_headers: Vec<String>,
     pub routes: Vec<RouteSpec>,
     pub original_uri: Option<OriginalUriSource>,
     pub unmatched: Unmatched,
@@ -258,6 +259,10 @@ pub struct RouteSpec {
     pub cors: bool,
     /// `path_prefix` compared with the request's case as it is.
     pub case_sensitive: bool,
+    /// What the upstream gets in `Authorization` (the route's, or the proxy's).
+    pub forward_token: ForwardToken,
+    /// The `aud` of this route's assertion tokens.
+    pub audience: String,
     pub scheme: Scheme,
     pub authority: Authority,
     /// `Host` of requests to the upstream: its authority (a default port left out).

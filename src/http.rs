@@ -371,10 +371,15 @@ pub async fn public(
 
 /// What every request must pass before any endpoint sees it; returns its canonical path.
 ///
-/// Refused with 400: two `Authorization` or `Host` headers (components behind the gateway may
+/// Refused with 405: `CONNECT` and `TRACE`. Refused with 400: two `Authorization` or `Host` headers (components behind the gateway may
 /// read the other one), an upgrade to anything but WebSocket, and a path that has no safe
 /// canonical form (see [`crate::path`]).
 fn screen<B>(req: &Request<B>) -> Result<CanonicalPath, Rejection> {
+    if matches!(*req.method(), http::Method::CONNECT | http::Method::TRACE) {
+        // CONNECT would open a tunnel past routing; TRACE echoes the request (cookies and
+        // tokens included) back to whoever can make a browser send it.
+        return Err(Rejection::MethodNotAllowed("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    }
     let h = req.headers();
     for (name, what) in [(header::AUTHORIZATION, "Authorization"), (header::HOST, "Host")] {
         if h.get_all(&name).iter().nth(1).is_some() {

@@ -92,6 +92,12 @@ pub enum InternalTokenError {
 #[error("signing the internal token failed: {0}")]
 pub struct MintError(String);
 
+impl MintError {
+    pub fn new(why: &str) -> MintError {
+        MintError(why.to_string())
+    }
+}
+
 pub struct Issuer {
     issuer: String,
     audience: String,
@@ -165,11 +171,26 @@ impl Issuer {
         self.sign(claims)
     }
 
+    /// An assertion for one upstream: the session's claims with `aud` set to `audience`, a new
+    /// `jti`, issued now, expiring with the session.
+    pub fn mint_assertion(&self, session: &InternalClaims, audience: &str) -> Result<Minted, MintError> {
+        let now = unix_now();
+        let claims = InternalClaims {
+            aud: audience.to_string(),
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            ..session.clone()
+        };
+        self.sign(claims)
+    }
+
     fn sign(&self, claims: InternalClaims) -> Result<Minted, MintError> {
         let key = self.keys.active().ok_or_else(|| MintError("no signing key".into()))?;
         let ttl = self.ttl.as_secs();
         let token = key.sign(&claims).map_err(MintError)?;
-        Ok(Minted { token, claims, expires_in: ttl })
+        let expires_in = claims.exp.saturating_sub(unix_now()).min(ttl);
+        Ok(Minted { token, claims, expires_in })
     }
 
     /// Verifies signature (algorithm pinned by `kid`), `iss`, `aud`, `exp`, `nbf`.
@@ -260,6 +281,18 @@ mod tests {
         assert_eq!(c.exp - c.iat, 900);
         assert_eq!(c.sub, user().id);
         assert_eq!(jsonwebtoken::decode_header(&m.token).unwrap().kid.as_deref(), Some("k0"));
+    }
+
+    #[test]
+    fn an_assertion_is_the_session_for_another_audience_and_is_refused_as_a_session() {
+        let iss = issuer(&[SigningAlgorithm::ES256]);
+        let session = iss.mint(&user(), vec!["g".into()], vec!["admin".into()]).unwrap();
+        let a = iss.mint_assertion(&session.claims, "http://orders:8080").unwrap();
+        assert_eq!(a.claims.aud, "http://orders:8080");
+        assert_eq!((a.claims.sub.as_str(), a.claims.exp), (session.claims.sub.as_str(), session.claims.exp));
+        assert_eq!(a.claims.groups, session.claims.groups);
+        assert_ne!(a.claims.jti, session.claims.jti);
+        assert_eq!(iss.verify(&a.token), Err(InternalTokenError::WrongAudience));
     }
 
     #[test]

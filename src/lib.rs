@@ -14,7 +14,7 @@
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
 //! - Domain: `cache` (in-process and Redis), `directory` (user records), `revocation`
-//!   (logout), `issuer` (the internal JWT), `entra` (Entra token rules and JWKS), `graph`
+//!   (logout), `issuer` (the internal JWT), `assertion` (per-route tokens for upstreams), `entra` (Entra token rules and JWKS), `graph`
 //!   (Microsoft Graph), `policy` (groups -> allow/roles, app callers), `exchange` (the exchange
 //!   steps), `access` (the hot-path token check), `ratelimit`, [`proxy`] (routes, forwarding).
 //! - `app`: the state handlers share, built from the config; `http`: routing and the one
@@ -28,6 +28,7 @@
 
 pub(crate) mod access;
 pub(crate) mod app;
+pub(crate) mod assertion;
 pub(crate) mod body;
 pub(crate) mod cache;
 pub mod cli;

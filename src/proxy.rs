@@ -25,7 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::access::Principal;
 use crate::body::{Body, BoxError};
-use crate::config::RouteAuth;
 use crate::forwarded::TrustedProxies;
 use crate::identity::IdentityHeaders;
 use crate::path::CanonicalPath;
@@ -84,12 +83,24 @@ pub fn upstream_client(tls: rustls::ClientConfig) -> UpstreamClient {
         .build(https)
 }
 
+/// What the upstream gets in `Authorization`.
+#[derive(Debug, Clone)]
+pub enum UpstreamAuth {
+    /// The client's header as it came (open routes; `forward_token: session`).
+    Keep,
+    /// None (`forward_token: false`).
+    Remove,
+    /// This value: the route's assertion token.
+    Set(HeaderValue),
+}
+
 /// Forwards requests.
 pub struct Proxy {
     /// Per worker thread (an upstream connection is used by the thread that opened it): the
     /// connections to `http` upstreams and the client for `https` ones.
     workers: Box<[(pool::Http1Pool, UpstreamClient)]>,
-    forward_token: bool,
+    /// `proxy.strip_request_headers`, lowercase with `-`.
+    strip: Vec<String>,
     /// `X-Forwarded-Proto` of the public listener.
     proto: &'static str,
     trusted: TrustedProxies,
@@ -99,12 +110,12 @@ impl Proxy {
     /// `clients`: one per worker.
     pub fn new(
         clients: Vec<UpstreamClient>,
-        forward_token: bool,
+        strip: Vec<String>,
         proto: &'static str,
         trusted: TrustedProxies,
     ) -> Proxy {
         let workers = clients.into_iter().map(|c| (pool::Http1Pool::new(CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT), c));
-        Proxy { workers: workers.collect(), forward_token, proto, trusted }
+        Proxy { workers: workers.collect(), strip, proto, trusted }
     }
 
     /// Rewrites the request for `route` and streams it to the upstream. `path` is the request's
@@ -120,15 +131,18 @@ impl Proxy {
         path: &CanonicalPath,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        authorization: UpstreamAuth,
     ) -> Result<Response<Body>, ProxyError> {
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            // HTTP/2 carries the host in `:authority`.
-            parts.headers.insert(header::HOST, authority);
+        if parts.version == Version::HTTP_2 || !parts.headers.contains_key(header::HOST) {
+            // HTTP/2 carries the host in `:authority`: that is the one the request was sent
+            // to, whatever a `host` header beside it says (X-Forwarded-Host is made from it).
+            match parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                Some(authority) => parts.headers.insert(header::HOST, authority),
+                None => parts.headers.remove(header::HOST),
+            };
         }
         let plain = route.scheme == http::uri::Scheme::HTTP;
         let uri = match plain {
@@ -139,6 +153,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let h = &mut parts.headers;
         ids.strip(h);
+        headers::strip_named(h, &self.strip);
         headers::strip_hop_by_hop(h, upgrade);
         self.trusted.rewrite(h, peer.ip(), self.proto);
         match plain {
@@ -147,8 +162,14 @@ impl Proxy {
             // hyper-util's client sets it from the URI.
             false => h.remove(header::HOST),
         };
-        if route.auth == RouteAuth::Required && !self.forward_token {
-            h.remove(header::AUTHORIZATION);
+        match authorization {
+            UpstreamAuth::Keep => {}
+            UpstreamAuth::Remove => {
+                h.remove(header::AUTHORIZATION);
+            }
+            UpstreamAuth::Set(value) => {
+                h.insert(header::AUTHORIZATION, value);
+            }
         }
         if let Some(p) = principal {
             for (name, value) in &p.identity {

@@ -140,7 +140,7 @@ pub fn restart_needed(current: &RawConfig, new: &RawConfig) -> Vec<&'static str>
         (
             "proxy (other than routes and forward_auth)",
             new.proxy.identity_header_prefix != current.proxy.identity_header_prefix
-                || new.proxy.forward_token != current.proxy.forward_token,
+                || new.proxy.strip_request_headers != current.proxy.strip_request_headers,
         ),
     ]
     .into_iter()

@@ -33,6 +33,7 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     let cache = cache(&raw.cache, read, &mut p);
     let proxy = proxy(&raw.proxy, &mut p);
     cors_exposes_no_identity(&raw, &mut p);
+    assertion_audiences_differ(&raw, proxy.as_ref(), &mut p);
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
     }
@@ -45,6 +46,20 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
             Ok(Some(Config { raw, server, entra, authorization, issuer, cache, proxy, logging }))
         }
         _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
+    }
+}
+
+/// An assertion whose `aud` were the gateway's own would be accepted back as a session token:
+/// every route's audience must differ from `issuer.audience`.
+fn assertion_audiences_differ(raw: &RawConfig, proxy: Option<&ProxySettings>, p: &mut Problems) {
+    let Some(proxy) = proxy else { return };
+    for (i, r) in proxy.routes.iter().enumerate() {
+        if r.forward_token == ForwardToken::Assertion && r.audience == raw.issuer.audience {
+            p.push(
+                &format!("proxy.routes[{i}].audience"),
+                "must differ from issuer.audience: an assertion would be accepted back as a session token",
+            );
+        }
     }
 }
 
@@ -638,21 +653,34 @@ fn proxy(c: &ProxyConfig, p: &mut Problems) -> Option<ProxySettings> {
     let mut seen = BTreeSet::new();
     let mut routes = Vec::new();
     for (n, r) in c.routes.iter().enumerate() {
-        if let Some(route) = route(&format!("proxy.routes[{n}]"), r, &mut seen, p) {
+        if let Some(route) = route(&format!("proxy.routes[{n}]"), r, c.forward_token, &mut seen, p) {
             routes.push(route);
+        }
+    }
+    let mut strip_headers = Vec::new();
+    for (i, h) in c.strip_request_headers.iter().enumerate() {
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(_) => strip_headers.push(h.to_ascii_lowercase().replace('_', "-")),
+            Err(_) => p.push(&format!("proxy.strip_request_headers[{i}]"), "not a header name"),
         }
     }
     (routes.len() == c.routes.len()).then_some(())?;
     Some(ProxySettings {
         identity: identity?,
-        forward_token: c.forward_token,
+        strip_headers,
         routes,
         original_uri: c.forward_auth.original_uri,
         unmatched: c.forward_auth.unmatched(&c.routes),
     })
 }
 
-fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Problems) -> Option<RouteSpec> {
+fn route(
+    path: &str,
+    r: &RouteConfig,
+    forward_token: ForwardToken,
+    seen: &mut BTreeSet<String>,
+    p: &mut Problems,
+) -> Option<RouteSpec> {
     let before = p.0.len();
     let bad = |p: &mut Problems, key: &str, why: &str| p.push(&format!("{path}.{key}"), why);
     if !r.path_prefix.starts_with('/') {
@@ -696,8 +724,12 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
             None
         }
     };
+    if r.audience.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        bad(p, "audience", "must not be empty (leave it out for the upstream's origin)");
+    }
     let (scheme, authority, base_path) = upstream?;
     let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
+    let audience = r.audience.clone().unwrap_or_else(|| format!("{scheme}://{authority}"));
     (p.0.len() == before).then(|| RouteSpec {
         label: r.name.clone().unwrap_or_else(|| r.path_prefix.clone()),
         prefix: r.path_prefix.clone(),
@@ -709,6 +741,8 @@ fn route(path: &str, r: &RouteConfig, seen: &mut BTreeSet<String>, p: &mut Probl
         allow_apps: r.allow_apps,
         cors: r.cors,
         case_sensitive: r.case_sensitive,
+        forward_token: r.forward_token.unwrap_or(forward_token),
+        audience,
         scheme,
         authority,
         host_header,

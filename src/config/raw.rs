@@ -506,6 +506,73 @@ pub struct RouteConfig {
     /// the `/admin/` handlers; set it only for an upstream that truly tells them apart.
     #[serde(default)]
     pub case_sensitive: bool,
+    /// This route's `proxy.forward_token` (`assertion`, `session` or `false`). Defaults to the
+    /// proxy's.
+    #[serde(default)]
+    pub forward_token: Option<ForwardToken>,
+    /// The `aud` of the assertion tokens this route's upstream gets. Defaults to the
+    /// upstream's origin (`http://orders.default.svc:8080`).
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// `proxy.forward_token`: `assertion`, `session`, `false` (or `true`, meaning `assertion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardToken {
+    /// A token minted for the route (its own `aud`).
+    #[default]
+    Assertion,
+    /// The caller's gateway token as it came.
+    Session,
+    /// No `Authorization` header.
+    Off,
+}
+
+impl Serialize for ForwardToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ForwardToken::Assertion => s.serialize_str("assertion"),
+            ForwardToken::Session => s.serialize_str("session"),
+            ForwardToken::Off => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ForwardToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Bool(bool),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Bool(true) => Ok(ForwardToken::Assertion),
+            Form::Bool(false) => Ok(ForwardToken::Off),
+            Form::Text(t) => match t.to_ascii_lowercase().as_str() {
+                "assertion" | "true" => Ok(ForwardToken::Assertion),
+                "session" => Ok(ForwardToken::Session),
+                "false" | "off" | "none" => Ok(ForwardToken::Off),
+                _ => Err(serde::de::Error::custom(format!("`{t}` is not one of assertion, session, false"))),
+            },
+        }
+    }
+}
+
+fn default_strip_headers() -> Vec<String> {
+    [
+        "X-Original-URL",
+        "X-Original-URI",
+        "X-Rewrite-URL",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Port",
+        "X-Forwarded-Ssl",
+        "X-Forwarded-Scheme",
+        "True-Client-IP",
+        "X-Remote-User",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl RouteConfig {
@@ -523,6 +590,8 @@ impl RouteConfig {
             allow_empty_segments: false,
             cors: true,
             case_sensitive: false,
+            forward_token: None,
+            audience: None,
         }
     }
 }
@@ -593,9 +662,20 @@ pub struct ProxyConfig {
     /// Defaults to `X-Auth-`.
     #[serde(default = "default_identity_prefix")]
     pub identity_header_prefix: String,
-    /// Forward the internal token to upstreams in `Authorization`. Defaults to `true`.
-    #[serde(default = "default_true")]
-    pub forward_token: bool,
+    /// What upstreams of `auth: required` routes get in `Authorization`: `assertion` (a token
+    /// minted for that route: `aud` is the route's `audience`, so a token one upstream saw is
+    /// refused by the gateway and by every other upstream that checks `aud`), `session` (the
+    /// caller's own gateway token: an upstream that receives it can replay it through the
+    /// gateway as that user) or `false` (none). `true` means `assertion`. Each route may set its
+    /// own. Defaults to `assertion`.
+    #[serde(default)]
+    pub forward_token: ForwardToken,
+    /// Request headers removed before forwarding, in any case and with `_` read as `-`:
+    /// frameworks re-route or re-authenticate on them (Spring, Symfony, Laravel, IIS).
+    /// Defaults to X-Original-URL, X-Original-URI, X-Rewrite-URL, X-Forwarded-Prefix,
+    /// X-Forwarded-Port, X-Forwarded-Ssl, X-Forwarded-Scheme, True-Client-IP, X-Remote-User.
+    #[serde(default = "default_strip_headers")]
+    pub strip_request_headers: Vec<String>,
     /// Routes; none by default.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -792,7 +872,8 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             identity_header_prefix: default_identity_prefix(),
-            forward_token: true,
+            forward_token: ForwardToken::default(),
+            strip_request_headers: default_strip_headers(),
             routes: Vec::new(),
             forward_auth: ForwardAuthConfig::default(),
         }

@@ -71,7 +71,7 @@ fn env_overrides_scalars_lists_and_list_items() {
     assert_eq!(c.cache.group_ttl, Duration::from_secs(120));
     assert_eq!(c.entra.accepted_token_versions, vec![2]);
     assert_eq!(c.proxy.routes[0].timeout, Duration::from_secs(5));
-    assert!(!c.proxy.forward_token);
+    assert_eq!(c.proxy.forward_token, ForwardToken::Off);
     assert_eq!(c.server.rate_limit.exchange_per_user, None);
     assert_eq!(c.issuer.audience, "123", "a quoted value is a string, quotes removed");
 }

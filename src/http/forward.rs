@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 
 use super::{AccessInfo, Body, Rejection, bearer};
 use crate::app::AppState;
-use crate::config::RouteAuth;
+use crate::config::{ForwardToken, RouteAuth};
 use crate::path::CanonicalPath;
+use crate::proxy::UpstreamAuth;
 use crate::proxy::routes::RouteMatch;
 
 pub async fn handle(
@@ -60,7 +61,25 @@ async fn forward(
         }
     };
     let ids = state.access.identity_headers();
-    Ok(state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer).await?)
+    let authorization = upstream_auth(state, found, principal.as_deref())?;
+    Ok(state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization).await?)
+}
+
+/// `Authorization` for the upstream: for a signed-in caller, the route's assertion, the
+/// session token, or nothing (`forward_token`); an open route's request keeps its own.
+fn upstream_auth(
+    state: &AppState,
+    found: &RouteMatch,
+    principal: Option<&crate::access::Principal>,
+) -> Result<UpstreamAuth, Rejection> {
+    let Some(p) = principal else { return Ok(UpstreamAuth::Keep) };
+    Ok(match found.forward_token {
+        ForwardToken::Session => UpstreamAuth::Keep,
+        ForwardToken::Off => UpstreamAuth::Remove,
+        ForwardToken::Assertion => UpstreamAuth::Set(
+            state.access.assertion(p, &found.audience).map_err(|e| Rejection::Internal { cause: e.to_string() })?,
+        ),
+    })
 }
 
 /// The checks of every policy the path reaches (see [`RouteMatch`]): the path's empty segments,

@@ -18,6 +18,24 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Removes every header whose name, lowercase and with `_` read as `-`, is one of `names`
+/// (lowercase, with `-`): the path-override and identity-override headers frameworks act on.
+pub fn strip_named(headers: &mut HeaderMap, names: &[String]) {
+    let listed = |n: &HeaderName| {
+        let n = n.as_str();
+        names
+            .iter()
+            .any(|x| x.len() == n.len() && x.bytes().zip(n.bytes()).all(|(a, b)| a == b || (b == b'_' && a == b'-')))
+    };
+    if !headers.keys().any(listed) {
+        return;
+    }
+    let found: Vec<HeaderName> = headers.keys().filter(|n| listed(n)).cloned().collect();
+    for name in found {
+        headers.remove(&name);
+    }
+}
+
 /// Why an upgrade request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("only WebSocket upgrades are accepted (`Upgrade: websocket`)")]
@@ -83,6 +101,17 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn listed_override_headers_are_removed_in_any_spelling() {
+        let mut h = HeaderMap::new();
+        for name in ["x-original-url", "X_Rewrite_Url", "true-client-ip", "x-forwarded-for"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("/admin"));
+        }
+        let names: Vec<String> = ["x-original-url", "x-rewrite-url", "true-client-ip"].map(String::from).to_vec();
+        strip_named(&mut h, &names);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-forwarded-for"]);
     }
 
     #[test]

@@ -22,5 +22,6 @@ mod ops;
 mod path_property;
 mod proxy;
 mod redis_modes;
+mod seams;
 mod shared_state;
 mod trust_boundary;

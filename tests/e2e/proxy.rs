@@ -192,18 +192,73 @@ async fn non_ascii_identity_values_arrive_percent_encoded() {
     assert!(groups.contains(&ALLOWED) && groups.contains(&ADMINS));
 }
 
+/// Verifies `token` as an upstream does: the gateway's JWKS, its issuer, and `aud`.
+async fn upstream_verifies(gw: &Gateway, token: &str, audience: &str) -> Result<Value, String> {
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        client().get(gw.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
+    let jwk = jwks.find(header.kid.as_deref().unwrap_or_default()).ok_or("unknown kid")?;
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+    let mut v = jsonwebtoken::Validation::new(header.alg);
+    v.set_issuer(&["https://gateway.test"]);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode::<Value>(token, &key, &v).map(|d| d.claims).map_err(|e| e.to_string())
+}
+
 #[tokio::test]
-async fn the_token_is_forwarded_or_dropped_per_forward_token() {
+async fn an_upstream_gets_an_assertion_for_its_own_audience_which_the_gateway_refuses_as_a_session() {
     let mock = mock().await;
-    let up = upstream::start().await;
-    let gw = GatewayBuilder::new(&mock).yaml(&routes_yaml(&up)).start().await;
-    let token = login(&gw, &mock, "alice").await;
-    get(&gw, "/api/x", Some(&token)).await;
-    assert_eq!(up.last().headers["authorization"], format!("Bearer {token}").as_str());
-    let gw2 = GatewayBuilder::new(&mock).yaml(&routes_yaml(&up)).set("PROXY__FORWARD_TOKEN", "false").start().await;
-    let token2 = login(&gw2, &mock, "alice").await;
-    get(&gw2, "/api/x", Some(&token2)).await;
-    assert!(up.last().headers.get("authorization").is_none());
+    let (orders, billing) = (upstream::start().await, upstream::start().await);
+    let routes = format!(
+        r#"
+proxy:
+  routes:
+    - {{ path_prefix: "/orders/", upstream: "{}", auth: required }}
+    - {{ path_prefix: "/billing/", upstream: "{}", auth: required, audience: "api://billing" }}
+    - {{ path_prefix: "/legacy/", upstream: "{}", auth: required, forward_token: session }}
+    - {{ path_prefix: "/quiet/", upstream: "{}", auth: required, forward_token: false }}
+"#,
+        orders.url(),
+        billing.url(),
+        orders.url(),
+        orders.url()
+    );
+    let gw = GatewayBuilder::new(&mock).yaml(&routes).start().await;
+    let session = login(&gw, &mock, "alice").await;
+    let bearer = |up: &Upstream| {
+        let v = up.last().headers.get("authorization").map(|v| v.to_str().unwrap().to_string());
+        v.map(|v| v.strip_prefix("Bearer ").unwrap().to_string())
+    };
+
+    assert_eq!(get(&gw, "/orders/1", Some(&session)).await.status(), 200);
+    let seen = bearer(&orders).expect("an assertion");
+    assert_ne!(seen, session, "the session token itself never reaches the upstream");
+    let claims = upstream_verifies(&gw, &seen, &orders.url()).await.expect("the upstream verifies it with the JWKS");
+    let session_claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&session).unwrap();
+    for same in ["iss", "sub", "oid", "tid", "groups", "roles", "exp"] {
+        assert_eq!(claims[same], session_claims[same], "{same}");
+    }
+    assert_eq!(claims["aud"], orders.url().as_str(), "the upstream's origin by default");
+    assert_eq!(get(&gw, "/orders/2", Some(&session)).await.status(), 200);
+    assert_eq!(bearer(&orders).unwrap(), seen, "kept with the session: minted once per route");
+
+    // The upstream replays what it received: refused by the gateway on every route, and by
+    // another upstream that checks aud.
+    let before = (orders.requests(), billing.requests());
+    for path in ["/orders/1", "/billing/1", "/legacy/1"] {
+        assert_eq!(get(&gw, path, Some(&seen)).await.status(), 401, "{path}");
+    }
+    assert_eq!((orders.requests(), billing.requests()), before);
+    assert!(upstream_verifies(&gw, &seen, "api://billing").await.is_err());
+    assert_eq!(get(&gw, "/billing/1", Some(&session)).await.status(), 200);
+    let billing_token = bearer(&billing).unwrap();
+    assert_eq!(upstream_verifies(&gw, &billing_token, "api://billing").await.unwrap()["aud"], "api://billing");
+
+    // session: the caller's own token (replayable, documented); false: nothing.
+    assert_eq!(get(&gw, "/legacy/1", Some(&session)).await.status(), 200);
+    assert_eq!(bearer(&orders).unwrap(), session);
+    assert_eq!(get(&gw, "/quiet/1", Some(&session)).await.status(), 200);
+    assert!(bearer(&orders).is_none());
 }
 
 #[tokio::test]
