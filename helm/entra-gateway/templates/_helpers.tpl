@@ -103,6 +103,7 @@ authorization:
   apps:
     clients: {{ toJson $v.authorization.apps.clients }}
     app_roles: {{ toJson $v.authorization.apps.appRoles }}
+    tenants: {{ toJson ($v.authorization.apps.tenants | default list) }}
 issuer:
   issuer: {{ $v.issuer.issuer | quote }}
   audience: {{ $v.issuer.audience | quote }}
@@ -125,7 +126,7 @@ cache:
   profile_ttl: {{ $v.cache.profileTtl | quote }}
 proxy:
   identity_header_prefix: {{ $v.proxy.identityHeaderPrefix | quote }}
-  forward_token: {{ $v.proxy.forwardToken }}
+  forward_token: {{ $v.proxy.forwardToken | toJson }}
   forward_auth:
     original_uri: {{ $v.proxy.forwardAuth.originalUri | default "null" }}
     unmatched: {{ $v.proxy.forwardAuth.unmatched | default "null" }}
@@ -138,6 +139,13 @@ proxy:
       strip_prefix: {{ .stripPrefix | default false }}
       allow_empty_segments: {{ .allowEmptySegments | default false }}
       allow_apps: {{ .allowApps | default false }}
+      case_sensitive: {{ .caseSensitive | default false }}
+      {{- if hasKey . "forwardToken" }}
+      forward_token: {{ .forwardToken | toJson }}
+      {{- end }}
+      {{- with .audience }}
+      audience: {{ . | quote }}
+      {{- end }}
       {{- with .allowedGroups }}
       allowed_groups: {{ toJson . }}
       {{- end }}
