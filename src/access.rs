@@ -20,6 +20,7 @@ use crate::identity::{IdentityHeaders, encode};
 use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer, MintError};
 use crate::policy::route_allows;
 use crate::revocation::RevocationStore;
+use crate::user_access::{Refused, UserAccess};
 
 /// A verified caller.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct Principal {
     pub identity: Vec<(HeaderName, HeaderValue)>,
     /// The session's assertion tokens, per upstream audience.
     assertions: Assertions,
+    /// The user's key in [`UserAccess`] (`tid:oid`), computed once.
+    user_key: String,
     key: [u8; 32],
 }
 
@@ -47,6 +50,13 @@ pub enum AccessError {
     AppsNotAllowed,
     #[error("the revocation store is unavailable")]
     Unavailable(#[from] StoreError),
+    /// The directory sync or the kill switch took the user's access away after the token was
+    /// issued.
+    #[error("access revoked ({}): sign in again", .0.reason_label())]
+    AccessRevoked(Refused),
+    /// The route needs this authentication context and the token does not carry it.
+    #[error("the route needs the authentication context {0}")]
+    MissingAuthContext(String),
 }
 
 struct UntilTokenExpiry;
@@ -62,12 +72,18 @@ pub struct Access {
     revocations: Arc<dyn RevocationStore>,
     verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
     headers: IdentityHeaders,
+    users: Arc<UserAccess>,
 }
 
 impl Access {
-    pub fn new(issuer: Arc<Issuer>, revocations: Arc<dyn RevocationStore>, headers: IdentityHeaders) -> Access {
+    pub fn new(
+        issuer: Arc<Issuer>,
+        revocations: Arc<dyn RevocationStore>,
+        headers: IdentityHeaders,
+        users: Arc<UserAccess>,
+    ) -> Access {
         let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(UntilTokenExpiry).build();
-        Access { issuer, revocations, verified, headers }
+        Access { issuer, revocations, verified, headers, users }
     }
 
     pub fn identity_headers(&self) -> &IdentityHeaders {
@@ -78,6 +94,9 @@ impl Access {
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Arc<Principal>, AccessError> {
         let token = token.ok_or(AccessError::MissingToken)?;
         let principal = self.verify(token)?;
+        if !principal.claims.is_app() {
+            self.users.check_token(&principal.user_key, principal.claims.iat).map_err(AccessError::AccessRevoked)?;
+        }
         if self.revocations.is_revoked(&principal.claims.jti).await? {
             return Err(AccessError::Revoked);
         }
@@ -93,7 +112,8 @@ impl Access {
         }
         let claims = self.issuer.verify(token)?;
         let identity = identity_values(&self.headers, &claims);
-        let principal = Arc::new(Principal { claims, identity, assertions: Assertions::default(), key });
+        let user_key = UserAccess::key(&claims.tid, &claims.oid);
+        let principal = Arc::new(Principal { claims, identity, assertions: Assertions::default(), user_key, key });
         self.verified.insert(key, principal.clone());
         Ok(principal)
     }
@@ -110,6 +130,15 @@ impl Access {
             return if allow_apps { Ok(()) } else { Err(AccessError::AppsNotAllowed) };
         }
         if route_allows(route_groups, &principal.claims.groups) { Ok(()) } else { Err(AccessError::RouteForbidden) }
+    }
+
+    /// Step-up: every authentication context the route names must be in the token's `acrs`
+    /// (app callers have none to show: refused as any missing context).
+    pub fn require_contexts(&self, principal: &Principal, contexts: &[String]) -> Result<(), AccessError> {
+        match contexts.iter().find(|c| !principal.claims.acrs.iter().any(|a| a.eq_ignore_ascii_case(c))) {
+            Some(missing) => Err(AccessError::MissingAuthContext(missing.clone())),
+            None => Ok(()),
+        }
     }
 
     /// `Authorization` for an upstream whose assertions carry `audience` (see `assertion`).

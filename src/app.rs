@@ -29,6 +29,8 @@ use crate::proxy::{Proxy, client_tls, upstream_client};
 use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
 use crate::seal::Sealer;
+use crate::sync::DirectorySync;
+use crate::user_access::UserAccess;
 
 /// Why the gateway could not start (the config itself was already checked).
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,8 @@ pub struct AppState {
     pub(crate) proxy: Proxy,
     /// Shared state, when Redis is configured (readiness pings it).
     pub(crate) redis: Option<Arc<RedisStore>>,
+    /// Continuous access: the directory sync and the kill switch.
+    pub(crate) sync: Arc<DirectorySync>,
     /// Exchange rate limits per client IP and per user.
     pub(crate) limits: ExchangeLimits,
     pub(crate) metrics: Metrics,
@@ -150,6 +154,15 @@ impl AppState {
             None => (Arc::new(MemoryUserStore::default()), Arc::new(local_revocations)),
         };
         let directory = Directory::new(users);
+        let user_access = UserAccess::new();
+        let sync = DirectorySync::new(
+            user_access.clone(),
+            graph.clone().filter(|_| entra.continuous_access.enabled),
+            redis.clone(),
+            policy.clone(),
+            entra.continuous_access.clone(),
+            metrics.clone(),
+        );
         let exchange = ExchangeService::new(ExchangeParts {
             entra: validator,
             graph: graph.clone(),
@@ -160,8 +173,9 @@ impl AppState {
             cache: cache.clone(),
             metrics: metrics.clone(),
             redis: redis.clone(),
+            access: user_access.clone(),
         });
-        let access = Access::new(issuer.clone(), revocations, proxy.identity.clone());
+        let access = Access::new(issuer.clone(), revocations, proxy.identity.clone(), user_access);
         let proto = if server.listener_tls.is_some() { "https" } else { "http" };
         let clients = (0..server.workers.max(1)).map(|_| upstream_client(outbound_tls.clone())).collect();
         let forwarder = Proxy::new(clients, proxy.strip_headers.clone(), proto, server.trusted_proxies.clone());
@@ -176,6 +190,7 @@ impl AppState {
             access,
             proxy: forwarder,
             redis,
+            sync,
             metrics,
             request_ids: Default::default(),
             revocation_requires_redis: cache.revocation_requires_redis,
@@ -212,6 +227,10 @@ impl AppState {
                     detail: format!("degraded: unreachable ({e}); serving from in-process caches"),
                 },
             });
+        }
+        if let Some(detail) = self.sync.readiness_detail() {
+            // The sync's lag is a detail (degraded), never a reason to fail readiness.
+            checks.push(Check { name: "directory_sync".into(), ok: true, detail });
         }
         let stopping = self.shutting_down.load(Ordering::SeqCst);
         checks.push(Check {

@@ -153,8 +153,11 @@ pub struct EntraSettings {
     pub request_timeout: Duration,
     pub graph_max_retries: u32,
     pub graph_max_retry_wait: Duration,
-    /// How the gateway authenticates to Entra; `None` in `claims` mode (no Graph).
+    /// How the gateway authenticates to Entra; `None` in `claims` mode (no Graph) without
+    /// continuous access.
     pub credential: Option<ClientCredential>,
+    /// `continuous_access`, for the home tenant.
+    pub continuous_access: crate::sync::SyncSettings,
 }
 
 /// `authorization.*` with every group id lowercase, and the set of all configured groups.
@@ -263,6 +266,8 @@ pub struct RouteSpec {
     pub forward_token: ForwardToken,
     /// The `aud` of this route's assertion tokens.
     pub audience: String,
+    /// Authentication contexts the caller's token must carry (`c1`...).
+    pub auth_context: Vec<String>,
     pub scheme: Scheme,
     pub authority: Authority,
     /// `Host` of requests to the upstream: its authority (a default port left out).

@@ -190,7 +190,11 @@ impl CorsPolicy {
         let methods: Vec<String> = s.allowed_methods.iter().map(|m| m.to_ascii_uppercase()).collect();
         let headers: Vec<String> = s.allowed_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
         let join = |v: &[String]| HeaderValue::from_str(&v.join(", ")).ok();
-        let expose: Vec<String> = s.expose_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        // WWW-Authenticate always: a page must read a claims challenge (step-up, CAE) to answer it.
+        let mut expose: Vec<String> = s.expose_headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+        if !expose.iter().any(|h| h == "www-authenticate") {
+            expose.push("www-authenticate".into());
+        }
         Ok(CorsPolicy {
             allow_methods: join(&methods).unwrap_or(HeaderValue::from_static("GET")),
             expose: if expose.is_empty() { None } else { join(&expose) },
@@ -427,7 +431,11 @@ mod tests {
         assert_eq!(vary, ["Accept-Encoding", "origin"]);
         p.decorate(Some(HeaderValue::from_static("https://app.example.com")), &mut resp);
         assert_eq!(resp[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example.com");
-        assert_eq!(resp[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+        assert_eq!(
+            resp[header::ACCESS_CONTROL_EXPOSE_HEADERS],
+            "x-request-id, www-authenticate",
+            "claims challenges are readable"
+        );
         assert_eq!(resp.get_all(header::VARY).iter().count(), 2, "Vary: Origin once");
     }
 }

@@ -117,6 +117,12 @@ pub struct EntraIdentity {
     pub given_name: Option<String>,
     pub family_name: Option<String>,
     pub groups: GroupsClaim,
+    /// When Entra issued the token (`iat`, Unix seconds; 0 when absent).
+    pub iat: u64,
+    /// The Conditional Access authentication contexts the token satisfies (`acrs`: `c1`...).
+    pub acrs: Vec<String>,
+    /// The client said it handles claims challenges (`xms_cc` contains `cp1`).
+    pub cae_capable: bool,
 }
 
 /// Claims read (unverified) to pick the tenant and version, then again after verification.
@@ -170,6 +176,21 @@ struct EntraClaims {
     hasgroups: Option<bool>,
     #[serde(default, rename = "_claim_names")]
     claim_names: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    acrs: Option<serde_json::Value>,
+    #[serde(default)]
+    xms_cc: Option<serde_json::Value>,
+}
+
+/// A claim that is a string or a list of strings, as a list.
+fn strings(v: &Option<serde_json::Value>) -> Vec<String> {
+    match v {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl EntraClaims {
@@ -423,6 +444,8 @@ fn identity(claims: EntraClaims, tid: String, version: u8) -> Result<EntraIdenti
     let groups = claims.groups_claim();
     let oid = claims.oid.filter(|o| !o.is_empty()).ok_or(EntraError::MissingClaim("oid"))?;
     let username = claims.preferred_username.or(claims.upn).or(claims.unique_name);
+    let acrs = strings(&claims.acrs);
+    let cae_capable = strings(&claims.xms_cc).iter().any(|c| c.eq_ignore_ascii_case("cp1"));
     Ok(EntraIdentity {
         tid,
         oid: oid.to_ascii_lowercase(),
@@ -433,6 +456,9 @@ fn identity(claims: EntraClaims, tid: String, version: u8) -> Result<EntraIdenti
         given_name: claims.given_name,
         family_name: claims.family_name,
         groups,
+        iat: claims.iat.unwrap_or(0),
+        acrs,
+        cae_capable,
     })
 }
 

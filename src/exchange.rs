@@ -21,6 +21,7 @@ use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
 use crate::issuer::{Issuer, MintError, Minted};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy};
+use crate::user_access::{DenyReason, Refused, UserAccess};
 
 /// Why an exchange did not produce a token.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,14 @@ pub enum ExchangeError {
     Directory(#[from] StoreError),
     #[error(transparent)]
     Mint(#[from] MintError),
+    /// The directory sync saw the user disabled, deleted or removed from every allowed group:
+    /// newer than the token's `groups` claim.
+    #[error("{}", .0.describe())]
+    AccessRevoked(DenyReason),
+    /// The Entra token was issued before the user's sessions were revoked (in Entra or by the
+    /// kill switch); `cae`: the client can answer a claims challenge.
+    #[error("access revoked: the user's sessions were revoked; sign in again")]
+    SessionsRevoked { not_before: u64, cae: bool },
 }
 
 impl From<GraphError> for ExchangeError {
@@ -91,6 +100,8 @@ pub struct ExchangeService {
     directory: Directory,
     issuer: Arc<Issuer>,
     ttls: Ttls,
+    /// What the directory sync and the kill switch decided since the tokens were issued.
+    access: Arc<UserAccess>,
 }
 
 /// Everything the exchange needs, wired by `server`.
@@ -104,6 +115,7 @@ pub struct ExchangeParts {
     pub cache: CacheSettings,
     pub metrics: Metrics,
     pub redis: Option<Arc<RedisStore>>,
+    pub access: Arc<UserAccess>,
 }
 
 impl ExchangeService {
@@ -118,6 +130,7 @@ impl ExchangeService {
             directory: p.directory,
             issuer: p.issuer,
             ttls: Ttls { group: p.cache.group_ttl, negative: p.cache.negative_ttl, profile: p.cache.profile_ttl },
+            access: p.access,
         }
     }
 
@@ -150,6 +163,15 @@ impl ExchangeService {
     /// Steps 2-5 for a validated token: groups, policy, profile, user record, internal token.
     pub async fn complete(&self, id: &EntraIdentity, token: &str) -> Result<Exchanged, ExchangeError> {
         let id = id.clone();
+        // What the sync or the kill switch decided is newer than the token's claims.
+        let user_key = UserAccess::key(&id.tid, &id.oid);
+        match self.access.check_exchange(&user_key, id.iat) {
+            Ok(()) => {}
+            Err(Refused::Denied(reason)) => return Err(ExchangeError::AccessRevoked(reason)),
+            Err(Refused::Before(not_before)) => {
+                return Err(ExchangeError::SessionsRevoked { not_before, cae: id.cae_capable });
+            }
+        }
         let policy = self.policy.load_full();
         let session = self.session(token, &id.tid);
         let member_of = self.membership(&id, &policy, session.as_ref()).await?;
@@ -159,7 +181,7 @@ impl ExchangeService {
         };
         let profile = self.profile(&id, session.as_ref()).await?;
         let (user, _) = self.directory.sync_login(&id.tid, &id.oid, &profile).await?;
-        let minted = self.issuer.mint(&user, groups, roles)?;
+        let minted = self.issuer.mint_with(&user, groups, roles, id.acrs.clone())?;
         Ok(Exchanged { minted, subject: Subject::User(user) })
     }
 
@@ -195,7 +217,9 @@ impl ExchangeService {
                 }
             }));
         };
-        let key = format!("{}:{}:{}", id.tid, id.oid, policy.fingerprint());
+        // The user's access epoch (a change the sync saw) starts a new decision.
+        let epoch = self.access.entry(&UserAccess::key(&id.tid, &id.oid)).map_or(0, |e| e.epoch());
+        let key = format!("{}:{}:{}:{epoch}", id.tid, id.oid, policy.fingerprint());
         let load = async {
             let found = session.member_groups(&id.oid, policy.configured_groups()).await?;
             let ttl = match policy.decide(&found) {

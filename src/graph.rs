@@ -313,6 +313,92 @@ impl GraphClient {
     }
 }
 
+/// Why a delta page could not be read; the directory sync decides what each means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeltaError {
+    /// 410 Gone, or `syncStateNotFound` / `resyncRequired`: the delta link is no good, start a
+    /// full round again.
+    Resync(String),
+    /// 429, with its `Retry-After` when Graph gave one.
+    Throttled(Option<Duration>),
+    /// Anything else (5xx, network, a refused token, a link outside `graph_url`).
+    Failed(String),
+}
+
+/// One page of a delta query.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeltaPage {
+    #[serde(default)]
+    pub value: Vec<serde_json::Value>,
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink", default)]
+    pub delta_link: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct GraphErrorBody {
+    #[serde(default)]
+    error: GraphErrorCode,
+}
+
+#[derive(Deserialize, Default)]
+struct GraphErrorCode {
+    #[serde(default)]
+    code: String,
+}
+
+impl GraphClient {
+    /// The Graph base URL (`graph_url`): every link followed must stay under it.
+    pub fn base(&self) -> &str {
+        &self.graph_base
+    }
+
+    /// One page of a delta query at `url` (under `graph_url`) with the gateway's app token of
+    /// tenant `tid`; no retries (the sync backs off itself), counted under `endpoint`.
+    pub async fn delta_page(&self, tid: &str, endpoint: &'static str, url: &str) -> Result<DeltaPage, DeltaError> {
+        if !url.starts_with(&format!("{}/", self.graph_base)) {
+            return Err(DeltaError::Failed(format!("{endpoint}: a link outside graph_url")));
+        }
+        let token = self.app_token(tid).await.map_err(|e| DeltaError::Failed(e.reason))?;
+        let result = self.http.get(url).bearer_auth(&token).send().await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        self.metrics.graph_requests_total.with_label_values(&[endpoint, status_label(status)]).inc();
+        let resp = result.map_err(|e| DeltaError::Failed(format!("{endpoint}: {}", error_chain(&e))))?;
+        let status = resp.status();
+        if status.is_success() {
+            let page: DeltaPage = resp
+                .json()
+                .await
+                .map_err(|e| DeltaError::Failed(format!("{endpoint}: unreadable page: {}", error_chain(&e))))?;
+            for link in page.next_link.iter().chain(page.delta_link.iter()) {
+                if !link.starts_with(&format!("{}/", self.graph_base)) {
+                    return Err(DeltaError::Failed(format!("{endpoint}: a link outside graph_url")));
+                }
+            }
+            return Ok(page);
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(DeltaError::Throttled(retry_after(resp.headers(), std::time::SystemTime::now())));
+        }
+        let gone = status == StatusCode::GONE;
+        let code = if matches!(status.as_u16(), 400 | 410) {
+            resp.json::<GraphErrorBody>().await.map(|b| b.error.code).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let resync = ["syncstatenotfound", "resyncrequired"].contains(&code.to_ascii_lowercase().as_str());
+        if gone || resync {
+            return Err(DeltaError::Resync(format!("{endpoint}: HTTP {status} {code}")));
+        }
+        let hint = match status.as_u16() {
+            401 | 403 => " (grant the app registration User.Read.All and GroupMember.Read.All, with admin consent)",
+            _ => "",
+        };
+        Err(DeltaError::Failed(format!("{endpoint}: HTTP {status}{hint}")))
+    }
+}
+
 /// Graph calls for one exchange; the token is acquired once, on first use.
 pub struct GraphSession<'a> {
     client: &'a GraphClient,

@@ -61,6 +61,10 @@ pub enum Rejection {
     GatewayTimeout,
     /// 403 to a CORS preflight the policy refuses (no CORS headers: the browser blocks the call).
     CorsDenied(&'static str),
+    /// 401 with a claims challenge (`WWW-Authenticate: Bearer realm="", error="insufficient_claims",
+    /// claims="…"`): the token lacks an authentication context the route needs (step-up), or the
+    /// user's sessions were revoked and the client can fetch a fresh token (CAE).
+    InsufficientClaims { claims: String, description: String },
     /// 403 from forward-auth: the request carries a header that could pass for an identity
     /// header (its name; never its value). The ingress would pass it on, so the request must
     /// not pass; 403 because nginx `auth_request` turns a 400 into a 500.
@@ -154,6 +158,9 @@ impl Rejection {
                 Level::WARN,
                 "error",
             ),
+            Rejection::InsufficientClaims { description, .. } => {
+                c(StatusCode::UNAUTHORIZED, "insufficient_claims", description.clone(), Level::INFO, "invalid_token")
+            }
             Rejection::SpoofedIdentityHeader(name) => c(
                 StatusCode::FORBIDDEN,
                 "spoofed_identity_header",
@@ -187,10 +194,22 @@ impl Rejection {
     /// The response: the JSON error body, `WWW-Authenticate`, `Retry-After`, `Allow`.
     pub fn into_response(self) -> Response<Body> {
         let class = self.class();
-        let mut resp =
-            json(class.status, &serde_json::json!({"error": class.code, "error_description": class.description}));
+        let body = match &self {
+            Rejection::InsufficientClaims { claims, .. } => serde_json::json!({
+                "error": class.code, "error_description": class.description,
+                "claims": claims, "message": class.description,
+            }),
+            _ => serde_json::json!({"error": class.code, "error_description": class.description}),
+        };
+        let mut resp = json(class.status, &body);
         let h = resp.headers_mut();
         match self {
+            Rejection::InsufficientClaims { claims, .. } => {
+                let value = format!("Bearer realm=\"\", error=\"insufficient_claims\", claims=\"{claims}\"");
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
             Rejection::InvalidToken(_) => {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             }
@@ -223,7 +242,15 @@ impl From<ExchangeError> for Rejection {
             | ExchangeError::GroupsNotInToken(_)
             | ExchangeError::UserMissing
             | ExchangeError::AppNotAllowed(_)
-            | ExchangeError::AppTenantNotAllowed(_)) => Rejection::AccessDenied(e.to_string()),
+            | ExchangeError::AppTenantNotAllowed(_)
+            | ExchangeError::AccessRevoked(_)) => Rejection::AccessDenied(e.to_string()),
+            ExchangeError::SessionsRevoked { not_before, cae: true } => Rejection::InsufficientClaims {
+                claims: claims_challenge("nbf", &not_before.to_string()),
+                description: "access revoked: the user's sessions were revoked; get a new token (the claims \
+                              challenge asks for one issued after the revocation)"
+                    .into(),
+            },
+            e @ ExchangeError::SessionsRevoked { cae: false, .. } => Rejection::InvalidToken(e.to_string()),
             ExchangeError::Graph(g) => g.into(),
             ExchangeError::Directory(d) => d.into(),
             ExchangeError::Mint(m) => Rejection::Internal { cause: m.to_string() },
@@ -251,12 +278,29 @@ impl From<StoreError> for Rejection {
     }
 }
 
+/// A claims challenge: standard base64 (with padding) of
+/// `{"access_token":{"<claim>":{"essential":true,"value":"<value>"}}}`. MSAL takes the decoded
+/// JSON as its `claims` request parameter.
+pub fn claims_challenge(claim: &str, value: &str) -> String {
+    use base64::Engine;
+    let json = serde_json::json!({"access_token": {claim: {"essential": true, "value": value}}});
+    base64::engine::general_purpose::STANDARD.encode(json.to_string())
+}
+
 impl From<AccessError> for Rejection {
     fn from(e: AccessError) -> Rejection {
         match e {
-            AccessError::MissingToken | AccessError::InvalidToken(_) | AccessError::Revoked => {
-                Rejection::InvalidToken(e.to_string())
-            }
+            AccessError::MissingToken
+            | AccessError::InvalidToken(_)
+            | AccessError::Revoked
+            | AccessError::AccessRevoked(_) => Rejection::InvalidToken(e.to_string()),
+            AccessError::MissingAuthContext(ref context) => Rejection::InsufficientClaims {
+                claims: claims_challenge("acrs", context),
+                description: format!(
+                    "this route needs the authentication context {context} (step-up): request a token with \
+                     the claims challenge and exchange it again"
+                ),
+            },
             AccessError::RouteForbidden | AccessError::AppsNotAllowed => Rejection::AccessDenied(e.to_string()),
             AccessError::Unavailable(s) => Rejection::Unavailable {
                 description: "the session store is unavailable; try again later",

@@ -51,6 +51,10 @@ pub struct InternalClaims {
     /// The app caller's client id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azp: Option<String>,
+    /// The Conditional Access authentication contexts the user's Entra token satisfied
+    /// (`acrs`), for routes with `auth_context` (step-up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acrs: Vec<String>,
 }
 
 impl InternalClaims {
@@ -125,6 +129,17 @@ impl Issuer {
 
     /// Signs a token for `user` with the active key.
     pub fn mint(&self, user: &UserRecord, groups: Vec<String>, roles: Vec<String>) -> Result<Minted, MintError> {
+        self.mint_with(user, groups, roles, Vec::new())
+    }
+
+    /// [`Self::mint`], carrying the Entra token's authentication contexts (`acrs`).
+    pub fn mint_with(
+        &self,
+        user: &UserRecord,
+        groups: Vec<String>,
+        roles: Vec<String>,
+        acrs: Vec<String>,
+    ) -> Result<Minted, MintError> {
         let now = unix_now();
         let claims = InternalClaims {
             iss: self.issuer.clone(),
@@ -143,6 +158,7 @@ impl Issuer {
             jti: uuid::Uuid::new_v4().to_string(),
             idtyp: None,
             azp: None,
+            acrs,
         };
         self.sign(claims)
     }
@@ -167,6 +183,7 @@ impl Issuer {
             jti: uuid::Uuid::new_v4().to_string(),
             idtyp: Some("app".into()),
             azp: Some(app.client_id.clone()),
+            acrs: Vec::new(),
         };
         self.sign(claims)
     }
@@ -233,7 +250,7 @@ impl Issuer {
             "id_token_signing_alg_values_supported": algs,
             "subject_types_supported": ["public"],
             "claims_supported": ["iss", "aud", "sub", "oid", "tid", "email", "name",
-                "preferred_username", "groups", "roles", "iat", "nbf", "exp", "jti", "idtyp", "azp"],
+                "preferred_username", "groups", "roles", "iat", "nbf", "exp", "jti", "idtyp", "azp", "acrs"],
         })
     }
 }

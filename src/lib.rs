@@ -60,4 +60,6 @@ pub(crate) mod request_id;
 pub(crate) mod revocation;
 pub mod seal;
 pub mod server;
+pub(crate) mod sync;
 pub mod tls;
+pub(crate) mod user_access;

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub cache_integrity_failures_total: IntCounterVec,
     pub revocations_local: IntGauge,
     pub revocations_evicted_total: IntCounter,
+    pub directory_sync_last_success: IntGauge,
+    pub directory_sync_changes_total: IntCounterVec,
+    pub directory_sync_errors_total: IntCounter,
+    pub access_revoked_total: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -187,6 +191,34 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("metric registered once");
                 c
             },
+            directory_sync_last_success: gauge(
+                &r,
+                "entra_gateway_directory_sync_last_success_timestamp_seconds",
+                "When this replica last completed a directory sync poll (Unix seconds; 0: never).",
+            ),
+            directory_sync_changes_total: counter(
+                &r,
+                "entra_gateway_directory_sync_changes_total",
+                "Users whose access the directory sync changed, by kind (disabled, deleted, removed, \
+                 sessions_revoked, restored).",
+                &["kind"],
+            ),
+            directory_sync_errors_total: {
+                let c = IntCounter::new(
+                    "entra_gateway_directory_sync_errors_total",
+                    "Directory sync polls that failed (throttled, resync, Graph error).",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            access_revoked_total: counter(
+                &r,
+                "entra_gateway_access_revoked_total",
+                "Users whose access was taken away, by reason (disabled, deleted, removed, sessions_revoked, \
+                 kill_switch).",
+                &["reason"],
+            ),
             registry: r,
         }
     }

@@ -188,6 +188,8 @@ pub struct MockState {
     refresh_tokens: Mutex<HashMap<String, msal::Session>>,
     /// Certificates registered on the app: `x5t#S256` -> public key.
     certificates: Mutex<HashMap<String, DecodingKey>>,
+    /// What the delta queries read: the directory's changes and their switches.
+    delta: Mutex<delta::DeltaLog>,
 }
 
 /// Audience of Kubernetes federated tokens exchanged with Entra (workload identity).
@@ -317,5 +319,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 mod control;
+pub mod delta;
 mod endpoints;
 pub mod msal;

@@ -41,6 +41,16 @@ impl Policy {
         }
     }
 
+    /// The allowed groups (lowercase): what the directory sync watches.
+    pub fn allowed_groups(&self) -> &BTreeSet<String> {
+        &self.allowed
+    }
+
+    /// Whether every user of an accepted tenant gets in (no groups to watch).
+    pub fn allows_any_tenant_user(&self) -> bool {
+        self.allow_any_tenant_user
+    }
+
     /// Whether app callers are configured at all.
     pub fn apps_enabled(&self) -> bool {
         self.apps.enabled()

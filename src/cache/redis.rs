@@ -203,6 +203,16 @@ impl RedisStore {
         self.run::<i64>("del_if", &cmd).await.map(|_| ())
     }
 
+    /// Extends `key`'s expiry to `ttl` only while it still holds `value` (renewing our own
+    /// lease, never a successor's); true when it did.
+    pub async fn renew_if(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        const SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT).arg(1).arg(key).arg(value).arg(ttl.as_millis().max(1) as u64);
+        self.run::<i64>("renew_if", &cmd).await.map(|n| n == 1)
+    }
+
     /// `PUBLISH channel payload` (channel already prefixed), the payload sealed for the channel.
     pub async fn publish_sealed(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
         let sealed = self.sealer.seal(channel, payload);

@@ -338,6 +338,14 @@ fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> 
         p.push("entra.request_timeout", "must be greater than zero");
     }
     let credential = credential(e, read, env, p);
+    if e.continuous_access.poll_interval < Duration::from_secs(1) {
+        p.push("entra.continuous_access.poll_interval", "at least 1s");
+    }
+    let continuous_access = crate::sync::SyncSettings {
+        enabled: e.continuous_access.enabled,
+        poll_interval: e.continuous_access.poll_interval,
+        tenant: tenants.first().cloned().flatten().unwrap_or_default(),
+    };
     Some(EntraSettings {
         cloud: e.cloud,
         authority: authority?,
@@ -355,12 +363,13 @@ fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> 
         graph_max_retries: e.graph_max_retries,
         graph_max_retry_wait: e.graph_max_retry_wait,
         credential,
+        continuous_access,
     })
 }
 
 /// The client credential (app and obo modes), loaded once.
 fn credential(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> Option<ClientCredential> {
-    let uses_graph = e.graph_mode != GraphMode::Claims;
+    let uses_graph = e.graph_mode != GraphMode::Claims || e.continuous_access.enabled;
     match e.client_credential {
         ClientCredentialKind::Secret => match (&e.client_secret_file, &e.client_secret) {
             (Some(_), Some(_)) => {
@@ -724,6 +733,15 @@ fn route(
             None
         }
     };
+    for (i, c) in r.auth_context.iter().enumerate() {
+        let n = c.strip_prefix('c').and_then(|n| n.parse::<u8>().ok());
+        if !n.is_some_and(|n| (1..=99).contains(&n)) || c.len() > 3 {
+            p.push(&format!("{path}.auth_context[{i}]"), "an authentication context id c1 … c99 (Entra admin center: Conditional Access > Authentication contexts)");
+        }
+    }
+    if !r.auth_context.is_empty() && r.auth == RouteAuth::None {
+        bad(p, "auth_context", "needs auth: required");
+    }
     if r.audience.as_deref().is_some_and(|a| a.trim().is_empty()) {
         bad(p, "audience", "must not be empty (leave it out for the upstream's origin)");
     }
@@ -743,6 +761,7 @@ fn route(
         case_sensitive: r.case_sensitive,
         forward_token: r.forward_token.unwrap_or(forward_token),
         audience,
+        auth_context: r.auth_context.clone(),
         scheme,
         authority,
         host_header,

@@ -25,6 +25,7 @@ const DURATION_KEYS: &[&str] = &[
     "idle_timeout",
     "exchange_body_timeout",
     "write_timeout",
+    "poll_interval",
     "clock_skew",
     "request_timeout",
     "graph_max_retry_wait",

@@ -319,6 +319,32 @@ pub struct EntraConfig {
     /// a longer one fails the exchange with 503 and that `Retry-After`.
     #[serde(default = "default_max_retry_wait", with = "humantime_serde")]
     pub graph_max_retry_wait: Duration,
+    /// Directory sync from Graph delta queries: disabled, deleted and removed users lose access
+    /// within `poll_interval`. Defaults to off.
+    #[serde(default)]
+    pub continuous_access: ContinuousAccessConfig,
+}
+
+/// `entra.continuous_access`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ContinuousAccessConfig {
+    /// Follow the home tenant's directory (application permissions `User.Read.All` and
+    /// `GroupMember.Read.All`). Defaults to `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often Graph is asked for changes; at least `1s`. Defaults to `30s`.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ContinuousAccessConfig {
+    fn default() -> Self {
+        ContinuousAccessConfig { enabled: false, poll_interval: default_poll_interval() }
+    }
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -514,6 +540,25 @@ pub struct RouteConfig {
     /// upstream's origin (`http://orders.default.svc:8080`).
     #[serde(default)]
     pub audience: Option<String>,
+    /// Conditional Access authentication contexts (`c1`…`c99`, one or a list) the caller's token
+    /// must carry (step-up): without one, 401 with a claims challenge. Defaults to none.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub auth_context: Vec<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Form>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Form::One(s)) => vec![s],
+        Some(Form::Many(v)) => v,
+    })
 }
 
 /// `proxy.forward_token`: `assertion`, `session`, `false` (or `true`, meaning `assertion`).
@@ -592,6 +637,7 @@ impl RouteConfig {
             case_sensitive: false,
             forward_token: None,
             audience: None,
+            auth_context: Vec::new(),
         }
     }
 }

@@ -102,6 +102,7 @@ pub(super) async fn admit(
     info.user_id = Some(p.claims.sub.clone());
     for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
         state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
+        state.access.require_contexts(&p, &route.auth_context)?;
     }
     Ok(Some(p))
 }

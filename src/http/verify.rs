@@ -81,6 +81,7 @@ pub async fn handle(
         Some(found) => {
             for r in found.policies().filter(|r| r.auth == RouteAuth::Required) {
                 state.access.authorize(&principal, r.groups.as_deref(), r.allow_apps)?;
+                state.access.require_contexts(&principal, &r.auth_context)?;
             }
         }
         // Unmatched paths are for users only: app callers need a route with allow_apps.

@@ -18,6 +18,7 @@ impl MockState {
             auth_codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
             certificates: Mutex::default(),
+            delta: Mutex::default(),
         }
     }
 
@@ -26,7 +27,13 @@ impl MockState {
     }
 
     pub fn add_user(&self, user: MockUser) {
-        lock(&self.users).insert(user.oid.to_ascii_lowercase(), user);
+        let oid = user.oid.to_ascii_lowercase();
+        let groups = user.groups.clone();
+        lock(&self.users).insert(oid.clone(), user);
+        for g in groups {
+            self.log_member_change(&g, &oid, false, false);
+        }
+        self.log_user_change(&oid);
     }
 
     /// Changes a user's display name (a later sign-in should update the record).
@@ -39,6 +46,7 @@ impl MockState {
     /// Makes `child` a member of `parent` (nested groups).
     pub fn nest_group(&self, child: &str, parent: &str) {
         lock(&self.nesting).entry(child.to_ascii_lowercase()).or_default().push(parent.to_ascii_lowercase());
+        self.log_member_change(parent, child, true, false);
     }
 
     /// Publishes the next key and signs with it from now on; returns its kid.

@@ -254,7 +254,13 @@ impl MockState {
     }
 
     pub(super) async fn graph(&self, req: Request<Incoming>, rest: &[String]) -> Response<Body> {
+        let delta = match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["users", "delta"] => Some("users_delta"),
+            ["groups", "delta"] => Some("groups_delta"),
+            _ => None,
+        };
         let endpoint = match rest.last().map(String::as_str) {
+            _ if delta.is_some() => delta.unwrap_or_default(),
             Some("checkMemberGroups") => "checkMemberGroups",
             Some("transitiveMemberOf") => "transitiveMemberOf",
             Some("$value") => "photo",
@@ -277,6 +283,13 @@ impl MockState {
                 "Access token is empty or invalid.",
             );
         };
+        if let Some(which) = delta {
+            let q = query(&req);
+            return match which {
+                "users_delta" => self.users_delta(principal.tenant(), &q),
+                _ => self.groups_delta(principal.tenant(), &q),
+            };
+        }
         let (oid, prefix, tail) = match (rest.first().map(String::as_str), &principal) {
             (Some("me"), Principal::User { oid, .. }) => (oid.clone(), "me".to_string(), &rest[1..]),
             (Some("me"), Principal::App { .. }) => {
