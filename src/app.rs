@@ -198,6 +198,19 @@ impl AppState {
         }))
     }
 
+    /// Whether an admin action (the kill switch) may be taken: from a loopback peer, or with
+    /// the bearer token of `server.admin_token_file` (compared in constant time).
+    pub fn admin_allowed(&self, peer: std::net::IpAddr, token: Option<&str>) -> bool {
+        let loopback = crate::forwarded::canonical_ip(peer).is_loopback();
+        match (&self.server.admin_token, token) {
+            (Some(expected), Some(given)) => {
+                aws_lc_rs::constant_time::verify_slices_are_equal(expected.expose().as_bytes(), given.as_bytes())
+                    .is_ok()
+            }
+            _ => loopback,
+        }
+    }
+
     /// Readiness turns 503 from now on (shutdown has begun).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `demo`, `keys generate`.
+//! The command line: `serve`, `check-config`, `demo`, `init`, `revoke-user`, `keys generate`.
 //!
 //! Owns: argument parsing, exit codes, logging set-up and the process signals (SIGTERM/SIGINT
 //! shut down gracefully). Must not: contain gateway logic; each command calls into the library.
@@ -82,6 +82,23 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         public_url: String,
     },
+    /// The kill switch: refuse every token of a user on every replica, within a second, until
+    /// they sign in again. Talks to a running gateway's admin listener, e.g.
+    /// `kubectl exec deploy/entra-gateway -- entra-gateway revoke-user --tenant T --oid O`.
+    RevokeUser {
+        /// The user's tenant id (`tid`).
+        #[arg(long, value_parser = guid)]
+        tenant: String,
+        /// The user's object id (`oid`; Entra admin center: Users > the user > Object ID).
+        #[arg(long, value_parser = guid)]
+        oid: String,
+        /// The gateway's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        admin_url: String,
+        /// File holding `server.admin_token_file`'s token (not needed from loopback).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Signing key management.
     Keys {
         #[command(subcommand)]
@@ -163,6 +180,9 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::RevokeUser { tenant, oid, admin_url, token_file } => {
+            with_runtime_threads(1, revoke_user(tenant, oid, admin_url, token_file))
+        }
         Command::Init { dir, tenant_id, client_id, groups, graph_mode, public_url } => {
             let args = init::InitArgs { dir, tenant_id, client_id, groups, graph_mode: graph_mode.into(), public_url };
             match init::init(&args) {
@@ -201,6 +221,33 @@ fn check_config(path: &std::path::Path, syntax_only: bool) -> ExitCode {
         Err(e) => {
             eprint!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn revoke_user(
+    tenant: String,
+    oid: String,
+    admin_url: String,
+    token_file: Option<PathBuf>,
+) -> Result<(), String> {
+    let url = format!("{}/admin/users/{tenant}/{oid}/revoke", admin_url.trim_end_matches('/'));
+    let mut req = reqwest::Client::new().post(&url).timeout(std::time::Duration::from_secs(10));
+    if let Some(file) = token_file {
+        let token = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        req = req.bearer_auth(token.trim());
+    }
+    let resp = req.send().await.map_err(|e| format!("{url}: {}", crate::outbound::error_chain(&e)))?;
+    match resp.status().as_u16() {
+        204 => {
+            println!(
+                "revoked: every token of {oid} (tenant {tenant}) is refused on every replica until the user signs in again"
+            );
+            Ok(())
+        }
+        status => {
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            Err(format!("{url}: HTTP {status}: {}", body["error_description"].as_str().unwrap_or("no description")))
         }
     }
 }

@@ -132,6 +132,8 @@ pub struct ServerSettings {
     pub rate_limit: RateLimitConfig,
     /// `server.cors`, when set.
     pub cors: Option<Arc<crate::cors::CorsPolicy>>,
+    /// `server.admin_token_file`'s token, when set.
+    pub admin_token: Option<Secret>,
 }
 
 /// `entra.*`, parsed: hosts without a trailing `/`, ids lowercase, the credential loaded.

@@ -128,6 +128,7 @@ impl Issuer {
     }
 
     /// Signs a token for `user` with the active key.
+    #[cfg(test)]
     pub fn mint(&self, user: &UserRecord, groups: Vec<String>, roles: Vec<String>) -> Result<Minted, MintError> {
         self.mint_with(user, groups, roles, Vec::new())
     }

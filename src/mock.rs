@@ -182,6 +182,8 @@ pub struct MockState {
     faults: Mutex<Faults>,
     page_size: Mutex<usize>,
     calls: Mutex<HashMap<String, u64>>,
+    /// When each call arrived, per endpoint (back-off tests read the gaps).
+    call_times: Mutex<HashMap<String, Vec<std::time::Instant>>>,
     graph_tokens: Mutex<HashMap<String, Principal>>,
     /// Authorization codes waiting to be redeemed, and refresh tokens (MSAL.js flows).
     auth_codes: Mutex<HashMap<String, msal::AuthCode>>,

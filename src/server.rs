@@ -113,8 +113,8 @@ pub async fn run_with_state(
             move |req, peer| http::public(state.clone(), req, peer, worker)
         }));
     let admin_state = state.clone();
-    let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, limits, move |req, _peer| {
-        http::admin::handle(admin_state.clone(), req)
+    let admin = tokio::spawn(serve(listeners.admin, None, admin_rx, limits, move |req, peer| {
+        http::admin::handle(admin_state.clone(), req, peer)
     }));
     shutdown.await;
     tracing::info!(grace_secs = grace.as_secs(), "shutting down: not ready, draining in-flight requests");

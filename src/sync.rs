@@ -271,6 +271,7 @@ impl DirectorySync {
             }
         }
         m.complete = true;
+        m.synced_at = now;
         m.update(&allowed, check_groups, now);
         let entries = m.entries();
         let changes = self.apply(entries);
@@ -445,6 +446,13 @@ impl DirectorySync {
         let Ok(model) = serde_json::from_slice::<Model>(&raw) else { return Ok(()) };
         if model.tenant == self.settings.tenant {
             self.apply(model.entries());
+            // Another replica polls: its last success is this replica's view of the sync.
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if s.last_success.is_none_or(|at| at < model.synced_at) {
+                s.last_success = Some(model.synced_at);
+                s.last_error = None;
+                self.metrics.directory_sync_last_success.set(model.synced_at as i64);
+            }
         }
         Ok(())
     }

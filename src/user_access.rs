@@ -176,11 +176,6 @@ impl UserAccess {
         self.publish(&s);
     }
 
-    /// Users with an entry (for logs and tests).
-    pub fn len(&self) -> usize {
-        self.merged.load().len()
-    }
-
     fn publish(&self, s: &Sources) {
         let cutoff = unix_now().saturating_sub(KEEP_SECS);
         let mut merged: HashMap<String, UserEntry> = s.sync.clone();

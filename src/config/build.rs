@@ -261,7 +261,18 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
             }
         }
     }
+    let admin_token = match (&s.admin_token_file, read) {
+        (Some(path), true) => {
+            let token = p.secret_file("server.admin_token_file", path);
+            if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+                p.push("server.admin_token_file", "at least 16 characters (e.g. `openssl rand -hex 32`)");
+            }
+            token
+        }
+        _ => None,
+    };
     Some(ServerSettings {
+        admin_token,
         listen: listen?,
         admin_listen: admin_listen?,
         listener_tls,

@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// How long `/auth/exchange` may take to receive its body; slower is 408. Defaults to `10s`.
     #[serde(default = "default_exchange_body_timeout", with = "humantime_serde")]
     pub exchange_body_timeout: Duration,
+    /// File holding a bearer token that admin actions (the kill switch) accept from any peer.
+    /// Defaults to none: admin actions are answered for loopback peers only (`kubectl exec`).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// How long a response write may make no progress (a client that stops reading, an HTTP/2
     /// stream left at a zero flow-control window) before the connection is closed (HTTP/2: the
     /// stream is reset) and its upstream connection freed. Defaults to `30s`.
@@ -886,6 +890,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: default_h2_streams(),
             exchange_body_timeout: default_exchange_body_timeout(),
             write_timeout: default_write_timeout(),
+            admin_token_file: None,
         }
     }
 }
@@ -941,6 +946,7 @@ impl RawConfig {
                 *p = base.join(&*p);
             }
         };
+        self.server.admin_token_file.iter_mut().for_each(fix);
         if let Some(tls) = &mut self.server.tls {
             tls.cert_file.iter_mut().chain(tls.key_file.iter_mut()).chain(tls.extra_ca_file.iter_mut()).for_each(fix);
         }

@@ -1,6 +1,9 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the operator's kill switch
+//! `POST /admin/users/{tenant}/{oid}/revoke`.
 //!
-//! Owns: the readiness checks' JSON (`{"status", "checks": [{"name", "ok", "detail"}]}`).
+//! Owns: the readiness checks' JSON (`{"status", "checks": [{"name", "ok", "detail"}]}`), and
+//! who may use the kill switch: a loopback peer (`kubectl exec` into the pod, the CLI's
+//! `revoke-user`), or anyone with the bearer token of `server.admin_token_file` when it is set.
 //! Must not: be exposed on the public listener, or reveal secrets in check details.
 
 use std::sync::Arc;
@@ -11,7 +14,11 @@ use hyper::body::Incoming;
 use super::{Body, full, json};
 use crate::app::AppState;
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+    if let Some(user) = req.uri().path().strip_prefix("/admin/users/") {
+        let user = user.to_string();
+        return revoke(&state, &req, peer, &user).await;
+    }
     match req.uri().path() {
         "/metrics" => {
             let mut r = Response::new(full(state.metrics.render()));
@@ -25,8 +32,57 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Bo
         "/readyz" => readyz(&state).await,
         _ => json(
             StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "not_found", "error_description": "admin paths: /metrics, /healthz, /readyz"}),
+            &serde_json::json!({"error": "not_found", "error_description": "admin paths: /metrics, /healthz, /readyz, POST /admin/users/{tenant}/{oid}/revoke"}),
         ),
+    }
+}
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response<Body> {
+    json(status, &serde_json::json!({"error": code, "error_description": description}))
+}
+
+/// `POST /admin/users/{tenant}/{oid}/revoke`: every token of the user refused on every
+/// replica until they sign in again; 204.
+async fn revoke(state: &AppState, req: &Request<Incoming>, peer: std::net::SocketAddr, rest: &str) -> Response<Body> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [tenant, oid, "revoke"] = parts.as_slice() else {
+        return error(StatusCode::NOT_FOUND, "not_found", "POST /admin/users/{tenant}/{oid}/revoke");
+    };
+    if req.method() != http::Method::POST {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "use POST");
+        r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return r;
+    }
+    if !state.admin_allowed(peer.ip(), super::bearer(req.headers())) {
+        tracing::warn!(%peer, "kill switch refused: not from loopback and no valid admin token");
+        return error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "the kill switch answers loopback peers (kubectl exec) or the bearer token of server.admin_token_file",
+        );
+    }
+    let guid = |s: &str| uuid::Uuid::parse_str(s).is_ok() && s.len() == 36;
+    if !guid(tenant) || !guid(oid) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "tenant and oid are GUIDs (the user's tid and object id)",
+        );
+    }
+    match state.sync.kill(tenant, oid).await {
+        Ok(_) => {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "kill switch applied on this replica only: redis is unavailable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "applied on this replica only: the shared store is unavailable; retry",
+            )
+        }
     }
 }
 

@@ -14,6 +14,7 @@ impl MockState {
             faults: Mutex::default(),
             page_size: Mutex::new(100),
             calls: Mutex::default(),
+            call_times: Mutex::default(),
             graph_tokens: Mutex::default(),
             auth_codes: Mutex::default(),
             refresh_tokens: Mutex::default(),
@@ -124,7 +125,7 @@ impl MockState {
     }
 
     /// Calls received on `endpoint` (`jwks`, `openid`, `token_app`, `token_obo`, `profile`,
-    /// `checkMemberGroups`, `transitiveMemberOf`, `photo`).
+    /// `checkMemberGroups`, `transitiveMemberOf`, `photo`, `users_delta`, `groups_delta`).
     pub fn calls(&self, endpoint: &str) -> u64 {
         lock(&self.calls).get(endpoint).copied().unwrap_or(0)
     }
@@ -136,6 +137,12 @@ impl MockState {
 
     pub(super) fn count(&self, endpoint: &str) {
         *lock(&self.calls).entry(endpoint.to_string()).or_default() += 1;
+        lock(&self.call_times).entry(endpoint.to_string()).or_default().push(std::time::Instant::now());
+    }
+
+    /// When each call to `endpoint` arrived.
+    pub fn call_times(&self, endpoint: &str) -> Vec<std::time::Instant> {
+        lock(&self.call_times).get(endpoint).cloned().unwrap_or_default()
     }
 
     /// A Kubernetes service-account token as the AKS OIDC issuer would mint it for workload

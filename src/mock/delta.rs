@@ -194,7 +194,7 @@ impl MockState {
     pub(super) fn users_delta(&self, tenant: &str, q: &HashMap<String, String>) -> Response<Body> {
         let round = match self.round(q, Vec::new(), "users") {
             Ok(r) => r,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let entries = self.user_entries(tenant, &round);
         self.page(entries, round, "users/delta")
@@ -218,7 +218,7 @@ impl MockState {
         };
         let round = match self.round(q, ids, "groups") {
             Ok(r) => r,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         let pairs = self.member_entries(tenant, &round);
         // A page holds up to page_size (group, member) pairs, grouped by group in order.
@@ -229,8 +229,10 @@ impl MockState {
         for (group, member) in page {
             match value.last_mut() {
                 Some(last) if last["id"] == json!(group) => {
-                    if !member.is_null() {
-                        last["members@delta"].as_array_mut().map(|a| a.push(member.clone()));
+                    if !member.is_null()
+                        && let Some(a) = last["members@delta"].as_array_mut()
+                    {
+                        a.push(member.clone());
                     }
                 }
                 _ => {
@@ -243,7 +245,7 @@ impl MockState {
     }
 
     /// The round a request continues: from its token, or a new one from the start.
-    fn round(&self, q: &HashMap<String, String>, ids: Vec<String>, what: &str) -> Result<Round, Response<Body>> {
+    fn round(&self, q: &HashMap<String, String>, ids: Vec<String>, what: &str) -> Result<Round, Box<Response<Body>>> {
         let log = lock(&self.delta);
         let token = q.get("$skiptoken").or(q.get("$deltatoken"));
         let round = match (token.map(String::as_str), q.contains_key("$deltatoken")) {
@@ -251,10 +253,10 @@ impl MockState {
             (Some("latest"), true) => Round { from: log.seq, to: log.seq, offset: 0, ids },
             (Some(t), is_delta) => {
                 let Some(mut r) = Round::decode(t) else {
-                    return Err(graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", "bad token"));
+                    return Err(Box::new(graph_error(StatusCode::BAD_REQUEST, "Request_BadRequest", "bad token")));
                 };
                 if r.from < log.valid_from && (r.from > 0 || r.offset > 0 || is_delta) {
-                    return Err(expired(log.expired_as, &format!("{}/graph/v1.0/{what}/delta", self.base())));
+                    return Err(Box::new(expired(log.expired_as, &format!("{}/graph/v1.0/{what}/delta", self.base()))));
                 }
                 if is_delta {
                     // A delta token: the changes since its round ended, up to now.
@@ -403,8 +405,7 @@ fn parse_id_filter(filter: &str) -> Option<Vec<String>> {
 /// Unix seconds as `2026-12-02T10:02:00Z`.
 fn httpdate_iso(secs: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    let s = humantime::format_rfc3339_seconds(t).to_string();
-    s
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

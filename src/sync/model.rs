@@ -67,6 +67,9 @@ pub struct Model {
     pub in_allowed: BTreeSet<String>,
     /// Whether a full users round and a full groups round have completed.
     pub complete: bool,
+    /// When the poller last completed a poll (Unix seconds).
+    #[serde(default)]
+    pub synced_at: u64,
 }
 
 impl Model {
@@ -91,12 +94,10 @@ impl Model {
                 Some(false) => {
                     self.disabled.entry(id.clone()).or_insert(now);
                 }
-                Some(true) => {
-                    if self.disabled.remove(&id).is_some() {
-                        self.restored.insert(id.clone(), now);
-                    }
+                Some(true) if self.disabled.remove(&id).is_some() => {
+                    self.restored.insert(id.clone(), now);
                 }
-                None => {}
+                Some(true) | None => {}
             }
             if let Some(at) = e.get("signInSessionsValidFromDateTime").and_then(Value::as_str).and_then(parse_time)
                 && at + KEEP_SECS > now
@@ -160,6 +161,7 @@ impl Model {
 
     /// Recomputes membership (`removed` / `restored`), drops what no longer matters, and returns
     /// each user's entry with the changes since `previous`.
+    #[cfg(test)]
     pub fn derive(
         &mut self,
         allowed: &BTreeSet<String>,

@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod connections;
+mod continuous_access;
 mod cors;
 mod credentials;
 mod demo;
