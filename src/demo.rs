@@ -192,7 +192,8 @@ fn demo_config(
         set("ISSUER__SIGNING_KEYS__0__PRIVATE_KEY_FILE", files.key().display().to_string()),
         set("PROXY__ROUTES__0__UPSTREAM", echo_url.clone()),
         set("PROXY__ROUTES__1__UPSTREAM", echo_url.clone()),
-        set("PROXY__ROUTES__2__UPSTREAM", echo_url),
+        set("PROXY__ROUTES__2__UPSTREAM", echo_url.clone()),
+        set("PROXY__ROUTES__3__UPSTREAM", echo_url),
     ];
     Config::from_yaml(DEMO_YAML, &overrides).map_err(|e| e.to_string())
 }
@@ -231,6 +232,8 @@ async fn self_check(mock: &MockEntra, gw: SocketAddr) {
 
 fn print_instructions(mock: &MockEntra, gw: SocketAddr, admin: SocketAddr, app: SocketAddr) {
     let m = mock.addr();
+    let tid = &mock.settings().tenant_id;
+    let alice = "a11ce000-0000-4000-8000-000000000001";
     let extract = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
     println!(
         r#"
@@ -266,6 +269,16 @@ curl -s -X POST http://{gw}/auth/exchange -H "Authorization: Bearer $(curl -s -X
 curl -s http://{gw}/.well-known/jwks.json; echo
 curl -s http://{admin}/readyz; echo
 curl -s http://{admin}/metrics | grep '^entra_gateway_exchange_total'
+
+# 7. Continuous access: disable alice in (mock) Entra ID; within poll_interval (5 s) her
+#    gateway token is refused (and her next exchange), without waiting for it to expire:
+curl -s -X POST http://{m}/mock/users/alice/disable; echo
+for i in $(seq 20); do s=$(curl -s -o /dev/null -w '%{{http_code}}' http://{gw}/api/hello -H "Authorization: Bearer $GW_TOKEN"); [ "$s" = 401 ] && break; sleep 1; done; echo "alice's gateway token now: HTTP $s"
+curl -s -X POST http://{m}/mock/users/alice/enable; echo
+
+# 8. The kill switch for "we fired someone at 10:02": every token of the user refused on every
+#    replica within a second (or `entra-gateway revoke-user --tenant ... --oid ...` in the pod):
+curl -s -o /dev/null -w 'kill switch: HTTP %{{http_code}}\n' -X POST http://{admin}/admin/users/{tid}/{alice}/revoke
 "#
     );
 }

@@ -61,14 +61,51 @@ async function entraToken(account) {
   }
 }
 
-/** POST /auth/exchange: the Entra token for the gateway's token and the user. */
-async function exchange(account) {
-  const token = await entraToken(account);
-  const r = await fetch(new URL("/auth/exchange", config.gatewayUrl), {
+/**
+ * The claims a 401 asks for, decoded (MSAL wants the JSON, not base64): from
+ * `WWW-Authenticate: Bearer realm="", error="insufficient_claims", claims="<base64>"`, or null.
+ */
+function claimsChallenge(response) {
+  const header = response.headers.get("WWW-Authenticate") || "";
+  const match = header.match(/error="insufficient_claims".*claims="([^"]+)"/);
+  return match ? atob(match[1]) : null;
+}
+
+/** An Entra token that satisfies `claims` (step-up, or a fresh one after a revocation). */
+async function entraTokenWithClaims(account, claims) {
+  const request = { scopes: [config.apiScope], account, claims };
+  try {
+    // With claims MSAL skips its cache and asks Entra, silently when it can.
+    return (await pca.acquireTokenSilent(request)).accessToken;
+  } catch (e) {
+    if (e instanceof msal.InteractionRequiredAuthError) {
+      await pca.acquireTokenRedirect(request);
+    }
+    throw e;
+  }
+}
+
+/** POST /auth/exchange with an Entra token; the gateway's answer. */
+function exchangeToken(token) {
+  return fetch(new URL("/auth/exchange", config.gatewayUrl), {
     method: "POST",
     headers: { Authorization: `Bearer ${token}` },
   });
-  if (!r.ok) throw new Error(`Token exchange refused: ${await describe(r)}`);
+}
+
+/**
+ * POST /auth/exchange: the Entra token for the gateway's token and the user. A claims challenge
+ * (the user's sessions were revoked) is answered once with a fresh Entra token.
+ */
+async function exchange(account, token = null) {
+  let r = await exchangeToken(token || (await entraToken(account)));
+  const claims = r.status === 401 ? claimsChallenge(r) : null;
+  if (claims) r = await exchangeToken(await entraTokenWithClaims(account, claims));
+  if (!r.ok) {
+    const error = new Error(`Token exchange refused: ${await describe(r)}`);
+    error.status = r.status;
+    throw error;
+  }
   const body = await r.json();
   session.token = body.access_token;
   session.expiresAt = Date.now() + body.expires_in * 1000;
@@ -109,7 +146,29 @@ async function showUser() {
 
 async function callApi() {
   fail("");
-  const r = await gateway("/api/hello?from=sample-app");
+  await showResult(await gateway("/api/hello?from=sample-app"));
+}
+
+/**
+ * A route that needs the authentication context c1 (step-up): its claims challenge is answered
+ * with a token that satisfies it (MSAL with `claims`), exchanged, and the call retried once.
+ */
+async function callStepUp() {
+  fail("");
+  const path = "/payments/transfer?amount=10";
+  let r = await gateway(path);
+  const claims = r.status === 401 ? claimsChallenge(r) : null;
+  if (claims) {
+    status("Step-up: getting a token for the route's authentication context…");
+    const account = pca.getActiveAccount();
+    await exchange(account, await entraTokenWithClaims(account, claims));
+    r = await gateway(path);
+    status(r.ok ? "Step-up done." : "");
+  }
+  await showResult(r);
+}
+
+async function showResult(r) {
   const text = await r.text();
   let shown = text;
   try { shown = JSON.stringify(JSON.parse(text), null, 2); } catch (_) { /* not JSON */ }
@@ -139,6 +198,9 @@ async function signOut() {
 function msalConfig() {
   const auth = {
     clientId: config.clientId,
+    // CAE-capable: the gateway may answer with claims challenges (revoked sessions), and the
+    // app answers them.
+    clientCapabilities: ["CP1"],
     authority: config.authority,
     knownAuthorities: config.knownAuthorities || [],
     redirectUri: new URL("redirect.html", location.href).href,
@@ -159,9 +221,12 @@ async function main() {
   pca = new msal.PublicClientApplication(msalConfig());
   await pca.initialize();
   const result = await pca.handleRedirectPromise();
-  const account = result?.account || pca.getAllAccounts()[0];
+  // The account that just signed in, else the active one: never "the first in the cache", which
+  // after a reload may be another user (or one the gateway refused).
+  const account = result?.account || pca.getActiveAccount();
   $("sign-in").onclick = () => signIn().catch((e) => fail(e.message || e.errorCode));
   $("call-api").onclick = () => callApi().catch((e) => fail(e.message));
+  $("step-up").onclick = () => callStepUp().catch((e) => fail(e.message || e.errorCode));
   $("sign-out").onclick = () => signOut().catch((e) => fail(e.message || e.errorCode));
   if (!account) {
     show(false);
@@ -177,6 +242,13 @@ async function main() {
     status("Signed in.");
   } catch (e) {
     show(false);
+    status("");
+    if (e.status === 403) {
+      // Refused by the gateway (not in an allowed group): forget this account, so that a
+      // reload does not retry it and the next sign-in can pick another user.
+      pca.setActiveAccount(null);
+      await pca.clearCache({ account });
+    }
     fail(e.message || e.errorCode);
   }
 }

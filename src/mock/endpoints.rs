@@ -44,8 +44,26 @@ impl MockState {
             (Method::POST, ["mock", "token"]) => self.mint_endpoint(req).await,
             (Method::POST, ["mock", "new-users"]) => self.new_users_endpoint(req).await,
             (Method::GET, ["mock", "calls"]) => reply(StatusCode::OK, json!(*lock(&self.calls))),
+            (Method::POST, ["mock", "users", login, action]) => self.user_switch(login, action),
             _ => graph_error(StatusCode::NOT_FOUND, "NotFound", "no such mock endpoint"),
         }
+    }
+
+    /// `POST /mock/users/{login}/{disable|enable|revoke-sessions}`: what an admin does in the
+    /// Entra admin center, for the demo's curl lines.
+    fn user_switch(&self, login: &str, action: &str) -> Response<Body> {
+        let Some(oid) = lock(&self.users).values().find(|u| u.login == login).map(|u| u.oid.clone()) else {
+            return graph_error(StatusCode::NOT_FOUND, "NotFound", "no such mock user");
+        };
+        match action {
+            "disable" => self.disable_user(&oid),
+            "enable" => self.enable_user(&oid),
+            "revoke-sessions" => {
+                self.revoke_sessions(&oid);
+            }
+            _ => return graph_error(StatusCode::NOT_FOUND, "NotFound", "disable, enable or revoke-sessions"),
+        }
+        reply(StatusCode::OK, json!({"user": login, "oid": oid, "done": action}))
     }
 
     pub(super) fn openid(&self, tenant: &str) -> Response<Body> {

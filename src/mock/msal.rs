@@ -24,6 +24,8 @@ pub(super) struct AuthCode {
     challenge: String,
     scope: String,
     nonce: Option<String>,
+    /// The `claims` request parameter (JSON): step-up contexts and client capabilities.
+    claims: String,
     issued: std::time::Instant,
 }
 
@@ -46,6 +48,27 @@ fn redirect_allowed(uri: &str) -> bool {
         "http" => matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
         _ => false,
     }
+}
+
+/// What a `claims` request parameter asks for: authentication contexts
+/// (`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`, or `values`) and client
+/// capabilities (`{"access_token":{"xms_cc":{"values":["CP1"]}}}`, which MSAL adds for
+/// `clientCapabilities`).
+fn requested_claims(raw: &str) -> (Vec<String>, Vec<String>) {
+    let Ok(v) = serde_json::from_str::<Value>(raw) else { return (Vec::new(), Vec::new()) };
+    let list = |c: &Value| -> Vec<String> {
+        let mut out: Vec<String> = c
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect();
+        out.extend(c.get("value").and_then(Value::as_str).map(str::to_string));
+        out
+    };
+    let at = &v["access_token"];
+    (list(&at["acrs"]), list(&at["xms_cc"]))
 }
 
 /// Permissive CORS, as Entra answers a SPA's token requests.
@@ -130,6 +153,7 @@ impl MockState {
                     challenge: get("code_challenge"),
                     scope: get("scope"),
                     nonce: q.get("nonce").cloned(),
+                    claims: get("claims"),
                     issued: std::time::Instant::now(),
                 },
             );
@@ -181,7 +205,7 @@ impl MockState {
         if get("client_id") != self.settings.client_id {
             return oauth_error(StatusCode::BAD_REQUEST, "unauthorized_client", "AADSTS700016: unknown application");
         }
-        let (login, scope, nonce) = match get("grant_type").as_str() {
+        let (login, scope, nonce, mut claims) = match get("grant_type").as_str() {
             "authorization_code" => {
                 let Some(code) = lock(&self.auth_codes).remove(&get("code")) else {
                     return oauth_error(
@@ -203,7 +227,7 @@ impl MockState {
                     );
                 }
                 let scope = form.get("scope").cloned().unwrap_or(code.scope);
-                (code.login, scope, code.nonce)
+                (code.login, scope, code.nonce, code.claims)
             }
             "refresh_token" => {
                 let Some(s) = lock(&self.refresh_tokens).get(&get("refresh_token")).cloned() else {
@@ -216,7 +240,7 @@ impl MockState {
                 if s.client_id != get("client_id") {
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "AADSTS700082: client mismatch");
                 }
-                (s.login, get("scope"), None)
+                (s.login, get("scope"), None, String::new())
             }
             _ => {
                 return oauth_error(
@@ -227,12 +251,22 @@ impl MockState {
             }
         };
         self.count(&format!("token_{}", get("grant_type")));
-        self.issue_user_tokens(tenant, &login, &scope, nonce)
+        if claims.is_empty() {
+            claims = get("claims");
+        }
+        self.issue_user_tokens(tenant, &login, &scope, nonce, &claims)
     }
 
     /// Tokens for `login`: an API access token when `scope` names the gateway's API (else one
     /// for Graph, as Entra would), an ID token, a refresh token and `client_info`.
-    fn issue_user_tokens(&self, tenant: &str, login: &str, scope: &str, nonce: Option<String>) -> Response<Body> {
+    fn issue_user_tokens(
+        &self,
+        tenant: &str,
+        login: &str,
+        scope: &str,
+        nonce: Option<String>,
+        claims: &str,
+    ) -> Response<Body> {
         let s = &self.settings;
         let api = format!("api://{}/", s.client_id);
         let api_scopes: Vec<&str> = scope.split(' ').filter(|sc| sc.starts_with(&api)).collect();
@@ -244,6 +278,14 @@ impl MockState {
         let scp = api_scopes.iter().map(|sc| sc.trim_start_matches(&api)).collect::<Vec<_>>().join(" ");
         let mut extra = serde_json::Map::new();
         extra.insert("scp".into(), json!(if scp.is_empty() { "User.Read".to_string() } else { scp }));
+        let (acrs, capabilities) = requested_claims(claims);
+        if !acrs.is_empty() {
+            // As if the user satisfied the Conditional Access policy of those contexts (MFA).
+            extra.insert("acrs".into(), json!(acrs));
+        }
+        if !capabilities.is_empty() {
+            extra.insert("xms_cc".into(), json!(capabilities));
+        }
         let access = self.mint(&TokenSpec {
             user: Some(login.into()),
             aud: Some(aud),

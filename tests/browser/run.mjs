@@ -111,6 +111,23 @@ async function main() {
     check(!("authorization" in h), "no token reaches the upstream");
     await shot(page, "3-api-called");
 
+    // 3b. Step-up: /payments/ needs the authentication context c1. The first call gets a claims
+    //     challenge; the app asks MSAL for a token with those claims (the mock's authority
+    //     honours them: the token carries acrs), exchanges it and retries.
+    const stepUpStatuses = [];
+    const onStepUp = (r) => { if (r.url().startsWith(`${gateway}/payments/`)) stepUpStatuses.push(r.status()); };
+    page.on("response", onStepUp);
+    await page.getByRole("button", { name: "Call the step-up API" }).click();
+    await page.locator("#api-result").filter({ hasText: "/payments/transfer" }).waitFor();
+    page.off("response", onStepUp);
+    const paid = JSON.parse(await page.locator("#api-result").textContent());
+    check(paid.path === "/payments/transfer", "the step-up route answered after the challenge", JSON.stringify(paid));
+    check(JSON.stringify(stepUpStatuses) === "[401,200]", "401 with a claims challenge, then 200", JSON.stringify(stepUpStatuses));
+    const stepped = JSON.parse(Buffer.from(internalToken.split(".")[1], "base64url").toString());
+    check(JSON.stringify(stepped.acrs) === '["c1"]', "the re-exchanged gateway token carries acrs c1", JSON.stringify(stepped.acrs));
+    check((await page.locator("#status").textContent()) === "Step-up done.", "the page says so");
+    await shot(page, "3b-step-up");
+
     // 4. A page on another origin (localhost instead of 127.0.0.1) is blocked by CORS.
     const other = await context.newPage();
     await other.goto(app.replace("127.0.0.1", "localhost"));
@@ -143,6 +160,24 @@ async function main() {
       return [r.status, (await r.json()).error];
     }, [gateway, internalToken]);
     check(fromPage[0] === 401 && fromPage[1] === "invalid_token", "and the page can read why", JSON.stringify(fromPage));
+    // 6. A refused user (carol is in no allowed group): the refusal is shown, no stale status,
+    //    and the account is forgotten; then another user signs in, and a reload keeps them.
+    await page.locator("#login-hint").selectOption("carol");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.locator("#error").filter({ hasText: "403" }).waitFor();
+    check(await page.locator("#signed-in").isHidden(), "carol is refused and not shown as signed in");
+    check((await page.locator("#status").textContent()) === "", "no stale 'Signing in…' under the refusal",
+      await page.locator("#status").textContent());
+    await shot(page, "6-refused-user");
+    await page.locator("#login-hint").selectOption("bob");
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.locator("#display-name").filter({ hasText: "Bob" }).waitFor();
+    check((await page.locator("#display-name").textContent()) === "Bob Builder", "then bob signs in");
+    await page.reload();
+    await page.locator("#display-name").filter({ hasText: "Bob" }).waitFor();
+    check((await page.locator("#display-name").textContent()) === "Bob Builder", "a reload keeps bob (the active account), not carol or alice");
+    check(await page.locator("#error").isHidden(), "and shows no error after the reload");
+    await shot(page, "7-reloaded");
     check(consoleErrors.every((e) => /Failed to load resource|CORS|Access-Control/.test(e)), "no unexpected console errors", consoleErrors.join(" | "));
   } finally {
     await context.close();

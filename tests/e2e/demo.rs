@@ -39,10 +39,13 @@ fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
         if line.contains("demo is running") {
             in_instructions = true;
         } else if in_instructions
-            && (line.starts_with("curl ") || line.starts_with("ENTRA_TOKEN=") || line.starts_with("GW_TOKEN="))
+            && (line.starts_with("curl ")
+                || line.starts_with("for ")
+                || line.starts_with("ENTRA_TOKEN=")
+                || line.starts_with("GW_TOKEN="))
         {
             script.push(line.clone());
-            if line.contains("/metrics") {
+            if line.contains("/revoke") {
                 break;
             }
         } else if !in_instructions {
@@ -74,6 +77,9 @@ fn the_demo_checks_itself_and_its_printed_curl_lines_show_the_whole_flow() {
         "\"keys\":[",
         "\"status\":\"ready\"",
         "entra_gateway_exchange_total{outcome=\"success\"}",
+        "\"done\":\"disable\"",
+        "alice's gateway token now: HTTP 401",
+        "kill switch: HTTP 204",
     ] {
         assert!(shown.contains(expected), "missing `{expected}` in:\n{shown}");
     }
