@@ -47,6 +47,19 @@ fn values_sets() -> Vec<(String, Vec<String>)> {
         browser.extend(["--set".to_string(), v.to_string()]);
     }
     sets.push(("CORS origins, access log off, two workers".to_string(), browser));
+    let mut continuous = REQUIRED.map(String::from).to_vec();
+    for v in [
+        "continuousAccess.enabled=true",
+        "continuousAccess.pollInterval=15s",
+        "entra.graphMode=claims",
+        "proxy.routes[0].pathPrefix=/payments/",
+        "proxy.routes[0].upstream=http://payments:8080",
+        "proxy.routes[0].authContext=c1",
+        "proxy.routes[0].forwardToken=session",
+    ] {
+        continuous.extend(["--set".to_string(), v.to_string()]);
+    }
+    sets.push(("continuous access in claims mode, a step-up route".to_string(), continuous));
     sets
 }
 

@@ -84,7 +84,10 @@ entra:
   clock_skew: {{ $v.entra.clockSkew | quote }}
   graph_mode: {{ $v.entra.graphMode }}
   group_lookup: {{ $v.entra.groupLookup }}
-  {{- if ne $v.entra.graphMode "claims" }}
+  continuous_access:
+    enabled: {{ $v.continuousAccess.enabled }}
+    poll_interval: {{ $v.continuousAccess.pollInterval | quote }}
+  {{- if include "entra-gateway.usesGraph" . }}
   {{- if eq $v.entra.credential.type "secret" }}
   client_credential: secret
   client_secret_file: {{ printf "%s/%s" $p.entra $v.entra.credential.clientSecretKey | quote }}
@@ -146,6 +149,9 @@ proxy:
       {{- with .audience }}
       audience: {{ . | quote }}
       {{- end }}
+      {{- with .authContext }}
+      auth_context: {{ toJson . }}
+      {{- end }}
       {{- with .allowedGroups }}
       allowed_groups: {{ toJson . }}
       {{- end }}
@@ -157,4 +163,9 @@ logging:
   level: {{ $v.logging.level | quote }}
   format: {{ $v.logging.format }}
   access_log: {{ $v.logging.accessLog }}
+{{- end }}
+
+{{/* Whether the gateway calls Graph (and so needs a client credential): graphMode app/obo, or continuous access. */}}
+{{- define "entra-gateway.usesGraph" -}}
+{{- if or (ne .Values.entra.graphMode "claims") .Values.continuousAccess.enabled }}true{{ end }}
 {{- end }}
