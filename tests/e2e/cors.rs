@@ -119,7 +119,7 @@ async fn actual_responses_carry_the_origin_for_allowed_callers_and_errors_are_re
     let r = r.send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["access-control-allow-origin"], APP);
-    assert_eq!(r.headers()["access-control-expose-headers"], "x-request-id");
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-request-id, www-authenticate");
     assert!(vary(&r).contains("origin"));
     let token = r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
 
