@@ -3,6 +3,8 @@
 #   bash benches/run.sh                      (about 7 minutes on 2 cores after the build)
 #   BENCH_SECONDS=10 BENCH_ONLY=required bash benches/run.sh
 #   bash benches/run.sh soak                 (under load and faults: SOAK_SECONDS (600) + ~3 min)
+#   bash benches/run.sh compare              (interleaved rounds against nginx and HAProxy, see
+#                                             benches/compare.py; BENCH_PIN=1 pins each proxy)
 # Installs wrk, nginx and redis-server when missing (apt-get, starting no service), builds the
 # release binary, runs benches/bench.py, prints one table and writes benches/results/latest.md.
 set -euo pipefail
@@ -12,6 +14,9 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+{ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
+command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   policy=/usr/sbin/policy-rc.d; created=""
@@ -24,5 +29,6 @@ cargo build --release --locked
 case "${1:-bench}" in
   bench) exec python3 benches/bench.py ;;
   soak) exec python3 benches/soak.py ;;
-  *) echo "usage: bash benches/run.sh [bench|soak]" >&2; exit 2 ;;
+  compare) exec python3 benches/compare.py ;;
+  *) echo "usage: bash benches/run.sh [bench|soak|compare]" >&2; exit 2 ;;
 esac

@@ -22,12 +22,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway.
+    #[command(
+        after_help = "Examples:\n  entra-gateway serve --config gateway.yaml\n  ENTRA_GATEWAY_CONFIG=/etc/entra-gateway/gateway.yaml entra-gateway serve\n  ENTRA_GATEWAY__SERVER__LISTEN=0.0.0.0:8443 entra-gateway serve --config gateway.yaml   (any key: ENTRA_GATEWAY__SECTION__KEY)"
+    )]
     Serve {
         /// YAML config file.
         #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]
         config: PathBuf,
     },
     /// Parse and validate a config, print it with secrets redacted; exit 1 listing every problem.
+    #[command(
+        after_help = "Examples:\n  entra-gateway check-config --config gateway.yaml\n  entra-gateway check-config --config rendered.yaml --syntax-only      (a config rendered by the chart, away from its secrets)\n  helm template gw helm/entra-gateway -f values.yaml --show-only templates/configmap.yaml | yq '.data[\"gateway.yaml\"]' > rendered.yaml"
+    )]
     CheckConfig {
         #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]
         config: PathBuf,
@@ -61,6 +67,9 @@ pub enum Command {
     },
     /// Write a starting config for your tenant (gateway.yaml, a signing key, secrets/) into a
     /// directory, and print the next steps.
+    #[command(
+        after_help = "Example:\n  entra-gateway init --dir ./gw --tenant-id <tenant-guid> --client-id <app-guid> --group <group-guid>"
+    )]
     Init {
         /// Directory to write into (created if needed; nothing in it is overwritten).
         #[arg(long, default_value = ".")]
@@ -109,6 +118,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Write a new PEM (PKCS#8) private signing key.
+    #[command(
+        after_help = "Examples:\n  entra-gateway keys generate --out k-2026-12.pem\n  entra-gateway keys generate --algorithm EdDSA --out k-2026-12.pem"
+    )]
     Generate {
         #[arg(long, value_enum, ignore_case = true, default_value_t = AlgorithmArg::Es256)]
         algorithm: AlgorithmArg,

@@ -68,15 +68,29 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    /// The problems grouped by section, in the order the sections appear in a config file.
+    /// The problems grouped by section, in the order the sections appear in a config file;
+    /// unknown keys first (a typo explains what follows it).
     fn sorted(mut problems: Vec<Problem>) -> Self {
         const ORDER: [&str; 8] = ["(file)", "server", "entra", "authorization", "issuer", "cache", "proxy", "logging"];
         let rank = |p: &Problem| {
             let section = p.path.split(['.', '[']).next().unwrap_or_default();
-            ORDER.iter().position(|s| *s == section).unwrap_or(ORDER.len())
+            let unknown = !p.message.starts_with("unknown key");
+            (unknown, ORDER.iter().position(|s| *s == section).unwrap_or(ORDER.len()))
         };
         problems.sort_by_key(rank);
         ConfigError { problems }
+    }
+
+    /// Names the file in file-level problems (`(file)`, and YAML errors' `<input>`).
+    fn in_file(mut self, path: &Path) -> Self {
+        let shown = path.display().to_string();
+        for p in &mut self.problems {
+            if p.path == "(file)" {
+                p.path = shown.clone();
+            }
+            p.message = p.message.replace("<input>", &shown);
+        }
+        self
     }
 
     fn one(path: &str, message: impl Into<String>) -> Self {
@@ -285,16 +299,17 @@ impl Config {
     /// relative paths are relative to the config file's directory).
     pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         let text = read(path)?;
-        let (mut raw, problems) = parse(&text, env)?;
+        let (mut raw, problems, from_env) = parse(&text, env).map_err(|e| e.in_file(path))?;
         raw.resolve_paths(base_dir(path));
-        let built = with_problems(problems, build::build(raw, FileChecks::Read, env))?;
+        let built = with_problems(problems, build::build(raw, FileChecks::Read, env), &from_env)
+            .map_err(|e| e.in_file(path))?;
         built.ok_or_else(|| ConfigError::one("<config>", "not built"))
     }
 
     /// [`Config::load`] from YAML text (relative paths: the working directory).
     pub fn from_yaml(text: &str, env: &dyn EnvSource) -> Result<Config, ConfigError> {
-        let (raw, problems) = parse(text, env)?;
-        let built = with_problems(problems, build::build(raw, FileChecks::Read, env))?;
+        let (raw, problems, from_env) = parse(text, env)?;
+        let built = with_problems(problems, build::build(raw, FileChecks::Read, env), &from_env)?;
         built.ok_or_else(|| ConfigError::one("<config>", "not built"))
     }
 }
@@ -303,10 +318,10 @@ impl Config {
 /// `files` is `Skip`; the effective raw config when there is none.
 pub fn check(path: &Path, env: &dyn EnvSource, files: FileChecks) -> Result<RawConfig, ConfigError> {
     let text = read(path)?;
-    let (mut raw, problems) = parse(&text, env)?;
+    let (mut raw, problems, from_env) = parse(&text, env).map_err(|e| e.in_file(path))?;
     raw.resolve_paths(base_dir(path));
     let effective = raw.clone().with_defaults();
-    with_problems(problems, build::build(raw, files, env))?;
+    with_problems(problems, build::build(raw, files, env), &from_env).map_err(|e| e.in_file(path))?;
     Ok(effective)
 }
 
@@ -317,19 +332,43 @@ fn base_dir(path: &Path) -> &Path {
 
 /// [`check`] on YAML text.
 pub fn check_yaml(text: &str, env: &dyn EnvSource, files: FileChecks) -> Result<RawConfig, ConfigError> {
-    let (raw, problems) = parse(text, env)?;
+    let (raw, problems, from_env) = parse(text, env)?;
     let effective = raw.clone().with_defaults();
-    with_problems(problems, build::build(raw, files, env))?;
+    with_problems(problems, build::build(raw, files, env), &from_env)?;
     Ok(effective)
 }
 
-/// The problems found while parsing and building, in the file's order of sections.
-fn with_problems<T>(mut first: Vec<Problem>, built: Result<T, ConfigError>) -> Result<T, ConfigError> {
+/// The problems found while parsing and building, in the file's order of sections; a problem
+/// on a key an environment variable set names the variable; the follow-ons of a misspelt
+/// section are dropped.
+fn with_problems<T>(
+    mut first: Vec<Problem>,
+    built: Result<T, ConfigError>,
+    from_env: &parse::FromEnv,
+) -> Result<T, ConfigError> {
     match built {
         Ok(t) if first.is_empty() => Ok(t),
         Ok(_) => Err(ConfigError::sorted(first)),
         Err(e) => {
-            first.extend(e.problems);
+            let mut later = e.problems;
+            parse::name_env_vars(&mut later, from_env);
+            first.extend(later);
+            let typos: Vec<String> = first
+                .iter()
+                .filter_map(|p| {
+                    let s = p.message.strip_prefix("unknown key (did you mean `")?.split('`').next()?;
+                    Some(match p.path.rsplit_once('.') {
+                        Some((parent, _)) => format!("{parent}.{s}"),
+                        None => s.to_string(),
+                    })
+                })
+                .collect();
+            first.retain(|p| {
+                p.message.starts_with("unknown key")
+                    || !typos.iter().any(|t| {
+                        p.path == *t || p.path.starts_with(&format!("{t}.")) || p.path.starts_with(&format!("{t}["))
+                    })
+            });
             Err(ConfigError::sorted(first))
         }
     }
@@ -351,10 +390,10 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// YAML text + overrides → the raw config and the problems found so far (every type error,
 /// unknown key and missing section); `Err` when the file could not be read as a config at all.
-fn parse(text: &str, env: &dyn EnvSource) -> Result<(RawConfig, Vec<Problem>), ConfigError> {
-    match parse::parse(text, env) {
-        (Some(raw), problems) => Ok((raw, problems)),
-        (None, problems) => Err(ConfigError::sorted(problems)),
+fn parse(text: &str, env: &dyn EnvSource) -> Result<(RawConfig, Vec<Problem>, parse::FromEnv), ConfigError> {
+    match parse::parse_with_sources(text, env) {
+        (Some(raw), problems, from_env) => Ok((raw, problems, from_env)),
+        (None, problems, _) => Err(ConfigError::sorted(problems)),
     }
 }
 

@@ -334,6 +334,9 @@ pub struct AccessInfo {
     /// The response leaves CORS alone: a preflight answer (already complete), or a route with
     /// `cors: false`.
     pub skip_cors: bool,
+    /// The upstream answered (or failed to): the request was forwarded, not answered by the
+    /// gateway itself.
+    pub forwarded: bool,
 }
 
 impl AccessInfo {
@@ -342,9 +345,13 @@ impl AccessInfo {
         self.route.as_ref().map_or(&self.endpoint, |r| r.label.as_str())
     }
 
-    /// `host:port` of the upstream, for proxied requests.
+    /// `host:port` of the upstream, for forwarded requests; `-` for those the gateway answered
+    /// itself (refused before forwarding, or one of its own endpoints).
     fn upstream(&self) -> &str {
-        self.route.as_ref().map_or("-", |r| r.upstream_authority())
+        match (&self.route, self.forwarded) {
+            (Some(r), true) => r.upstream_authority(),
+            _ => "-",
+        }
     }
 }
 

@@ -81,7 +81,7 @@ pub fn next_steps(a: &InitArgs, config: &Path) -> String {
     let secret = match a.graph_mode {
         GraphMode::Claims => String::new(),
         _ => format!(
-            "  1. Put the app registration's client secret into {}\n     (Entra admin center: App registrations > your app > Certificates & secrets).\n",
+            "  1. The config reads the client secret from {} (client_secret_file); put the app\n     registration's secret there (Entra admin center: App registrations > your app >\n     Certificates & secrets), or leave the file absent and set ENTRA_GATEWAY__ENTRA__CLIENT_SECRET.\n",
             display(&a.dir.join("secrets/client-secret"))
         ),
     };
@@ -128,8 +128,18 @@ mod tests {
         let err = crate::config::check(&config, &Vec::new(), crate::config::FileChecks::Read).unwrap_err();
         let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(paths, vec!["entra.client_secret_file"], "{err}");
+        assert!(err.problems[0].message.contains("printf %s"), "the fix: {err}");
+        // The documented variable works with init's own config while the file is absent.
+        let env = vec![("ENTRA_GATEWAY__ENTRA__CLIENT_SECRET".to_string(), "from-env".to_string())];
+        assert!(crate::config::check(&config, &env, crate::config::FileChecks::Read).is_ok());
         std::fs::write(dir.path().join("secrets/client-secret"), "s3cr3t").unwrap();
         assert!(crate::config::check(&config, &Vec::new(), crate::config::FileChecks::Read).is_ok());
-        assert!(next_steps(&a, &config).contains("client secret"));
+        let both = crate::config::check(&config, &env, crate::config::FileChecks::Read).unwrap_err();
+        assert!(both.to_string().contains("keep one"), "{both}");
+        let steps = next_steps(&a, &config);
+        assert!(
+            steps.contains("client_secret_file") && steps.contains("ENTRA_GATEWAY__ENTRA__CLIENT_SECRET"),
+            "{steps}"
+        );
     }
 }

@@ -203,6 +203,17 @@ fn server(s: &ServerConfig, read: bool, p: &mut Problems) -> Option<ServerSettin
     if s.max_connections == 0 {
         p.push("server.max_connections", "at least 1");
     }
+    for (i, net) in s.trusted_proxies.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            p.push(
+                &format!("server.trusted_proxies[{i}]"),
+                format!(
+                    "{net} trusts every client's X-Forwarded-For (and lets anyone pick their rate-limit \
+                     bucket): list the ingress controller's pod addresses or their CIDR, e.g. 10.244.0.0/16"
+                ),
+            );
+        }
+    }
     if s.workers > 256 {
         p.push("server.workers", "at most 256 (0: one per CPU)");
     }
@@ -383,10 +394,20 @@ fn credential(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems
     let uses_graph = e.graph_mode != GraphMode::Claims || e.continuous_access.enabled;
     match e.client_credential {
         ClientCredentialKind::Secret => match (&e.client_secret_file, &e.client_secret) {
-            (Some(_), Some(_)) => {
+            // The environment's secret wins when the file the YAML names is absent (the chart
+            // and `init` write client_secret_file; a secret from the environment replaces it).
+            (Some(path), Some(secret)) if uses_graph && read && !path.exists() => {
+                Some(ClientCredential::Secret(secret.clone()))
+            }
+            (Some(_), Some(_)) if !read => None,
+            (Some(path), Some(_)) => {
                 p.push(
                     "entra.client_secret_file",
-                    "set either client_secret_file or ENTRA_GATEWAY__ENTRA__CLIENT_SECRET, not both",
+                    format!(
+                        "{} exists and ENTRA_GATEWAY__ENTRA__CLIENT_SECRET is set too: keep one (the \
+                         variable is used only while the file is absent)",
+                        path.display()
+                    ),
                 );
                 None
             }
@@ -401,6 +422,18 @@ fn credential(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems
             }
             (None, Some(secret)) if uses_graph => Some(ClientCredential::Secret(secret.clone())),
             (Some(path), None) if uses_graph && read => {
+                if !path.exists() {
+                    p.push(
+                        "entra.client_secret_file",
+                        format!(
+                            "{} does not exist: write the app registration's client secret into it \
+                             (`umask 077; printf %s \"$SECRET\" > {}`), or set ENTRA_GATEWAY__ENTRA__CLIENT_SECRET",
+                            path.display(),
+                            path.display()
+                        ),
+                    );
+                    return None;
+                }
                 let bytes = p.file("entra.client_secret_file", path)?;
                 let text = String::from_utf8_lossy(&bytes);
                 Some(ClientCredential::Secret(Secret::new(text.trim())))
@@ -540,19 +573,24 @@ fn issuer(i: &IssuerConfig, read: bool, p: &mut Problems) -> Option<IssuerSettin
     if i.signing_keys.is_empty() {
         p.push("issuer.signing_keys", "at least one key is required (the first signs)");
     }
-    let mut seen = BTreeSet::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut keys = Vec::new();
     for (n, k) in i.signing_keys.iter().enumerate() {
         let path = format!("issuer.signing_keys[{n}]");
         if k.kid.trim().is_empty() {
             p.push(&format!("{path}.kid"), "must not be empty");
-        } else if !seen.insert(k.kid.clone()) {
-            p.push(&format!("{path}.kid"), "duplicate kid");
+        } else if let Some(other) = seen.get(&k.kid) {
+            p.push(
+                &format!("{path}.kid"),
+                format!("duplicate kid `{}` (also {other}): every key needs its own", k.kid),
+            );
+        } else {
+            seen.insert(k.kid.clone(), path.clone());
         }
         if read {
             match SigningKey::load(&k.kid, k.algorithm, &k.private_key_file) {
                 Ok(key) => keys.push(key),
-                Err(e) => p.push(&format!("{path}.private_key_file"), e.to_string()),
+                Err(e) => p.push(&format!("{path}.private_key_file"), key_fix(&e, k)),
             }
         }
     }
@@ -562,6 +600,38 @@ fn issuer(i: &IssuerConfig, read: bool, p: &mut Problems) -> Option<IssuerSettin
         token_ttl: i.token_ttl,
         keys: KeyRing::from_keys(keys),
     })
+}
+
+/// A key problem with its fix: a missing file says how to make one, a key of another
+/// algorithm says which it is.
+fn key_fix(e: &crate::keys::KeyError, k: &SigningKeyConfig) -> String {
+    use crate::keys::KeyError;
+    match e {
+        KeyError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => format!(
+            "{e}: create it with `entra-gateway keys generate --algorithm {:?} --out {}`",
+            k.algorithm,
+            k.private_key_file.display()
+        ),
+        KeyError::Parse { .. } => {
+            match std::fs::read(&k.private_key_file).ok().and_then(|pem| actual_algorithm(&pem)) {
+                Some(actual) if actual != k.algorithm => format!(
+                    "{} is an {actual:?} key, not {:?}: set `algorithm: {actual:?}` for it (or generate a {:?} key)",
+                    k.private_key_file.display(),
+                    k.algorithm,
+                    k.algorithm
+                ),
+                _ => e.to_string(),
+            }
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Which algorithm a PEM private key is for, when it is one of the gateway's.
+fn actual_algorithm(pem: &[u8]) -> Option<SigningAlgorithm> {
+    [SigningAlgorithm::ES256, SigningAlgorithm::EdDSA, SigningAlgorithm::RS256]
+        .into_iter()
+        .find(|alg| SigningKey::from_pem("probe", *alg, pem).is_ok())
 }
 
 fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings> {
@@ -670,7 +740,7 @@ fn proxy(c: &ProxyConfig, p: &mut Problems) -> Option<ProxySettings> {
             None
         }
     };
-    let mut seen = BTreeSet::new();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut routes = Vec::new();
     for (n, r) in c.routes.iter().enumerate() {
         if let Some(route) = route(&format!("proxy.routes[{n}]"), r, c.forward_token, &mut seen, p) {
@@ -698,7 +768,7 @@ fn route(
     path: &str,
     r: &RouteConfig,
     forward_token: ForwardToken,
-    seen: &mut BTreeSet<String>,
+    seen: &mut BTreeMap<String, String>,
     p: &mut Problems,
 ) -> Option<RouteSpec> {
     let before = p.0.len();
@@ -715,8 +785,14 @@ fn route(
             "must be a canonical path (no `//`, `.`/`..` segments, `;`, `\\` or escapes of unreserved \
              characters; escapes in upper case)",
         );
-    } else if !seen.insert(r.path_prefix.to_ascii_lowercase()) {
-        bad(p, "path_prefix", "duplicate path_prefix (prefixes are compared case-insensitively)");
+    } else if let Some(other) = seen.get(&r.path_prefix.to_ascii_lowercase()) {
+        let why = format!(
+            "duplicate path_prefix `{}` (also {other}; prefixes are compared case-insensitively)",
+            r.path_prefix
+        );
+        bad(p, "path_prefix", &why);
+    } else {
+        seen.insert(r.path_prefix.to_ascii_lowercase(), path.to_string());
     }
     if r.path_prefix.starts_with("/auth/") || r.path_prefix.starts_with("/.well-known/") {
         bad(p, "path_prefix", "/auth/ and /.well-known/ belong to the gateway");

@@ -70,8 +70,14 @@ fn display(path: &[Seg]) -> String {
 }
 
 /// Parses YAML `text` with `env` overlaid: the raw config and every problem found on the way
-/// (a config with problems is still returned when it could be read, for the later checks).
-pub(super) fn parse(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<Problem>) {
+/// (a config with problems is still returned when it could be read, for the later checks),
+/// and the config paths environment variables set.
+/// The config paths set by environment variables, with the variable's name.
+pub(super) type FromEnv = Vec<(String, String)>;
+
+/// [`parse`], and which config paths environment variables set (so that later problems can
+/// name the variable too).
+pub(super) fn parse_with_sources(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<Problem>, FromEnv) {
     let mut problems = Vec::new();
     let mut tree: Value = if text.trim().is_empty() {
         problems.push(Problem {
@@ -87,11 +93,11 @@ pub(super) fn parse(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<
                     path: "(file)".into(),
                     message: "the file must be a YAML mapping of sections (server:, entra:, ...)".into(),
                 });
-                return (None, problems);
+                return (None, problems, Vec::new());
             }
             Err(e) => {
                 problems.push(Problem { path: "(file)".into(), message: format!("not valid YAML: {e}") });
-                return (None, problems);
+                return (None, problems, Vec::new());
             }
         }
     };
@@ -131,7 +137,7 @@ pub(super) fn parse(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<
                     };
                     problems.push(problem(&original, message, &from_env));
                 }
-                return (Some(raw), problems);
+                return (Some(raw), unknown_first(problems), from_env);
             }
             Err(e) => {
                 let path = error_path(e.path());
@@ -160,12 +166,50 @@ pub(super) fn parse(text: &str, env: &dyn EnvSource) -> (Option<RawConfig>, Vec<
                     problems.push(problem(&original, friendly(&original, &message), &from_env));
                 }
                 if !repairs.repair(&mut tree, &path) {
-                    return (None, problems);
+                    return (None, unknown_first(problems), from_env);
                 }
             }
         }
     }
-    (None, problems)
+    (None, unknown_first(problems), from_env)
+}
+
+/// Unknown keys first: a misspelt key explains what follows. A problem under a known key that
+/// an unknown sibling's did-you-mean names (`entar:` for `entra:`) is a follow-on of that typo
+/// and is dropped.
+fn unknown_first(problems: Vec<Problem>) -> Vec<Problem> {
+    let typo_of: Vec<String> = problems
+        .iter()
+        .filter_map(|p| {
+            let suggested = p.message.strip_prefix("unknown key (did you mean `")?.split('`').next()?;
+            let parent = p.path.rsplit_once('.').map(|(parent, _)| format!("{parent}.")).unwrap_or_default();
+            Some(format!("{parent}{suggested}"))
+        })
+        .collect();
+    let (unknown, rest): (Vec<Problem>, Vec<Problem>) =
+        problems.into_iter().partition(|p| p.message.starts_with("unknown key"));
+    let follow_on = |p: &Problem| {
+        typo_of
+            .iter()
+            .any(|t| p.path == *t || p.path.starts_with(&format!("{t}.")) || p.path.starts_with(&format!("{t}[")))
+    };
+    unknown.into_iter().chain(rest.into_iter().filter(|p| !follow_on(p))).collect()
+}
+
+/// Names the environment variable behind each problem whose key one set, if the message does
+/// not already.
+pub(super) fn name_env_vars(problems: &mut [Problem], from_env: &FromEnv) {
+    for p in problems {
+        if p.message.contains("(set by the environment variable") {
+            continue;
+        }
+        let var = from_env.iter().find(|(path, _)| {
+            p.path == *path || p.path.starts_with(&format!("{path}.")) || p.path.starts_with(&format!("{path}["))
+        });
+        if let Some((_, name)) = var {
+            p.message = format!("{} (set by the environment variable {name})", p.message);
+        }
+    }
 }
 
 /// A problem at `path`, naming the environment variable that supplied it, if one did.

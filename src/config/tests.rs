@@ -197,3 +197,70 @@ fn upstream_urls_with_credentials_or_a_query_are_refused_and_never_printed() {
     .unwrap();
     assert!(!raw.redacted_yaml().contains("hunter2"));
 }
+
+#[test]
+fn a_value_set_by_an_environment_variable_names_it_in_every_problem() {
+    let env = vec![
+        ("ENTRA_GATEWAY__SERVER__MAX_CONNECTIONS".to_string(), "0".to_string()),
+        ("ENTRA_GATEWAY__ENTRA__TENANTS".to_string(), "[\"nope\"]".to_string()),
+    ];
+    let err = check_yaml(&minimal(), &env, FileChecks::Skip).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("server.max_connections: at least 1 (set by the environment variable ENTRA_GATEWAY__SERVER__MAX_CONNECTIONS)"), "{shown}");
+    assert!(shown.contains("entra.tenants[0]") && shown.contains("ENTRA_GATEWAY__ENTRA__TENANTS"), "{shown}");
+}
+
+#[test]
+fn a_misspelt_section_comes_first_without_its_follow_on_errors() {
+    let yaml = minimal().replace("entra:\n", "entar:\n");
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    assert_eq!(err.problems[0].path, "entar", "{err}");
+    assert!(err.problems[0].message.contains("did you mean `entra`"), "{err}");
+    assert!(!err.problems.iter().any(|p| p.path == "entra" || p.path.starts_with("entra.")), "{err}");
+}
+
+#[test]
+fn yaml_errors_and_duplicates_name_the_file_and_the_other_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, "server: [unclosed\n").unwrap();
+    let err = check(&path, &no_env(), FileChecks::Skip).unwrap_err().to_string();
+    assert!(err.contains(&path.display().to_string()) && !err.contains("<input>"), "{err}");
+    let yaml = format!(
+        "{}proxy:\n  routes:\n    - {{ path_prefix: /api/, upstream: \"http://a:1\" }}\n    - {{ path_prefix: /API/, upstream: \"http://b:1\" }}\n",
+        minimal().replace(
+            "signing_keys:\n    - { kid: k1, private_key_file: /nonexistent.pem }",
+            "signing_keys:\n    - { kid: k1, private_key_file: /a.pem }\n    - { kid: k1, private_key_file: /b.pem }"
+        )
+    );
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err().to_string();
+    assert!(err.contains("proxy.routes[1].path_prefix: duplicate path_prefix `/API/` (also proxy.routes[0]"), "{err}");
+    assert!(err.contains("issuer.signing_keys[1].kid: duplicate kid `k1` (also issuer.signing_keys[0])"), "{err}");
+}
+
+#[test]
+fn a_missing_key_file_or_a_key_of_another_algorithm_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = dir.path().join("es.pem");
+    std::fs::write(&es, crate::keys::generate_pem(SigningAlgorithm::ES256).unwrap()).unwrap();
+    let yaml = minimal().replace(
+        "- { kid: k1, private_key_file: /nonexistent.pem }",
+        &format!(
+            "- {{ kid: k1, algorithm: RS256, private_key_file: {} }}\n    - {{ kid: k2, private_key_file: {} }}",
+            es.display(),
+            dir.path().join("gone.pem").display()
+        ),
+    );
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Read).unwrap_err().to_string();
+    assert!(err.contains("is an ES256 key, not RS256: set `algorithm: ES256`"), "{err}");
+    assert!(err.contains("entra-gateway keys generate --algorithm ES256 --out"), "{err}");
+}
+
+#[test]
+fn trusting_every_address_as_a_proxy_is_refused() {
+    for net in ["0.0.0.0/0", "::/0"] {
+        let yaml = format!("{}server:\n  trusted_proxies: [\"10.0.0.0/8\", \"{net}\"]\n", minimal());
+        let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err().to_string();
+        assert!(err.contains("server.trusted_proxies[1]") && err.contains("trusts every client"), "{err}");
+    }
+}

@@ -62,6 +62,7 @@ async fn forward(
     };
     let ids = state.access.identity_headers();
     let authorization = upstream_auth(state, found, principal.as_deref())?;
+    info.forwarded = true;
     Ok(state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization).await?)
 }
 

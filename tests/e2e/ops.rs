@@ -128,6 +128,8 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().headers["x-request-id"], "req-proxied", "the request id reaches the upstream");
+    let r = client().get(gw.url("/api/x")).header("X-Request-Id", "req-refused").send().await.unwrap();
+    assert_eq!(r.status(), 401);
     let r = client().get(gw.url("/down/x")).header("X-Request-Id", "req-down").send().await.unwrap();
     assert_eq!(r.status(), 502);
     gw.signal("TERM");
@@ -153,7 +155,7 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "access" || v["message"] == "request")
         .collect();
-    assert_eq!(access.len(), 5, "one access line per public request:\n{text}");
+    assert_eq!(access.len(), 6, "one access line per public request:\n{text}");
     let first = &access[0];
     assert_eq!(first["request_id"], "req-12345");
     assert_eq!(first["route"], "exchange");
@@ -164,6 +166,9 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     assert_eq!(access[1]["status"], 401);
     assert_eq!(access[1]["level"], "INFO", "a client's mistake is not a warning");
     assert_eq!(access[1]["error"], "invalid_token");
+    assert_eq!(first["upstream"], "-", "the gateway's own endpoint");
+    assert_eq!(access[4]["route"], "/api/");
+    assert_eq!(access[4]["upstream"], "-", "refused by the gateway: no upstream saw it");
     assert!(access[1]["reason"].as_str().unwrap().contains("signature"), "{}", access[1]);
     // One line per failed request: nothing else carries its request id... and no other line
     // than the access line describes the failure.
@@ -171,7 +176,7 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         let with_id = lines.iter().filter(|l| l.contains(id)).count();
         assert_eq!(with_id, 1, "one line for request {id}:\n{text}");
     }
-    let down = &access[4];
+    let down = &access[5];
     assert_eq!((down["status"].as_u64(), down["level"].as_str()), (Some(502), Some("WARN")));
     assert!(down["reason"].as_str().unwrap().contains("connect"), "the cause of a 502: {down}");
     let proxied = &access[3];

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Interleaved rounds: the gateway against nginx and HAProxy, proxying the same upstream.
+
+    bash benches/run.sh compare                    (5 rounds; about 6 minutes after the build)
+    BENCH_PIN=1 bash benches/run.sh compare        (each proxy on core 0; wrk and upstream on core 1)
+    BENCH_BASELINE=/path/to/old/entra-gateway bash benches/run.sh compare   (an older build too)
+
+Contenders, each its own process, all in front of one upstream (nginx answering 200 "hello world"):
+  nginx      1 worker, `proxy_pass` with `keepalive` to the upstream, access log on (to a file)
+  haproxy    1 thread, `jwt_verify` (ES256, the gateway's public key) on every request, access log off
+  gateway    `auth: required`, access log on (JSON to a file; its config in a directory of its own,
+             as in a ConfigMap mount), and the warm exchange (the same Entra token again and again)
+  baseline   the same gateway rows with the binary in BENCH_BASELINE (when set)
+Each round runs every contender once (A, B, C, A, B, C, ...), wrk with the same threads,
+connections and duration; the report gives each one's median and spread (min-max) over the
+rounds, and the median and spread of its ratio to nginx in the same round, so that a difference
+of a few percent is told from the noise of a shared machine. Then it counts system calls and
+context switches per request for the gateway and the nginx worker (`perf stat -e
+raw_syscalls:sys_enter,context-switches` on the process during a fixed run), and prints both.
+
+Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
+BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
+BENCH_SKIP_COUNTS (1: no syscall counts).
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import bench  # noqa: E402  (the components: upstream, nginx, mock, gateway, wrk)
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+PIN = os.environ.get("BENCH_PIN") == "1"
+BASELINE = os.environ.get("BENCH_BASELINE")
+ONLY = os.environ.get("BENCH_ONLY", "")
+SKIP_COUNTS = os.environ.get("BENCH_SKIP_COUNTS") == "1"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+PROXY_CORE, LOAD_CORE = "0", "1"
+
+
+def pin(pid, core):
+    """Pins a process and its threads (and nginx's workers) to `core`."""
+    if PIN:
+        subprocess.run(["taskset", "-a", "-p", "-c", core, str(pid)], stdout=subprocess.DEVNULL, check=False)
+        for child in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            subprocess.run(["taskset", "-a", "-p", "-c", core, child], stdout=subprocess.DEVNULL, check=False)
+
+
+def wrk(url, seconds, **kw):
+    """wrk (on the load core when pinned)."""
+    if PIN:
+        os.sched_setaffinity(0, {int(LOAD_CORE)})
+    try:
+        return bench.wrk(url, seconds, **kw)
+    finally:
+        if PIN:
+            os.sched_setaffinity(0, set(range(os.cpu_count())))
+
+
+def haproxy(up, public_key):
+    port = bench.free_port()
+    d = bench.WORK / "haproxy"
+    d.mkdir()
+    (d / "haproxy.cfg").write_text(
+        "global\n  nbthread 1\n  maxconn 4000\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+        "  option http-keep-alive\n"
+        f"frontend fe\n  bind 127.0.0.1:{port}\n"
+        "  http-request deny deny_status 401 unless { http_auth_bearer -m found }\n"
+        f"  http-request deny deny_status 401 unless {{ http_auth_bearer,jwt_verify(\"ES256\",\"{public_key}\") -m int 1 }}\n"
+        "  default_backend be\n"
+        f"backend be\n  http-reuse always\n  server up 127.0.0.1:{up}\n"
+    )
+    p = bench.Proc("haproxy", [HAPROXY, "-db", "-f", str(d / "haproxy.cfg")])
+    bench.wait_port(port, "haproxy")
+    return p, port
+
+
+def public_key_of(private_pem, out):
+    subprocess.run(["openssl", "pkey", "-in", str(private_pem), "-pubout", "-out", str(out)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def counts(pid, url, requests_seconds, **kw):
+    """System calls and context switches per request of process `pid` (all its threads)."""
+    perf = subprocess.Popen(
+        ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches", "-p", str(pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    r = wrk(url, requests_seconds, **kw)
+    perf.send_signal(2)
+    _, err = perf.communicate()
+    values = {}
+    for line in err.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+            values[parts[2]] = float(parts[0])
+    n = r["rps"] * requests_seconds
+    return {k: v / n for k, v in values.items()} if n else {}
+
+
+def nginx_worker(pid):
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0]) if children else pid
+
+
+def main():
+    procs = []
+    results = {}  # contender -> [rps per round]
+    p99 = {}
+    try:
+        up_proc, up = bench.upstream()
+        procs.append(up_proc)
+        pin(up_proc.p.pid, LOAD_CORE)
+        mock_proc, info = bench.mock()
+        procs.append(mock_proc)
+        pin(mock_proc.p.pid, LOAD_CORE)
+        ng, ng_port = bench.nginx_proxy(up, 1, True)
+        procs.append(ng)
+        pin(ng.p.pid, PROXY_CORE)
+        contenders = [("nginx (1 worker, log on)", ng.p.pid, f"http://127.0.0.1:{ng_port}/x", {})]
+        binaries = [("gateway", bench.BIN)] + ([("baseline", pathlib.Path(BASELINE))] if BASELINE else [])
+        key_pem = None
+        for label, binary in binaries:
+            bench.BIN = binary
+            gw, port = bench.gateway(f"{label}-gw", info, up, True)
+            procs.append(gw)
+            pin(gw.p.pid, PROXY_CORE)
+            time.sleep(0.5)
+            entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
+            internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+            tokens = bench.WORK / f"{label}-warm.txt"
+            tokens.write_text(entra + "\n")
+            contenders.append((f"{label} auth: required (log on)", gw.p.pid, f"http://127.0.0.1:{port}/req/x",
+                               {"token": internal}))
+            contenders.append((f"{label} warm exchange (log on)", gw.p.pid, f"http://127.0.0.1:{port}/auth/exchange",
+                               {"tokens_file": tokens}))
+            if key_pem is None:
+                key_pem = bench.WORK / f"{label}-gw" / "k1.pem"
+                haproxy_token = internal
+        bench.BIN = binaries[0][1]
+        ha, ha_port = haproxy(up, public_key_of(key_pem, bench.WORK / "k1.pub.pem"))
+        procs.append(ha)
+        pin(ha.p.pid, PROXY_CORE)
+        contenders.append(("haproxy jwt_verify (1 thread)", ha.p.pid, f"http://127.0.0.1:{ha_port}/x",
+                           {"token": haproxy_token}))
+        contenders = [c for c in contenders if ONLY in c[0] or c[0].startswith("nginx")]
+        print(f"{ROUNDS} interleaved rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} -c{bench.CONNECTIONS}"
+              + (", each proxy pinned to core 0, wrk and the upstream to core 1" if PIN else ""), flush=True)
+        for name, _, url, kw in contenders:
+            wrk(url, 2, **kw)  # warm-up
+        for rnd in range(ROUNDS):
+            for name, _, url, kw in contenders:
+                r = wrk(url, SECONDS, **kw)
+                results.setdefault(name, []).append(r["rps"])
+                p99.setdefault(name, []).append(r["p99"])
+                print(f"  round {rnd + 1}: {name}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms"
+                      + (f", {r['errors']} errors" if r["errors"] else ""), flush=True)
+        per_request = {}
+        if not SKIP_COUNTS:
+            for name, pid, url, kw in contenders:
+                if name.startswith("nginx"):
+                    pid = nginx_worker(pid)
+                if name.startswith(("nginx", "gateway")) and "exchange" not in name:
+                    per_request[name] = counts(pid, url, 3, **kw)
+    finally:
+        for p in procs:
+            p.stop()
+    report(results, p99, per_request)
+
+
+def report(results, p99, per_request):
+    nginx = next(k for k in results if k.startswith("nginx"))
+    lines = ["| contender | req/s median | spread | × nginx median | × nginx spread | p99 ms median |",
+             "|---|---|---|---|---|---|"]
+    for name, rps in results.items():
+        ratios = [a / b for a, b in zip(rps, results[nginx])]
+        lines.append(f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
+                     f"{statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} | "
+                     f"{statistics.median(p99[name]):.2f} |")
+    if per_request:
+        lines += ["", "| process | syscalls / request | context switches / request |", "|---|---|---|"]
+        for name, c in per_request.items():
+            lines.append(f"| {name} | {c.get('raw_syscalls:sys_enter', float('nan')):.2f} | "
+                         f"{c.get('context-switches', float('nan')):.3f} |")
+    mode = "pinned: each proxy on one core" if PIN else "unpinned"
+    head = (f"# Interleaved comparison ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+            f"{os.cpu_count()} cores; {ROUNDS} rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} "
+            f"-c{bench.CONNECTIONS}; ratios are taken per round, then their median and spread.\n\n")
+    text = head + "\n".join(lines) + "\n"
+    out = bench.ROOT / "benches" / "results" / f"compare-{'pinned' if PIN else 'unpinned'}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print("\n" + text)
+    print(f"written to {out.relative_to(bench.ROOT)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        shutil.rmtree(bench.WORK, ignore_errors=True)
