@@ -26,17 +26,23 @@ fn helms() -> Vec<(&'static str, PathBuf)> {
 }
 
 /// The values every install must set (the defaults are placeholders the chart refuses).
-const REQUIRED: [&str; 4] = [
+const REQUIRED: [&str; 6] = [
     "--set",
     "entra.tenantIds[0]=c0ffee00-0000-4000-8000-00000000a0a0",
     "--set",
     "entra.clientId=6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b",
+    "--set",
+    "image.repository=registry.example.com/entra-gateway",
 ];
+/// No image is published yet: every install names its own.
+const IMAGE: [&str; 2] = ["--set", "image.repository=registry.example.com/entra-gateway"];
 
 fn values_sets() -> Vec<(String, Vec<String>)> {
     let mut sets = vec![("default values with the required ids".to_string(), REQUIRED.map(String::from).to_vec())];
     for e in EXAMPLES {
-        sets.push((format!("example {e}"), vec!["-f".into(), format!("deploy/examples/{e}/values.yaml")]));
+        let mut args = vec!["-f".into(), format!("deploy/examples/{e}/values.yaml")];
+        args.extend(IMAGE.map(String::from));
+        sets.push((format!("example {e}"), args));
     }
     let mut browser = REQUIRED.map(String::from).to_vec();
     for v in [
@@ -115,7 +121,7 @@ fn rendered_manifests_and_example_manifests_pass_the_kubernetes_schemas() {
             assert!(ok, "{name} template, {set}:\n{err}");
             let kinds: Vec<String> =
                 documents(&out).iter().map(|d| d["kind"].as_str().unwrap_or("?").to_string()).collect();
-            for kind in ["Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"] {
+            for kind in ["Deployment", "Service", "ConfigMap", "ServiceAccount", "NetworkPolicy", "Pod"] {
                 assert!(kinds.iter().any(|k| k == kind), "{name}, {set}: no {kind} in {kinds:?}");
             }
             let file = dir.path().join(format!("{name}-{i}.yaml"));
@@ -193,7 +199,8 @@ fn the_deployment_is_hardened_and_rolls_on_config_changes() {
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/.well-known/jwks.json");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http", "liveness through the public workers");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
     assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
@@ -219,6 +226,203 @@ fn the_deployment_is_hardened_and_rolls_on_config_changes() {
         "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b"
     );
     assert!(!out.contains("/var/run/secrets/entra\""), "no client-secret mount with workload identity");
+}
+
+/// Every manifest of a render with `extra` on top of the required values.
+fn render_all(helm: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
+    let args: Vec<String> = REQUIRED.iter().chain(extra).map(|s| s.to_string()).collect();
+    let (ok, out, err) = template(helm, &args);
+    assert!(ok, "{extra:?}: {err}");
+    documents(&out)
+}
+
+fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+#[test]
+fn the_kubernetes_posture_holds_on_the_rendered_chart() {
+    let (_, helm) = &helms()[0];
+    let docs = render_all(helm, &[]);
+    // The admin port is never on the public Service, and has no Service unless asked for.
+    let services = kind(&docs, "Service");
+    assert_eq!(services.len(), 1, "{services:?}");
+    let ports: Vec<&str> =
+        services[0]["spec"]["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(ports, ["http"]);
+    let with_monitor =
+        render_all(helm, &["--set", "serviceMonitor.enabled=true", "--set", "service.type=LoadBalancer"]);
+    let admin = kind(&with_monitor, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"].as_str().unwrap().ends_with("-admin"))
+        .unwrap();
+    assert_eq!(admin["spec"]["type"], "ClusterIP", "never published by service.type");
+    // The NetworkPolicy is on, limits egress, keeps the metadata address out.
+    let np = kind(&docs, "NetworkPolicy")[0];
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+    let egress = np["spec"]["egress"].to_string();
+    assert!(egress.contains("169.254.0.0/16") && egress.contains("\"port\":443"), "{egress}");
+    assert!(egress.contains("\"port\":53"));
+    let pod = &kind(&docs, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["enableServiceLinks"], false);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    // One replica: no PDB (it would block every drain); two: one.
+    assert!(kind(&render_all(helm, &["--set", "replicaCount=1"]), "PodDisruptionBudget").is_empty());
+    assert_eq!(kind(&render_all(helm, &["--set", "replicaCount=2"]), "PodDisruptionBudget").len(), 1);
+    // A digest pins the image.
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pinned = render_all(helm, &["--set", &format!("image.digest={digest}")]);
+    assert_eq!(
+        kind(&pinned, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("registry.example.com/entra-gateway@{digest}")
+    );
+    // The Redis URL from a Secret is a mounted file, never an environment variable.
+    let redis = render_all(
+        helm,
+        &[
+            "--set",
+            "redis.existingSecret=redis",
+            "--set",
+            "redis.username=gateway",
+            "--set",
+            "redis.passwordSecret=redis-pw",
+        ],
+    );
+    let d = kind(&redis, "Deployment")[0];
+    assert!(!d.to_string().contains("ENTRA_GATEWAY__CACHE__REDIS_URL"), "{d}");
+    let config = kind(&redis, "ConfigMap")[0]["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("redis_url_file: \"/var/run/secrets/redis-url/url\"") && config.contains("redis_password_file"),
+        "{config}"
+    );
+    // Workload identity with a sidecar: the token goes to the gateway only; the sidecar gets
+    // the securityContext defaults.
+    let wi = render_all(
+        helm,
+        &[
+            "--set",
+            "entra.credential.type=workloadIdentity",
+            "--set",
+            "sidecar.enabled=true",
+            "--set",
+            "sidecar.container.name=app",
+            "--set",
+            "sidecar.container.image=app:1",
+        ],
+    );
+    let pod = &kind(&wi, "Deployment")[0]["spec"]["template"];
+    assert_eq!(pod["metadata"]["annotations"]["azure.workload.identity/skip-containers"], "app");
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], true);
+    assert_eq!(pod["spec"]["containers"][1]["securityContext"]["readOnlyRootFilesystem"], true);
+    // `helm test` runs check-config on the rendered config in the cluster.
+    let test = kind(&docs, "Pod").into_iter().find(|p| p["metadata"]["annotations"]["helm.sh/hook"] == "test").unwrap();
+    assert_eq!(test["spec"]["containers"][0]["args"][0], "check-config");
+    assert_eq!(test["spec"]["containers"][0]["args"][1], "--syntax-only");
+}
+
+#[test]
+fn notes_are_generated_from_the_values() {
+    let (_, helm) = &helms()[0];
+    // `helm template` does not render NOTES.txt: a copy of the chart with one more template
+    // renders the same named template into a ConfigMap.
+    let copy = tempfile::tempdir().unwrap();
+    let chart = copy.path().join("entra-gateway");
+    copy_dir(Path::new(CHART), &chart);
+    std::fs::write(
+        chart.join("templates/notes-probe.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: notes-probe }\ndata:\n  notes: {{ include \"entra-gateway.notes\" . | toJson }}\n",
+    )
+    .unwrap();
+    let notes = |extra: &[&str]| {
+        let args: Vec<String> = ["template", "notes"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([chart.display().to_string(), "--namespace".into(), "auth".into()])
+            .chain(REQUIRED.iter().chain(extra).map(|s| s.to_string()))
+            .chain(["--show-only".to_string(), "templates/notes-probe.yaml".to_string()])
+            .collect();
+        let (ok, out, err) = run(Command::new(helm).args(&args));
+        assert!(ok, "{err}");
+        documents(&out)[0]["data"]["notes"].as_str().unwrap().to_string()
+    };
+    let plain = notes(&["-f", "deploy/examples/sidecar/values.yaml"]);
+    for expected in [
+        "--from-file=k-2026-11.pem --from-file=k-2026-08.pem",
+        "http://notes-entra-gateway.auth.svc:80/auth/exchange",
+        "Forward-auth:        off",
+    ] {
+        assert!(plain.contains(expected), "missing `{expected}` in:\n{plain}");
+    }
+    assert!(!plain.contains("k1.pem"), "{plain}");
+    let tls = notes(&[
+        "--set",
+        "server.tls.existingSecret=gw-tls",
+        "--set",
+        "service.port=443",
+        "--set",
+        "proxy.forwardAuth.originalUri=x-forwarded-uri",
+        "--set",
+        "redis.existingSecret=redis-url",
+        "--set",
+        "redis.caSecret=redis-ca",
+    ]);
+    for expected in [
+        "https://notes-entra-gateway.auth.svc:443/auth/exchange",
+        "https://notes-entra-gateway.auth.svc:443/auth/verify",
+        "gw-tls",
+        "redis-url",
+        "redis-ca",
+    ] {
+        assert!(tls.contains(expected), "missing `{expected}` in:\n{tls}");
+    }
+    assert!(!tls.contains("http://notes"), "{tls}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_values_fail_at_template_time_with_every_problem_in_one_message() {
+    for (name, helm) in helms() {
+        let args: Vec<String> = [
+            "--set", "entra.tenantIds[0]=c0ffee00-0000-4000-8000-00000000a0a0",
+            "--set", "entra.clientId=6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b",
+            "--set-json", "authorization.allowedGroups=null",
+            "--set-json", r#"proxy.routes=[{"pathPrefix":"/api/","upstream":"http://a:1"},{"pathPrefix":"/API/","upstream":"http://b:1"}]"#,
+            "--set", "server.trustedProxies[0]=0.0.0.0/0",
+            "--set", "issuer.signingKeys.existingSecret=",
+            "--set", "sidecar.enabled=true", "--set", "sidecar.container.name=app", "--set", "sidecar.container.image=app:1",
+            "--set-json", r#"sidecar.container.ports=[{"containerPort":3000}]"#,
+            "--set-json", "networkPolicy.publicFrom=[]",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (ok, _, err) = template(&helm, &args);
+        assert!(!ok, "{name}: rendered");
+        for expected in [
+            "problem(s)",
+            "image.repository is empty",
+            "docker build -f deploy/Dockerfile",
+            "authorization.allowedGroups is empty or null",
+            "proxy.routes[1].pathPrefix \"/API/\" is a duplicate of proxy.routes[0]",
+            "server.trustedProxies[0]: 0.0.0.0/0",
+            "issuer.signingKeys.existingSecret is empty",
+            "sidecar.container.ports: 3000 is reachable from the pod network",
+            "networkPolicy.publicFrom is empty",
+        ] {
+            assert!(err.contains(expected), "{name}: missing `{expected}` in:\n{err}");
+        }
+    }
 }
 
 #[test]

@@ -42,6 +42,18 @@ config: /etc/entra-gateway
 entra: /var/run/secrets/entra
 keys: /var/run/secrets/gateway-keys
 tls: /var/run/secrets/gateway-tls
+redisUrl: /var/run/secrets/redis-url
+redisPassword: /var/run/secrets/redis-password
+redisCa: /var/run/secrets/redis-ca
+{{- end }}
+
+{{/* The image reference: repository@digest, or repository:tag (the appVersion by default). */}}
+{{- define "entra-gateway.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
 {{- end }}
 
 {{/* The gateway's config file, rendered from the values (no secrets in it). */}}
@@ -116,8 +128,19 @@ issuer:
     - { kid: {{ .kid | quote }}, algorithm: {{ .algorithm }}, private_key_file: {{ printf "%s/%s" $p.keys .secretKey | quote }} }
   {{- end }}
 cache:
-  {{- if and $v.redis.url (not $v.redis.existingSecret) }}
+  {{- if $v.redis.existingSecret }}
+  redis_url_file: {{ printf "%s/url" $p.redisUrl | quote }}
+  {{- else if $v.redis.url }}
   redis_url: {{ $v.redis.url | quote }}
+  {{- end }}
+  {{- with $v.redis.username }}
+  redis_username: {{ . | quote }}
+  {{- end }}
+  {{- if $v.redis.passwordSecret }}
+  redis_password_file: {{ printf "%s/password" $p.redisPassword | quote }}
+  {{- end }}
+  {{- if $v.redis.caSecret }}
+  redis_ca_file: {{ printf "%s/ca.crt" $p.redisCa | quote }}
   {{- end }}
   {{- with $v.redis.clusterUrls }}
   cluster_urls: {{ toJson . }}
