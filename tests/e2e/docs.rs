@@ -140,3 +140,19 @@ fn the_documented_in_cluster_urls_reach_the_charts_service_port() {
         assert_eq!(port_of(&url), rendered(&["-f", "deploy/examples/traefik/values.yaml"]), "{url}");
     }
 }
+
+/// The Entra setup script is valid bash and passes shellcheck (it needs a tenant to run).
+#[test]
+fn the_entra_setup_script_passes_bash_n_and_shellcheck() {
+    let script = "deploy/entra/create-app-registrations.sh";
+    let out = std::process::Command::new("bash").args(["-n", script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shellcheck = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/shellcheck");
+    assert!(shellcheck.exists(), "shellcheck is missing: run `bash .ci/tools.sh`");
+    let out = std::process::Command::new(shellcheck).arg(script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = read(script);
+    for needed in ["requestedAccessTokenVersion", "access_as_user", "spa", "User.Read.All", "GroupMember.Read.All"] {
+        assert!(text.contains(needed), "{needed}");
+    }
+}
