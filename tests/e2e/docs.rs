@@ -45,13 +45,27 @@ fn list(text: &str, sep: char) -> BTreeSet<String> {
         .collect()
 }
 
-/// Every `auth-response-headers` / `authResponseHeaders` list in a text.
+/// Every `auth-response-headers` / `authResponseHeaders` / `headersToBackend` list in a text
+/// (one line, a YAML block list, or a flow list over several lines).
 fn header_lists(text: &str) -> Vec<BTreeSet<String>> {
     let mut lists = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        let flow_below = lines.get(i + 1).is_some_and(|l| l.trim_start().starts_with('['));
+        let key = ["authResponseHeaders:", "headersToBackend:"].iter().find_map(|k| line.split(k).nth(1));
         if let Some(v) = line.split("auth-response-headers:").nth(1) {
             lists.push(list(v, ','));
-        } else if let Some(v) = line.split("authResponseHeaders:").nth(1) {
+        } else if let (Some(v), true) = (key, flow_below) {
+            let _ = v;
+            let mut flow = String::new();
+            for l in &lines[i + 1..] {
+                flow.push_str(l);
+                if l.contains(']') {
+                    break;
+                }
+            }
+            lists.push(list(&flow, ','));
+        } else if let Some(v) = key {
             if v.trim().is_empty() {
                 // A YAML block list on the next lines.
                 let items: Vec<&str> =
@@ -69,9 +83,13 @@ fn header_lists(text: &str) -> Vec<BTreeSet<String>> {
 async fn every_documented_auth_response_header_list_is_exactly_what_the_gateway_answers() {
     let expected = identity_headers_of_the_gateway().await;
     assert_eq!(expected.len(), 9, "{expected:?}");
-    for file in
-        ["README.md", "deploy/examples/ingress-nginx/app-ingress.yaml", "deploy/examples/traefik/middleware.yaml"]
-    {
+    for file in [
+        "docs/forward-auth.md",
+        "deploy/examples/ingress-nginx/app-ingress.yaml",
+        "deploy/examples/traefik/middleware.yaml",
+        "deploy/examples/traefik-gateway-api/httproute.yaml",
+        "deploy/examples/envoy-gateway/policy.yaml",
+    ] {
         let lists = header_lists(&read(file));
         assert!(!lists.is_empty(), "{file} has no header list");
         for l in lists {
@@ -98,6 +116,8 @@ fn the_documented_in_cluster_urls_reach_the_charts_service_port() {
             "entra.tenantIds[0]=c0ffee00-0000-4000-8000-00000000a0a0",
             "--set",
             "entra.clientId=6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b",
+            "--set",
+            "image.repository=registry.example.com/entra-gateway",
         ];
         args.extend(extra);
         let out = std::process::Command::new(&helm).args(&args).output().expect("helm runs (bash .ci/tools.sh)");
@@ -108,7 +128,12 @@ fn the_documented_in_cluster_urls_reach_the_charts_service_port() {
             .filter_map(|d| serde_saphyr::from_str::<Value>(d).ok())
             .find(|d| d["kind"] == "Service")
             .expect("a Service");
-        service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == "http").unwrap()["port"]
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "http" || p["name"] == "https")
+            .unwrap()["port"]
             .as_u64()
             .unwrap()
     };
@@ -128,7 +153,7 @@ fn the_documented_in_cluster_urls_reach_the_charts_service_port() {
             .map(|w| w.trim_end_matches([',', '}']).to_string())
             .collect()
     };
-    let readme = urls(&read("README.md"));
+    let readme = urls(&(read("README.md") + &read("docs/forward-auth.md")));
     assert!(readme.len() >= 3, "{readme:?}");
     for url in readme {
         assert_eq!(port_of(&url), default_port, "README: {url} misses the chart's Service port {default_port}");
@@ -138,6 +163,12 @@ fn the_documented_in_cluster_urls_reach_the_charts_service_port() {
     }
     for url in urls(&read("deploy/examples/traefik/middleware.yaml")) {
         assert_eq!(port_of(&url), rendered(&["-f", "deploy/examples/traefik/values.yaml"]), "{url}");
+    }
+    for (example, manifest) in [("traefik-gateway-api", "httproute.yaml")] {
+        let port = rendered(&["-f", &format!("deploy/examples/{example}/values.yaml")]);
+        for url in urls(&read(&format!("deploy/examples/{example}/{manifest}"))) {
+            assert_eq!(port_of(&url), port, "{example}: {url}");
+        }
     }
 }
 
