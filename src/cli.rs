@@ -32,7 +32,7 @@ pub enum Command {
     },
     /// Parse and validate a config, print it with secrets redacted; exit 1 listing every problem.
     #[command(
-        after_help = "Examples:\n  entra-gateway check-config --config gateway.yaml\n  entra-gateway check-config --config rendered.yaml --syntax-only      (a config rendered by the chart, away from its secrets)\n  helm template gw helm/entra-gateway -f values.yaml --show-only templates/configmap.yaml | yq '.data[\"gateway.yaml\"]' > rendered.yaml"
+        after_help = "Examples:\n  entra-gateway check-config --config gateway.yaml\n  entra-gateway check-config --config rendered.yaml --syntax-only      (a config rendered by the chart, away from its secrets)\n  helm template gw helm/entra-gateway -f values.yaml --show-only templates/configmap.yaml > cm.yaml\n  entra-gateway check-config --syntax-only --config cm.yaml           (a rendered ConfigMap is read as its config.yaml)"
     )]
     CheckConfig {
         #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]

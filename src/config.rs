@@ -317,7 +317,7 @@ impl Config {
 /// `check-config`: every problem of the config at `path`, the files it names included unless
 /// `files` is `Skip`; the effective raw config when there is none.
 pub fn check(path: &Path, env: &dyn EnvSource, files: FileChecks) -> Result<RawConfig, ConfigError> {
-    let text = read(path)?;
+    let text = configmap_config(read(path)?);
     let (mut raw, problems, from_env) = parse(&text, env).map_err(|e| e.in_file(path))?;
     raw.resolve_paths(base_dir(path));
     let effective = raw.clone().with_defaults();
@@ -381,6 +381,19 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
         build::build(raw, FileChecks::Read, &ProcessEnv)?.ok_or_else(|| ConfigError::one("<config>", "not built"))
     }
+}
+
+/// The config file inside a Kubernetes ConfigMap manifest (`data["config.yaml"]`, as the chart
+/// renders it), so that `helm template … --show-only templates/configmap.yaml > cm.yaml` can be
+/// checked as it is; any other text is returned unchanged.
+fn configmap_config(text: String) -> String {
+    let Ok(serde_json::Value::Object(doc)) = serde_saphyr::from_str::<serde_json::Value>(&text) else { return text };
+    if doc.get("kind").and_then(|k| k.as_str()) != Some("ConfigMap") {
+        return text;
+    }
+    let data = doc.get("data").and_then(|d| d.as_object());
+    let inner = data.and_then(|d| d.get("config.yaml").or_else(|| d.values().next())).and_then(|v| v.as_str());
+    inner.map(str::to_string).unwrap_or(text)
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -264,3 +264,17 @@ fn trusting_every_address_as_a_proxy_is_refused() {
         assert!(err.contains("server.trusted_proxies[1]") && err.contains("trusts every client"), "{err}");
     }
 }
+
+#[test]
+fn check_config_reads_the_config_inside_a_rendered_configmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cm.yaml");
+    let indented: String = minimal().lines().map(|l| format!("    {l}\n")).collect();
+    std::fs::write(
+        &path,
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{ name: gw }}\ndata:\n  config.yaml: |\n{indented}"),
+    )
+    .unwrap();
+    let raw = check(&path, &no_env(), FileChecks::Skip).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(raw.entra.client_id, CLIENT);
+}

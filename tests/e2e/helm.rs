@@ -503,3 +503,26 @@ fn the_gateway_api_examples_validate_against_their_crd_schemas() {
         assert!(values.contains(&format!("originalUri: {source}")), "{e}");
     }
 }
+
+/// The README's one-liner: a rendered ConfigMap checked as it is.
+#[test]
+fn the_readme_check_of_a_rendered_configmap_works_as_printed() {
+    let (_, helm) = &helms()[0];
+    let args: Vec<String> = REQUIRED
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--show-only".into(), "templates/configmap.yaml".into()])
+        .collect();
+    let (ok, out, err) = template(helm, &args);
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let rendered = dir.path().join("rendered.yaml");
+    std::fs::write(&rendered, out).unwrap();
+    let (ok, _, err) = run(Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
+        .args(["check-config", "--syntax-only", "--config"])
+        .arg(&rendered));
+    assert!(ok, "{err}");
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    assert!(readme.contains("--show-only templates/configmap.yaml > rendered.yaml"));
+    assert!(readme.contains("entra-gateway check-config --syntax-only --config rendered.yaml"));
+}

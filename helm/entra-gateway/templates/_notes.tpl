@@ -46,6 +46,6 @@ Forward-auth URL:    {{ $base }}/auth/verify{{ if eq $v.proxy.forwardAuth.origin
 Forward-auth:        off (set proxy.forwardAuth.originalUri for the ingress in front; /auth/verify answers 404 until then)
 {{- end }}
 Metrics / readiness: port {{ $v.server.adminPort }} (/metrics, /readyz){{ if or $v.adminService.enabled $v.serviceMonitor.enabled }} on the Service {{ include "entra-gateway.fullname" . }}-admin{{ else }}, on the pods only (set adminService.enabled for a ClusterIP Service){{ end }}
-Check the rendered config:  helm template {{ .Release.Name }} <chart> -f values.yaml --show-only templates/configmap.yaml | yq '.data["config.yaml"]' | entra-gateway check-config --syntax-only --config /dev/stdin
+Check the rendered config:  helm template {{ .Release.Name }} <chart> -f values.yaml --show-only templates/configmap.yaml > cm.yaml && entra-gateway check-config --syntax-only --config cm.yaml
 Test the install:           helm test {{ .Release.Name }} -n {{ $ns }}   (runs check-config in the cluster)
 {{- end }}
