@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::assertion::Assertions;
 use crate::cache::StoreError;
 use crate::clock::unix_now;
-use crate::identity::{IdentityHeaders, encode};
+use crate::identity::{IdentityHeaders, Who};
 use crate::issuer::{INTERNAL_LEEWAY_SECS, InternalClaims, InternalTokenError, Issuer, MintError};
 use crate::policy::route_allows;
 use crate::revocation::RevocationStore;
@@ -162,34 +162,19 @@ impl Access {
     }
 }
 
-/// The identity header values of a verified caller, computed once per token.
-/// An app caller gets `Principal-Type: app`, its `Client-Id`, `Oid` (its service principal),
-/// `Tenant-Id`, `Roles` and empty `Groups`, and no `User-Id`, `Email` or `Name`: an
-/// upstream that needs a user finds none.
+/// The identity header values of a verified caller, computed once per token, in the
+/// configured profile.
 fn identity_values(h: &IdentityHeaders, c: &InternalClaims) -> Vec<(HeaderName, HeaderValue)> {
-    if c.is_app() {
-        return vec![
-            (h.principal_type.clone(), HeaderValue::from_static("app")),
-            (h.client_id.clone(), encode(c.azp.as_deref().unwrap_or_default())),
-            (h.oid.clone(), encode(&c.oid)),
-            (h.tenant_id.clone(), encode(&c.tid)),
-            (h.groups.clone(), HeaderValue::from_static("")),
-            (h.roles.clone(), encode(&c.roles.join(","))),
-        ];
-    }
-    let mut v = vec![
-        (h.principal_type.clone(), HeaderValue::from_static("user")),
-        (h.user_id.clone(), encode(&c.sub)),
-        (h.oid.clone(), encode(&c.oid)),
-        (h.tenant_id.clone(), encode(&c.tid)),
-        (h.groups.clone(), encode(&c.groups.join(","))),
-        (h.roles.clone(), encode(&c.roles.join(","))),
-    ];
-    if let Some(e) = &c.email {
-        v.push((h.email.clone(), encode(e)));
-    }
-    if let Some(n) = &c.name {
-        v.push((h.name.clone(), encode(n)));
-    }
-    v
+    h.render(&Who {
+        is_app: c.is_app(),
+        user_id: &c.sub,
+        oid: &c.oid,
+        tid: &c.tid,
+        email: c.email.as_deref(),
+        display_name: c.name.as_deref(),
+        username: c.preferred_username.as_deref(),
+        client_id: c.azp.as_deref(),
+        groups: &c.groups,
+        roles: &c.roles,
+    })
 }

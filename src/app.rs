@@ -225,7 +225,9 @@ impl AppState {
             checks.push(Check { name: format!("jwks:{tid}"), ok, detail });
         }
         if let Some(redis) = &self.redis {
-            checks.push(match redis.ping().await {
+            let up = redis.ping().await;
+            self.metrics.user_store_up.with_label_values(&["redis"]).set(up.is_ok() as i64);
+            checks.push(match up {
                 Ok(()) => Check { name: "redis".into(), ok: true, detail: "reachable".into() },
                 // Without Redis the gateway still decides safely from its in-process state,
                 // unless revocations must be checked in Redis.
@@ -240,6 +242,8 @@ impl AppState {
                     detail: format!("degraded: unreachable ({e}); serving from in-process caches"),
                 },
             });
+        } else {
+            self.metrics.user_store_up.with_label_values(&["memory"]).set(1);
         }
         if let Some(detail) = self.sync.readiness_detail() {
             // The sync's lag is a detail (degraded), never a reason to fail readiness.

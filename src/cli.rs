@@ -55,6 +55,10 @@ pub enum Command {
         /// Port of the sample single-page app, on its own origin (0 = any free port).
         #[arg(long, default_value_t = 3000)]
         app_port: u16,
+        /// The identity headers the echo service gets: x-auth, easy-auth (App Service's
+        /// X-MS-CLIENT-PRINCIPAL*) or both.
+        #[arg(long, value_enum, default_value_t = IdentityHeadersArg::XAuth)]
+        identity_headers: IdentityHeadersArg,
     },
     /// Run only the loopback mock of Entra ID + Graph, with the demo's users (for benchmarks:
     /// `benches/run.sh` starts it as its own process).
@@ -141,6 +145,23 @@ pub enum AlgorithmArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum IdentityHeadersArg {
+    XAuth,
+    EasyAuth,
+    Both,
+}
+
+impl From<IdentityHeadersArg> for crate::identity::HeaderProfile {
+    fn from(a: IdentityHeadersArg) -> Self {
+        match a {
+            IdentityHeadersArg::XAuth => crate::identity::HeaderProfile::XAuth,
+            IdentityHeadersArg::EasyAuth => crate::identity::HeaderProfile::EasyAuth,
+            IdentityHeadersArg::Both => crate::identity::HeaderProfile::Both,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GraphModeArg {
     App,
     Obo,
@@ -214,9 +235,14 @@ pub fn run(cli: Cli) -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Mock { port } => with_runtime(async move { crate::demo::run_mock(port, shutdown_signal()).await }),
         #[cfg(feature = "demo")]
-        Command::Demo { port, admin_port, app_port } => {
+        Command::Demo { port, admin_port, app_port, identity_headers } => {
             let _logging = crate::logging::init("info", crate::config::LogFormat::Pretty, true);
-            let ports = crate::demo::DemoPorts { gateway: port, admin: admin_port, app: app_port };
+            let ports = crate::demo::DemoPorts {
+                gateway: port,
+                admin: admin_port,
+                app: app_port,
+                identity_headers: identity_headers.into(),
+            };
             with_runtime(async move { crate::demo::run(ports, shutdown_signal()).await })
         }
     }

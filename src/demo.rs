@@ -35,6 +35,8 @@ pub struct DemoPorts {
     pub admin: u16,
     /// The sample single-page app, on its own origin.
     pub app: u16,
+    /// `proxy.identity_headers` of the demo gateway (`x-auth`, `easy-auth`, `both`).
+    pub identity_headers: crate::identity::HeaderProfile,
 }
 
 /// Runs the demo until `shutdown` completes.
@@ -55,7 +57,9 @@ pub async fn run(ports: DemoPorts, shutdown: impl Future<Output = ()>) -> Result
         spa::serve(req, app_config.clone(), gw, mock_addr)
     }));
     let files = DemoFiles::create(&mock)?;
-    let config = demo_config(&mock, echo, gw, admin_addr, app_addr, &files)?;
+    let mut config = demo_config(&mock, echo, gw, admin_addr, app_addr, &files)?;
+    config.proxy.identity = config.proxy.identity.clone().with_profile(ports.identity_headers);
+    config.raw.proxy.identity_headers = ports.identity_headers;
     let state = AppState::build(config).map_err(|e| e.to_string())?;
     let (gw_stop_tx, mut gw_stop_rx) = watch::channel(false);
     let stop = async move {

@@ -5,11 +5,50 @@
 //! client-sent header that could pass for one: any name with the prefix, in any case and with
 //! `_` read as `-` (CGI, WSGI, PHP and Rack read `X_Auth_User_Id` as `HTTP_X_AUTH_USER_ID`, the
 //! same variable as the real header), and the `_` twins of the forwarding headers the gateway
-//! sets. Which values a caller gets is `access`'s. Must not: decide whether a request is
-//! allowed.
+//! sets, and App Service's `X-MS-CLIENT-PRINCIPAL*` and `X-MS-TOKEN-*` whatever the profile;
+//! rendering a caller's headers in the configured profile (`X-Auth-*`, Easy Auth in
+//! [`easy_auth`], or both). Who the caller is, is `access`'s. Must not: decide whether a request
+//! is allowed.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+pub mod easy_auth;
+
+/// Which identity headers upstreams get (`proxy.identity_headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+pub enum HeaderProfile {
+    /// `X-Auth-*` (the prefix's).
+    #[default]
+    #[serde(rename = "x-auth")]
+    XAuth,
+    /// App Service Authentication: `X-MS-CLIENT-PRINCIPAL*` only.
+    #[serde(rename = "easy-auth")]
+    EasyAuth,
+    /// Both sets.
+    #[serde(rename = "both")]
+    Both,
+}
+
+/// Headers a client may never send in any spelling, whatever the profile: App Service's
+/// principal and token headers.
+const EASY_AUTH_PREFIXES: [&str; 2] = ["x-ms-client-principal", "x-ms-token-"];
+
+/// A verified caller, as the header profiles need it.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub is_app: bool,
+    /// The gateway's stable internal id (an app's: of its tenant and client id).
+    pub user_id: &'a str,
+    pub oid: &'a str,
+    pub tid: &'a str,
+    pub email: Option<&'a str>,
+    pub display_name: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub groups: &'a [String],
+    pub roles: &'a [String],
+}
 
 /// Controls, `%` (so that decoding is unambiguous) and every non-ASCII byte are encoded.
 const VALUE_ENCODE: &AsciiSet = &CONTROLS.add(b'%');
@@ -39,8 +78,10 @@ const NOT_IDENTITY: [&str; 1] = ["x-auth-request-redirect"];
 /// The identity header names for a configured prefix.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
-    /// The configured prefix and the default one (lowercase, with `-`).
+    /// The configured prefix and the default one (lowercase, with `-`), and App Service's.
     prefixes: Vec<String>,
+    /// Which headers upstreams get.
+    pub profile: HeaderProfile,
     pub user_id: HeaderName,
     pub oid: HeaderName,
     pub tenant_id: HeaderName,
@@ -67,8 +108,10 @@ impl IdentityHeaders {
         if !configured.starts_with(DEFAULT_PREFIX) {
             prefixes.push(configured);
         }
+        prefixes.extend(EASY_AUTH_PREFIXES.map(String::from));
         Ok(IdentityHeaders {
             prefixes,
+            profile: HeaderProfile::default(),
             user_id: name("User-Id")?,
             oid: name("Oid")?,
             tenant_id: name("Tenant-Id")?,
@@ -81,8 +124,58 @@ impl IdentityHeaders {
         })
     }
 
+    /// These names, sending the `profile`'s headers.
+    pub fn with_profile(mut self, profile: HeaderProfile) -> IdentityHeaders {
+        self.profile = profile;
+        self
+    }
+
+    /// The headers of a verified caller in this profile, computed once per token. An app caller
+    /// gets `X-Auth-Principal-Type: app`, its `Client-Id`, `Oid` (its service principal),
+    /// `Tenant-Id`, `Roles` and empty `Groups`, and no `User-Id`, `Email` or `Name`: an upstream
+    /// that needs a user finds none.
+    pub fn render(&self, who: &Who<'_>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut v = match self.profile {
+            HeaderProfile::EasyAuth => Vec::new(),
+            HeaderProfile::XAuth | HeaderProfile::Both => self.x_auth(who),
+        };
+        if self.profile != HeaderProfile::XAuth {
+            v.extend(easy_auth::headers(who));
+        }
+        v
+    }
+
+    fn x_auth(&self, w: &Who<'_>) -> Vec<(HeaderName, HeaderValue)> {
+        if w.is_app {
+            return vec![
+                (self.principal_type.clone(), HeaderValue::from_static("app")),
+                (self.client_id.clone(), encode(w.client_id.unwrap_or_default())),
+                (self.oid.clone(), encode(w.oid)),
+                (self.tenant_id.clone(), encode(w.tid)),
+                (self.groups.clone(), HeaderValue::from_static("")),
+                (self.roles.clone(), encode(&w.roles.join(","))),
+            ];
+        }
+        let mut v = vec![
+            (self.principal_type.clone(), HeaderValue::from_static("user")),
+            (self.user_id.clone(), encode(w.user_id)),
+            (self.oid.clone(), encode(w.oid)),
+            (self.tenant_id.clone(), encode(w.tid)),
+            (self.groups.clone(), encode(&w.groups.join(","))),
+            (self.roles.clone(), encode(&w.roles.join(","))),
+        ];
+        if let Some(e) = w.email {
+            v.push((self.email.clone(), encode(e)));
+        }
+        if let Some(n) = w.display_name {
+            v.push((self.name.clone(), encode(n)));
+        }
+        v
+    }
+
     /// Whether a header name, with `_` read as `-` and case folded, could pass for an identity
-    /// header: it starts with the configured prefix or the default `X-Auth-`.
+    /// header: it starts with the configured prefix, the default `X-Auth-`, or is one of App
+    /// Service's (`X-MS-CLIENT-PRINCIPAL*`, `X-MS-TOKEN-*`).
     pub fn is_identity(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
         self.prefixes.iter().any(|p| starts_with_dashed(n, p))
@@ -169,6 +262,18 @@ mod tests {
         h.insert(HeaderName::from_static("x-auth-user-id"), HeaderValue::from_static("evil"));
         ids.strip(&mut h);
         assert!(h.is_empty(), "a prefix written with _ strips the - spelling too");
+    }
+
+    #[test]
+    fn app_service_headers_are_stripped_and_refused_in_any_spelling() {
+        let ids = IdentityHeaders::new("X-Auth-").unwrap();
+        let mut h = HeaderMap::new();
+        for name in ["x-ms-client-principal", "X_MS_CLIENT_PRINCIPAL_ID", "x-ms-token-aad-access-token"] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+        }
+        assert!(ids.find_spoofed(&h).is_some());
+        ids.strip(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub directory_sync_changes_total: IntCounterVec,
     pub directory_sync_errors_total: IntCounter,
     pub access_revoked_total: IntCounterVec,
+    pub user_store_up: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -219,6 +220,15 @@ impl Metrics {
                  kill_switch).",
                 &["reason"],
             ),
+            user_store_up: {
+                let opts = Opts::new(
+                    "entra_gateway_user_store_up",
+                    "1 while the user store answers (store: memory, redis, postgres); 0 while it is unreachable.",
+                );
+                let g = IntGaugeVec::new(opts, &["store"]).expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
             registry: r,
         }
     }

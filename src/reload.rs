@@ -140,7 +140,8 @@ pub fn restart_needed(current: &RawConfig, new: &RawConfig) -> Vec<&'static str>
         (
             "proxy (other than routes and forward_auth)",
             new.proxy.identity_header_prefix != current.proxy.identity_header_prefix
-                || new.proxy.strip_request_headers != current.proxy.strip_request_headers,
+                || new.proxy.strip_request_headers != current.proxy.strip_request_headers
+                || new.proxy.identity_headers != current.proxy.identity_headers,
         ),
     ]
     .into_iter()

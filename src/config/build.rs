@@ -734,7 +734,7 @@ fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings>
 
 fn proxy(c: &ProxyConfig, p: &mut Problems) -> Option<ProxySettings> {
     let identity = match IdentityHeaders::new(&c.identity_header_prefix) {
-        Ok(h) => Some(h),
+        Ok(h) => Some(h.with_profile(c.identity_headers)),
         Err(_) => {
             p.push("proxy.identity_header_prefix", "must be a valid header-name prefix such as X-Auth-");
             None

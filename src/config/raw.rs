@@ -708,10 +708,16 @@ impl ForwardAuthConfig {
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ProxyConfig {
-    /// Prefix of the identity headers; incoming headers with it are always stripped.
-    /// Defaults to `X-Auth-`.
+    /// Prefix of the identity headers; incoming headers with it are always stripped (and
+    /// `X-Auth-*` too, whatever the prefix). Defaults to `X-Auth-`.
     #[serde(default = "default_identity_prefix")]
     pub identity_header_prefix: String,
+    /// Which identity headers upstreams get: `x-auth` (the prefix's), `easy-auth` (App Service
+    /// Authentication's `X-MS-CLIENT-PRINCIPAL*`, for apps moving off App Service) or `both`.
+    /// Inbound `X-MS-CLIENT-PRINCIPAL*` and `X-MS-TOKEN-*` are stripped whatever it is.
+    /// Defaults to `x-auth`.
+    #[serde(default)]
+    pub identity_headers: crate::identity::HeaderProfile,
     /// What upstreams of `auth: required` routes get in `Authorization`: `assertion` (a token
     /// minted for that route: `aud` is the route's `audience`, so a token one upstream saw is
     /// refused by the gateway and by every other upstream that checks `aud`), `session` (the
@@ -923,6 +929,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             identity_header_prefix: default_identity_prefix(),
+            identity_headers: crate::identity::HeaderProfile::default(),
             forward_token: ForwardToken::default(),
             strip_request_headers: default_strip_headers(),
             routes: Vec::new(),

@@ -119,3 +119,35 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn the_demo_shows_the_easy_auth_headers_when_asked() {
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
+            .args(["demo", "--port", "0", "--admin-port", "0", "--app-port", "0", "--identity-headers", "easy-auth"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("demo starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let mut script = Vec::new();
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        if line.starts_with("ENTRA_TOKEN=") || line.starts_with("GW_TOKEN=") {
+            script.push(line);
+        } else if line.starts_with("curl -s http://") && line.contains("/api/hello") {
+            script.push(line);
+            break;
+        }
+    }
+    assert_eq!(script.len(), 3, "{script:?}");
+    let out = Command::new("bash").arg("-c").arg(script.join("\n")).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("\"x-ms-client-principal\":\"") && shown.contains("\"x-ms-client-principal-idp\":\"aad\""),
+        "{shown}"
+    );
+    assert!(shown.contains("\"x-ms-client-principal-name\":\"alice@contoso.example\""), "{shown}");
+    assert!(!shown.contains("x-auth-oid"), "{shown}");
+}

@@ -19,6 +19,7 @@ mod exchange;
 mod helm;
 mod ingresses;
 mod nginx;
+mod observability;
 mod ops;
 mod path_property;
 mod proxy;

@@ -468,3 +468,79 @@ async fn slow_request_heads_and_idle_keep_alive_connections_are_closed() {
     let closed = tokio::time::timeout(std::time::Duration::from_secs(20), idle.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle keep-alive connection stayed open");
 }
+
+/// Decodes an `X-MS-CLIENT-PRINCIPAL` header: (claim type, value) pairs and the whole JSON.
+fn principal(h: &http::HeaderMap) -> (Vec<(String, String)>, Value) {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD.decode(h["x-ms-client-principal"].as_bytes()).unwrap();
+    let json: Value = serde_json::from_slice(&raw).unwrap();
+    let claims = json["claims"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["typ"].as_str().unwrap().to_string(), c["val"].as_str().unwrap().to_string()))
+        .collect();
+    (claims, json)
+}
+
+#[tokio::test]
+async fn the_easy_auth_profile_sends_app_services_headers_and_client_copies_never_pass() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let start = |profile: &str| {
+        GatewayBuilder::new(&mock)
+            .yaml(&routes_yaml(&up))
+            .set("PROXY__IDENTITY_HEADERS", profile)
+            .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "x-original-uri")
+            .start()
+    };
+    let gw = start("easy-auth").await;
+    let token = login(&gw, &mock, "alice").await;
+    for (path, auth) in [("/api/x", Some(token.as_str())), ("/public/x", None)] {
+        let mut r = client()
+            .get(gw.url(path))
+            .header("X-MS-CLIENT-PRINCIPAL", "ZXZpbA==")
+            .header("X_MS_CLIENT_PRINCIPAL_ID", "victim")
+            .header("X-MS-TOKEN-AAD-ACCESS-TOKEN", "stolen");
+        if let Some(t) = auth {
+            r = r.bearer_auth(t);
+        }
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        let h = up.last().headers;
+        assert!(!h.keys().any(|k| k.as_str().starts_with("x-auth-")), "no X-Auth-* in this profile: {h:?}");
+        assert!(!h.values().any(|v| v == "victim" || v == "stolen" || v == "ZXZpbA=="), "{h:?}");
+        if auth.is_some() {
+            assert_eq!(h["x-ms-client-principal-id"], ALICE);
+            assert_eq!(h["x-ms-client-principal-name"], "alice@contoso.example");
+            assert_eq!(h["x-ms-client-principal-idp"], "aad");
+            let (claims, json) = principal(&h);
+            assert_eq!(json["auth_typ"], "aad");
+            assert_eq!(json["role_typ"], "http://schemas.microsoft.com/ws/2008/06/identity/claims/role");
+            let oid = "http://schemas.microsoft.com/identity/claims/objectidentifier";
+            assert!(claims.contains(&(oid.to_string(), ALICE.to_string())), "{claims:?}");
+            assert!(claims.iter().any(|(t, v)| t == "name" && v == "Alice Jørgensen"), "{claims:?}");
+            assert!(claims.iter().any(|(t, v)| t.ends_with("/role") && v == "admin"), "{claims:?}");
+        } else {
+            assert!(h.get("x-ms-client-principal").is_none(), "an open route: no principal");
+        }
+    }
+    // Forward-auth refuses a check that carries one of them.
+    let r = client()
+        .get(gw.url("/auth/verify"))
+        .bearer_auth(&token)
+        .header("X-Original-URI", "/api/x")
+        .header("x-ms-client-principal-name", "victim")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("x-ms-client-principal-name"));
+    gw.stop().await;
+    // `both`: the two sets.
+    let gw = start("both").await;
+    let token = login(&gw, &mock, "alice").await;
+    assert_eq!(get(&gw, "/api/x", Some(&token)).await.status(), 200);
+    let h = up.last().headers;
+    assert_eq!(h["x-auth-oid"], ALICE);
+    assert_eq!(h["x-ms-client-principal-id"], ALICE);
+}

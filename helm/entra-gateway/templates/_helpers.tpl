@@ -152,6 +152,7 @@ cache:
   profile_ttl: {{ $v.cache.profileTtl | quote }}
 proxy:
   identity_header_prefix: {{ $v.proxy.identityHeaderPrefix | quote }}
+  identity_headers: {{ $v.proxy.identityHeaders | default "x-auth" }}
   forward_token: {{ $v.proxy.forwardToken | toJson }}
   forward_auth:
     original_uri: {{ $v.proxy.forwardAuth.originalUri | default "null" }}
