@@ -3,7 +3,8 @@
 # tests"; .ci/run calls exactly this). About 6 minutes on 2 cores from a cold target/, 1-2
 # minutes warm. It installs only what is missing and starts no system service:
 #   apt-get (as root, or through sudo): redis-server + redis-tools (real Redis for the shared-
-#     state tests; redis-cli builds a cluster), nginx (the auth_request example, run for real),
+#     state tests; redis-cli builds a cluster), postgresql (the user directory's tests run a
+#     throwaway cluster), nginx (the auth_request example, run for real),
 #     prometheus (for its promtool, which checks /metrics), curl (the demo's printed lines),
 #     unzip (unpacks the Helm binaries), python3 + python3-venv + python3-pip (the tools below),
 #     chromium + nodejs + npm (the browser test: MSAL.js in headless Chromium, driven by
@@ -32,6 +33,8 @@ need curl curl
 need chromium chromium
 need node nodejs
 need npm npm
+# PostgreSQL (the user directory's tests start a throwaway cluster with initdb; no service).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)

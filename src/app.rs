@@ -16,6 +16,7 @@ use crate::access::Access;
 use crate::cache::TtlCache;
 use crate::cache::redis::RedisStore;
 use crate::config::{Config, ServerSettings};
+use crate::directory::postgres::PostgresUserStore;
 use crate::directory::{Directory, MemoryUserStore, RedisUserStore, UserStore};
 use crate::entra::EntraValidator;
 use crate::entra::jwks::JwksCache;
@@ -41,6 +42,8 @@ pub enum StartError {
     HttpClient(String),
     #[error("redis: {0}")]
     Redis(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -115,7 +118,7 @@ pub struct AppState {
 impl AppState {
     /// Builds every component from a loaded config.
     pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
-        let Config { server, entra, authorization, issuer, cache, proxy, .. } = config;
+        let Config { server, entra, authorization, issuer, cache, directory, proxy, .. } = config;
         let metrics = Metrics::new();
         let outbound_tls = client_tls(&server.extra_ca).map_err(StartError::Tls)?;
         let http = outbound_client(entra.request_timeout, outbound_tls.clone())?;
@@ -153,6 +156,15 @@ impl AppState {
             ),
             None => (Arc::new(MemoryUserStore::default()), Arc::new(local_revocations)),
         };
+        let users: Arc<dyn UserStore> = match &directory.postgres {
+            Some(pg) => {
+                let mut roots = server.extra_ca.clone();
+                roots.extend(pg.ca.iter().cloned());
+                let tls = client_tls(&roots).map_err(StartError::Tls)?;
+                Arc::new(PostgresUserStore::new(pg, tls, redis.clone(), metrics.clone()).map_err(StartError::Postgres)?)
+            }
+            None => users,
+        };
         let directory = Directory::new(users);
         let user_access = UserAccess::new();
         let sync = DirectorySync::new(
@@ -162,6 +174,7 @@ impl AppState {
             policy.clone(),
             entra.continuous_access.clone(),
             metrics.clone(),
+            directory.clone(),
         );
         let exchange = ExchangeService::new(ExchangeParts {
             entra: validator,
@@ -244,6 +257,11 @@ impl AppState {
             });
         } else {
             self.metrics.user_store_up.with_label_values(&["memory"]).set(1);
+        }
+        if let Some(store) = self.directory.check().await {
+            // PostgreSQL down: users in the cache still sign in and every token still works;
+            // only first sign-ins are refused, so the replica stays ready (degraded).
+            checks.push(Check { name: store.store.into(), ok: true, detail: store.detail });
         }
         if let Some(detail) = self.sync.readiness_detail() {
             // The sync's lag is a detail (degraded), never a reason to fail readiness.

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `demo`, `init`, `revoke-user`, `keys generate`.
+//! The command line: `serve`, `check-config`, `demo`, `init`, `migrate`, `revoke-user`, `keys generate`.
 //!
 //! Owns: argument parsing, exit codes, logging set-up and the process signals (SIGTERM/SIGINT
 //! shut down gracefully). Must not: contain gateway logic; each command calls into the library.
@@ -94,6 +94,16 @@ pub enum Command {
         /// The gateway's public base URL (the `iss` of its tokens).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         public_url: String,
+    },
+    /// Apply the PostgreSQL user directory's schema migrations and exit (the gateway applies
+    /// them at start too; run this before a rollout, e.g. as a Helm pre-upgrade hook).
+    #[command(
+        after_help = "Example:\n  ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL=postgres://... entra-gateway migrate --config gateway.yaml"
+    )]
+    Migrate {
+        /// YAML config file (its `directory` section names the database).
+        #[arg(long, env = "ENTRA_GATEWAY_CONFIG")]
+        config: PathBuf,
     },
     /// The kill switch: refuse every token of a user on every replica, within a second, until
     /// they sign in again. Talks to a running gateway's admin listener, e.g.
@@ -213,6 +223,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Migrate { config } => with_runtime_threads(1, migrate(config)),
         Command::RevokeUser { tenant, oid, admin_url, token_file } => {
             with_runtime_threads(1, revoke_user(tenant, oid, admin_url, token_file))
         }
@@ -288,6 +299,22 @@ async fn revoke_user(
             Err(format!("{url}: HTTP {status}: {}", body["error_description"].as_str().unwrap_or("no description")))
         }
     }
+}
+
+async fn migrate(path: PathBuf) -> Result<(), String> {
+    let config = Config::load(&path, &ProcessEnv).map_err(|e| e.to_string())?;
+    let pg = config.directory.postgres.as_ref().ok_or(
+        "directory.postgres_url_file (or ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL) is not set: nothing to migrate",
+    )?;
+    let mut roots = config.server.extra_ca.clone();
+    roots.extend(pg.ca.iter().cloned());
+    let tls = crate::proxy::client_tls(&roots)?;
+    let applied = crate::directory::postgres::migrate_once(pg, tls).await?;
+    match applied.now.as_slice() {
+        [] => println!("the user directory's schema is up to date (version {})", applied.version),
+        now => println!("applied migration(s) {now:?}: the user directory's schema is at version {}", applied.version),
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> Result<(), String> {

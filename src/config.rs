@@ -71,7 +71,8 @@ impl ConfigError {
     /// The problems grouped by section, in the order the sections appear in a config file;
     /// unknown keys first (a typo explains what follows it).
     fn sorted(mut problems: Vec<Problem>) -> Self {
-        const ORDER: [&str; 8] = ["(file)", "server", "entra", "authorization", "issuer", "cache", "proxy", "logging"];
+        const ORDER: [&str; 9] =
+            ["(file)", "server", "entra", "authorization", "issuer", "cache", "directory", "proxy", "logging"];
         let rank = |p: &Problem| {
             let section = p.path.split(['.', '[']).next().unwrap_or_default();
             let unknown = !p.message.starts_with("unknown key");
@@ -119,8 +120,37 @@ pub struct Config {
     pub authorization: AuthorizationSettings,
     pub issuer: IssuerSettings,
     pub cache: CacheSettings,
+    pub directory: DirectorySettings,
     pub proxy: ProxySettings,
     pub logging: LoggingConfig,
+}
+
+/// `directory.*`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct DirectorySettings {
+    /// The PostgreSQL user directory, when configured.
+    pub postgres: Option<PostgresSettings>,
+}
+
+/// The PostgreSQL connection: URL parsed (its password stays inside `config`), CA loaded.
+#[derive(Clone)]
+pub struct PostgresSettings {
+    pub config: tokio_postgres::Config,
+    /// CA certificates trusted for PostgreSQL besides the system roots.
+    pub ca: Vec<CertificateDer<'static>>,
+    pub pool_size: usize,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSettings")
+            .field("hosts", &self.config.get_hosts().len())
+            .field("dbname", &self.config.get_dbname())
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `server.*`, parsed; the listener certificate and extra CA loaded.

@@ -105,6 +105,8 @@ fn seed_users(mock: &MockEntra) {
         given_name: name.split(' ').next().map(str::to_string),
         surname: name.split(' ').nth(1).map(str::to_string),
         groups: groups.iter().map(|g| g.to_string()).collect(),
+        job_title: Some("Engineer".into()),
+        department: Some("Product".into()),
         photo: None,
         tenant: None,
     };

@@ -3,11 +3,16 @@
 //! Owns: the stable internal user id for (tid, oid), creating the record on first sign-in,
 //! updating changed profile fields on later ones (one structured log line naming the changed
 //! fields), and `created_at` / `updated_at` / `last_login_at`. Storage sits behind
-//! [`UserStore`] (in-process here; Redis in `cache::redis`). A user who signs in again with an
-//! unchanged profile is answered from this replica's copy of the record: the store is not read,
-//! and `last_login_at` is written at most once per [`LAST_LOGIN_EVERY`], after the response
-//! (a changed profile always goes to the store at once). Must not: call Graph, derive the id
-//! from email or UPN, or log profile values (only field names).
+//! [`UserStore`]: in-process here, Redis in `cache::redis`, PostgreSQL in [`postgres`] (with
+//! its schema in [`migrations`]). A user who signs in again with an unchanged profile is
+//! answered from this replica's copy of the record: the store is not read, and
+//! `last_login_at` is written at most once per [`LAST_LOGIN_EVERY`], after the response (a
+//! changed profile always goes to the store at once). Must not: call Graph, derive the id
+//! from email or UPN, log profile values (only field names), or decide access (what the sync
+//! records here is history; Entra ID decides).
+
+pub mod migrations;
+pub mod postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +46,10 @@ pub struct Profile {
     pub user_principal_name: Option<String>,
     pub given_name: Option<String>,
     pub surname: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
 }
 
 /// One user as the gateway knows them.
@@ -54,6 +63,10 @@ pub struct UserRecord {
     pub user_principal_name: Option<String>,
     pub given_name: Option<String>,
     pub surname: Option<String>,
+    #[serde(default)]
+    pub job_title: Option<String>,
+    #[serde(default)]
+    pub department: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
     pub updated_at: String,
@@ -71,6 +84,8 @@ impl UserRecord {
             user_principal_name: profile.user_principal_name.clone(),
             given_name: profile.given_name.clone(),
             surname: profile.surname.clone(),
+            job_title: profile.job_title.clone(),
+            department: profile.department.clone(),
             created_at: now.to_string(),
             updated_at: now.to_string(),
             last_login_at: now.to_string(),
@@ -91,6 +106,8 @@ impl UserRecord {
         set("userPrincipalName", &mut self.user_principal_name, &profile.user_principal_name);
         set("givenName", &mut self.given_name, &profile.given_name);
         set("surname", &mut self.surname, &profile.surname);
+        set("jobTitle", &mut self.job_title, &profile.job_title);
+        set("department", &mut self.department, &profile.department);
         changed
     }
 
@@ -102,11 +119,56 @@ impl UserRecord {
 
 pub use crate::cache::StoreError;
 
+/// Why a sign-in could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The store cannot tell whether the user signed in before (it is down and the user is in
+    /// no cache), or cannot create the record: a first sign-in is refused.
+    #[error("the user directory cannot record a first sign-in: {0}")]
+    FirstSignIn(StoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What continuous access or the kill switch did to a user, for the store's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessEvent {
+    /// The account was disabled in Entra ID.
+    Disabled,
+    /// Access came back (enabled, added back to a group).
+    Restored,
+    /// Access was revoked: `deleted`, `removed`, `sessions_revoked` or [`Self::KILL_SWITCH`].
+    Revoked(&'static str),
+}
+
+impl AccessEvent {
+    pub const KILL_SWITCH: &'static str = "kill_switch";
+}
+
+/// A store's own readiness line: its name and what it says (`degraded: …` while down).
+#[derive(Debug, Clone)]
+pub struct StoreCheck {
+    pub store: &'static str,
+    pub detail: String,
+}
+
 /// Where user records live.
 #[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
     async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError>;
-    async fn put(&self, record: &UserRecord) -> Result<(), StoreError>;
+    /// Writes the record of a sign-in; `outcome` is what the sign-in did to it (a store with a
+    /// history records it).
+    async fn put(&self, record: &UserRecord, outcome: &SyncOutcome) -> Result<(), StoreError>;
+    /// Records access changes `(tid, oid, event)` in the store's history, when it keeps one.
+    async fn access_changed(&self, _changes: &[(String, String, AccessEvent)]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The store's readiness line, when it has its own (Redis is checked by `app`).
+    async fn check(&self) -> Option<StoreCheck> {
+        None
+    }
+    /// The store's background work (schema, queued writes); returns at once when it has none.
+    async fn maintain(&self) {}
 }
 
 /// In-process store: records live as long as the process.
@@ -123,7 +185,7 @@ impl UserStore for MemoryUserStore {
         Ok(map.get(&(tid.to_string(), oid.to_string())).cloned())
     }
 
-    async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
+    async fn put(&self, record: &UserRecord, _outcome: &SyncOutcome) -> Result<(), StoreError> {
         let mut map = self.records.lock().map_err(|_| StoreError("poisoned".into()))?;
         map.insert((record.tenant_id.clone(), record.oid.clone()), record.clone());
         Ok(())
@@ -158,8 +220,8 @@ impl UserStore for RedisUserStore {
         }
     }
 
-    async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
-        self.local.put(record).await?;
+    async fn put(&self, record: &UserRecord, outcome: &SyncOutcome) -> Result<(), StoreError> {
+        self.local.put(record, outcome).await?;
         if self.redis.is_healthy() {
             let key = self.key(&record.tenant_id, &record.oid);
             if let Err(e) = self.redis.set_json("users", &key, record, None).await {
@@ -219,7 +281,7 @@ impl Directory {
         self.remember(key.clone(), &record, profile);
         let (store, written) = (self.store.clone(), record.clone());
         tokio::spawn(async move {
-            if let Err(e) = store.put(&written).await {
+            if let Err(e) = store.put(&written, &SyncOutcome::Unchanged).await {
                 tracing::warn!(error = %e, user_id = %written.id, "last_login_at not written");
             }
         });
@@ -230,19 +292,44 @@ impl Directory {
         self.store.get(tid, oid).await
     }
 
+    /// Records access changes in the store's history, after the caller moves on (history is
+    /// never on the path of a decision; a failure is logged).
+    pub fn record_access(&self, changes: Vec<(String, String, AccessEvent)>) {
+        if changes.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.access_changed(&changes).await {
+                tracing::warn!(error = %e, users = changes.len(), "access changes not recorded in the user directory");
+            }
+        });
+    }
+
+    /// The store's own readiness line, if it has one.
+    pub async fn check(&self) -> Option<StoreCheck> {
+        self.store.check().await
+    }
+
+    /// The store's background work; runs until dropped.
+    pub async fn maintain(self) {
+        self.store.maintain().await
+    }
+
     /// Creates or updates the record of a user who just signed in.
     pub async fn sync_login(
         &self,
         tid: &str,
         oid: &str,
         profile: &Profile,
-    ) -> Result<(UserRecord, SyncOutcome), StoreError> {
+    ) -> Result<(UserRecord, SyncOutcome), DirectoryError> {
         let key = (tid.to_string(), oid.to_string());
         if let Some(record) = self.repeat_login(&key, profile) {
             return Ok((record, SyncOutcome::Unchanged));
         }
         let now = now_rfc3339();
-        let (record, outcome) = match self.store.get(tid, oid).await? {
+        let found = self.store.get(tid, oid).await.map_err(DirectoryError::FirstSignIn)?;
+        let (record, outcome) = match found {
             None => (UserRecord::new(tid, oid, profile, &now), SyncOutcome::Created),
             Some(mut rec) => {
                 let changed = rec.apply(profile);
@@ -255,7 +342,11 @@ impl Directory {
                 }
             }
         };
-        self.store.put(&record).await?;
+        match self.store.put(&record, &outcome).await {
+            Ok(()) => {}
+            Err(e) if outcome == SyncOutcome::Created => return Err(DirectoryError::FirstSignIn(e)),
+            Err(e) => return Err(e.into()),
+        }
         self.remember(key, &record, profile);
         match &outcome {
             SyncOutcome::Created => {
@@ -293,11 +384,11 @@ mod tests {
             self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.get(tid, oid).await
         }
-        async fn put(&self, record: &UserRecord) -> Result<(), StoreError> {
+        async fn put(&self, record: &UserRecord, outcome: &SyncOutcome) -> Result<(), StoreError> {
             if let Some(tx) = self.puts.lock().await.as_ref() {
                 let _ = tx.send(record.clone());
             }
-            self.inner.put(record).await
+            self.inner.put(record, outcome).await
         }
     }
 

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::cache::TieredCache;
 use crate::cache::redis::RedisStore;
 use crate::config::{CacheSettings, GraphMode};
-use crate::directory::{Directory, Profile, StoreError, UserRecord};
+use crate::directory::{Directory, DirectoryError, Profile, UserRecord};
 use crate::entra::{AppIdentity, EntraError, EntraIdentity, EntraValidator, GroupsClaim, Validated};
 use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
 use crate::issuer::{Issuer, MintError, Minted};
@@ -44,7 +44,7 @@ pub enum ExchangeError {
     #[error("Microsoft Graph: {0}")]
     Graph(GraphError),
     #[error(transparent)]
-    Directory(#[from] StoreError),
+    Directory(#[from] DirectoryError),
     #[error(transparent)]
     Mint(#[from] MintError),
     /// The directory sync saw the user disabled, deleted or removed from every allowed group:
@@ -67,7 +67,7 @@ impl From<GraphError> for ExchangeError {
 #[derive(Debug, Clone)]
 pub enum Subject {
     /// A signed-in user and their record.
-    User(UserRecord),
+    User(Box<UserRecord>),
     /// An app caller (no user record).
     App(AppIdentity),
 }
@@ -182,7 +182,7 @@ impl ExchangeService {
         let profile = self.profile(&id, session.as_ref()).await?;
         let (user, _) = self.directory.sync_login(&id.tid, &id.oid, &profile).await?;
         let minted = self.issuer.mint_with(&user, groups, roles, id.acrs.clone())?;
-        Ok(Exchanged { minted, subject: Subject::User(user) })
+        Ok(Exchanged { minted, subject: Subject::User(Box::new(user)) })
     }
 
     /// Graph calls for a user of tenant `tid`, with tokens from that tenant.
@@ -249,5 +249,7 @@ fn profile_from_claims(id: &EntraIdentity) -> Profile {
         user_principal_name: id.username.clone(),
         given_name: id.given_name.clone(),
         surname: id.family_name.clone(),
+        job_title: None,
+        department: None,
     }
 }

@@ -153,6 +153,10 @@ struct GraphUser {
     given_name: Option<String>,
     #[serde(default)]
     surname: Option<String>,
+    #[serde(default)]
+    job_title: Option<String>,
+    #[serde(default)]
+    department: Option<String>,
 }
 
 /// The Graph client shared by all requests.
@@ -489,7 +493,10 @@ impl GraphSession<'_> {
     /// The user's profile.
     pub async fn profile(&self, oid: &str) -> Result<Profile, GraphError> {
         let token = self.token().await?;
-        let url = format!("{}?$select=id,mail,displayName,userPrincipalName,givenName,surname", self.user_path(oid));
+        let url = format!(
+            "{}?$select=id,mail,displayName,userPrincipalName,givenName,surname,jobTitle,department",
+            self.user_path(oid)
+        );
         let resp = self.client.send("profile", || self.client.http.get(&url).bearer_auth(token)).await?;
         let u: GraphUser = ok_json(resp, "profile").await?;
         Ok(Profile {
@@ -498,6 +505,8 @@ impl GraphSession<'_> {
             user_principal_name: u.user_principal_name,
             given_name: u.given_name,
             surname: u.surname,
+            job_title: u.job_title,
+            department: u.department,
         })
     }
 }

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use crate::access::AccessError;
 use crate::app::AppState;
 use crate::cache::StoreError;
+use crate::directory::DirectoryError;
 use crate::entra::EntraError;
 use crate::exchange::ExchangeError;
 use crate::graph::GraphError;
@@ -252,7 +253,13 @@ impl From<ExchangeError> for Rejection {
             },
             e @ ExchangeError::SessionsRevoked { cae: false, .. } => Rejection::InvalidToken(e.to_string()),
             ExchangeError::Graph(g) => g.into(),
-            ExchangeError::Directory(d) => d.into(),
+            ExchangeError::Directory(DirectoryError::FirstSignIn(e)) => Rejection::Unavailable {
+                description: "the user directory is unavailable, so a first sign-in cannot be recorded (users who \
+                              signed in before are not affected); try again later",
+                retry_after: Duration::from_secs(5),
+                cause: e.to_string(),
+            },
+            ExchangeError::Directory(DirectoryError::Store(e)) => e.into(),
             ExchangeError::Mint(m) => Rejection::Internal { cause: m.to_string() },
         }
     }

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub directory_sync_errors_total: IntCounter,
     pub access_revoked_total: IntCounterVec,
     pub user_store_up: IntGaugeVec,
+    pub user_store_pending_writes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -229,6 +230,11 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("metric registered once");
                 g
             },
+            user_store_pending_writes: gauge(
+                &r,
+                "entra_gateway_user_store_pending_writes",
+                "Users whose record writes wait for PostgreSQL to answer again (bounded; flushed when it does).",
+            ),
             registry: r,
         }
     }

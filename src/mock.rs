@@ -80,6 +80,8 @@ pub struct MockUser {
     pub user_principal_name: Option<String>,
     pub given_name: Option<String>,
     pub surname: Option<String>,
+    pub job_title: Option<String>,
+    pub department: Option<String>,
     /// Direct group memberships; nesting comes from [`MockState::nest_group`].
     pub groups: Vec<String>,
     pub photo: Option<(String, Bytes)>,

@@ -79,6 +79,7 @@ pub async fn run_with_state(
     let feed_state = state.clone();
     background.spawn(async move { feed_state.access.follow_revocations().await });
     background.spawn(state.sync.clone().run());
+    background.spawn(state.directory.clone().maintain());
     if let Some(Reload { path, initial }) = reload {
         background.spawn(crate::reload::config_reloader(state.clone(), path, initial));
     }

@@ -26,10 +26,11 @@ use futures_util::StreamExt;
 use crate::cache::StoreError;
 use crate::cache::redis::RedisStore;
 use crate::clock::unix_now;
+use crate::directory::{AccessEvent, Directory};
 use crate::graph::{DeltaError, GraphClient};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::user_access::{KEEP_SECS, UserAccess, UserEntry};
+use crate::user_access::{DenyReason, KEEP_SECS, UserAccess, UserEntry};
 use model::{Change, Model};
 
 /// `entra.continuous_access`, parsed.
@@ -63,6 +64,8 @@ pub struct DirectorySync {
     policy: Arc<ArcSwap<Policy>>,
     settings: SyncSettings,
     metrics: Metrics,
+    /// Where each change is recorded as history (the PostgreSQL store keeps it).
+    directory: Directory,
     /// This replica's id in the lease.
     id: String,
     /// What this replica derived or applied last (for the changes it counts).
@@ -78,6 +81,7 @@ impl DirectorySync {
         policy: Arc<ArcSwap<Policy>>,
         settings: SyncSettings,
         metrics: Metrics,
+        directory: Directory,
     ) -> Arc<DirectorySync> {
         Arc::new(DirectorySync {
             access,
@@ -86,6 +90,7 @@ impl DirectorySync {
             policy,
             settings,
             metrics,
+            directory,
             id: uuid::Uuid::new_v4().to_string(),
             applied: Mutex::default(),
             status: Mutex::default(),
@@ -128,6 +133,7 @@ impl DirectorySync {
         self.access.kill(&key, not_before);
         self.metrics.access_revoked_total.with_label_values(&["kill_switch"]).inc();
         tracing::warn!(tid, oid, not_before, "kill switch: every token of the user refused until they sign in again");
+        self.directory.record_access(vec![(tid.into(), oid.into(), AccessEvent::Revoked(AccessEvent::KILL_SWITCH))]);
         if let Some(redis) = &self.redis {
             let stored = redis.key(&format!("killed:{key}"));
             redis.set_sealed(&stored, not_before.to_string().as_bytes(), Some(Duration::from_secs(KEEP_SECS))).await?;
@@ -289,6 +295,8 @@ impl DirectorySync {
         for (key, change) in &changes {
             tracing::info!(user = %key, change = change.kind(), "directory sync: access changed");
         }
+        // Only the poller records the changes it found: each is written once.
+        self.directory.record_access(changes.iter().filter_map(|(key, change)| history(key, *change)).collect());
         Ok(requests)
     }
 
@@ -456,6 +464,18 @@ impl DirectorySync {
         }
         Ok(())
     }
+}
+
+/// A change as the user directory's history records it (`key` is `tid:oid`).
+fn history(key: &str, change: Change) -> Option<(String, String, AccessEvent)> {
+    let (tid, oid) = key.split_once(':')?;
+    let event = match change {
+        Change::Denied(DenyReason::Disabled) => AccessEvent::Disabled,
+        Change::Denied(reason) => AccessEvent::Revoked(reason.label()),
+        Change::SessionsRevoked => AccessEvent::Revoked("sessions_revoked"),
+        Change::Restored => AccessEvent::Restored,
+    };
+    Some((tid.to_string(), oid.to_string(), event))
 }
 
 fn describe(e: &DeltaError) -> String {

@@ -31,6 +31,7 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     let authorization = authorization(&raw, &mut p);
     let issuer = issuer(&raw.issuer, read, &mut p);
     let cache = cache(&raw.cache, read, &mut p);
+    let directory = directory(&raw.directory, read, &mut p);
     let proxy = proxy(&raw.proxy, &mut p);
     cors_exposes_no_identity(&raw, &mut p);
     assertion_audiences_differ(&raw, proxy.as_ref(), &mut p);
@@ -40,10 +41,10 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     if !read {
         return Ok(None);
     }
-    match (server, entra, authorization, issuer, cache, proxy) {
-        (Some(server), Some(entra), Some(authorization), Some(issuer), Some(cache), Some(proxy)) => {
+    match (server, entra, authorization, issuer, cache, directory, proxy) {
+        (Some(server), Some(entra), Some(authorization), Some(issuer), Some(cache), Some(directory), Some(proxy)) => {
             let logging = raw.logging.clone();
-            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, proxy, logging }))
+            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, directory, proxy, logging }))
         }
         _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
     }
@@ -730,6 +731,85 @@ fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings>
         jwks_max_stale: c.jwks_max_stale,
         profile_ttl: c.profile_ttl,
     })
+}
+
+fn directory(c: &DirectoryConfig, read: bool, p: &mut Problems) -> Option<DirectorySettings> {
+    if c.postgres_url.is_some() && c.postgres_url_file.is_some() {
+        p.push("directory.postgres_url", "set one of postgres_url and postgres_url_file");
+    }
+    if c.postgres_pool_size == 0 || c.postgres_pool_size > 100 {
+        p.push("directory.postgres_pool_size", "from 1 to 100");
+    }
+    if c.postgres_timeout.is_zero() {
+        p.push("directory.postgres_timeout", "must be greater than zero");
+    }
+    let configured = c.postgres_url.is_some() || c.postgres_url_file.is_some();
+    if c.postgres_ca_file.is_some() && !configured {
+        p.push("directory.postgres_ca_file", "needs postgres_url or postgres_url_file");
+    }
+    let url = match (&c.postgres_url, &c.postgres_url_file, read) {
+        (Some(url), _, _) => Some(url.clone()),
+        (None, Some(path), true) => p.secret_file("directory.postgres_url_file", path),
+        _ => None,
+    };
+    let key = if c.postgres_url.is_some() { "directory.postgres_url" } else { "directory.postgres_url_file" };
+    let config = url.and_then(|url| match postgres_config(url.expose()) {
+        Ok(config) => Some(config),
+        Err(why) => {
+            p.push(key, why);
+            None
+        }
+    });
+    let ca = match (&c.postgres_ca_file, read) {
+        (Some(path), true) => {
+            match p.file("directory.postgres_ca_file", path).map(|pem| crate::tls::read_certs_from_pem(&pem)) {
+                Some(Ok(certs)) => Some(certs),
+                Some(Err(e)) => {
+                    p.push("directory.postgres_ca_file", e);
+                    None
+                }
+                None => None,
+            }
+        }
+        _ => Some(Vec::new()),
+    };
+    if !read || !configured {
+        return Some(DirectorySettings { postgres: None });
+    }
+    Some(DirectorySettings {
+        postgres: Some(PostgresSettings {
+            config: config?,
+            ca: ca?,
+            pool_size: c.postgres_pool_size,
+            timeout: c.postgres_timeout,
+        }),
+    })
+}
+
+/// A PostgreSQL URL (or libpq key=value string) as tokio-postgres reads it. libpq's
+/// `sslmode=verify-full` and `verify-ca` are read as `require`, which here always verifies the
+/// certificate chain and the host name (rustls).
+pub(super) fn postgres_config(raw: &str) -> Result<tokio_postgres::Config, String> {
+    const EXAMPLE: &str = "e.g. postgres://gateway:PASSWORD@postgres.db.svc:5432/gateway?sslmode=require";
+    let modes = ["disable", "prefer", "require", "verify-ca", "verify-full"];
+    for (_, rest) in raw.match_indices("sslmode=").map(|(i, _)| raw.split_at(i + "sslmode=".len())) {
+        let mode: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        if !modes.contains(&mode.as_str()) {
+            return Err(format!("sslmode `{mode}` is not one of {}; {EXAMPLE}", modes.join(", ")));
+        }
+    }
+    let text = raw.replace("sslmode=verify-full", "sslmode=require").replace("sslmode=verify-ca", "sslmode=require");
+    let config: tokio_postgres::Config = text.parse().map_err(|e: tokio_postgres::Error| {
+        // The error names the bad part, never the password.
+        format!("not a PostgreSQL URL ({e}); {EXAMPLE}")
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("names no host; {EXAMPLE}"));
+    }
+    if config.get_user().is_none_or(str::is_empty) {
+        return Err(format!("names no user; {EXAMPLE}"));
+    }
+    Ok(config)
 }
 
 fn proxy(c: &ProxyConfig, p: &mut Problems) -> Option<ProxySettings> {

@@ -109,6 +109,14 @@ pub(super) fn parse_with_sources(text: &str, env: &dyn EnvSource) -> (Option<Raw
                 .into(),
         });
     }
+    if tree.pointer("/directory/postgres_url").is_some_and(|v| !v.is_null()) {
+        problems.push(Problem {
+            path: "directory.postgres_url".into(),
+            message: "the PostgreSQL URL carries a password: never put it in the YAML file; use \
+                      directory.postgres_url_file or the ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL environment variable"
+                .into(),
+        });
+    }
     let from_env = env::apply_env(&mut tree, env, &mut problems);
     let mut repairs = Repairs::default();
     for section in REQUIRED_SECTIONS {

@@ -30,6 +30,9 @@ pub struct RawConfig {
     /// Cache TTLs and the optional Redis. Defaults to in-process only.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Where user records are kept durably. Defaults to Redis when configured, else in process.
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     /// Reverse-proxy routes and identity headers. Defaults to no routes.
     #[serde(default)]
     pub proxy: ProxyConfig,
@@ -488,6 +491,31 @@ pub struct CacheConfig {
     pub profile_ttl: Duration,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct DirectoryConfig {
+    /// PostgreSQL URL of the user directory (`postgres://user:password@host:5432/db?sslmode=require`).
+    /// Set it with `ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL` or use `postgres_url_file`: a URL
+    /// with a password is refused in the YAML file. Defaults to none: user records live in
+    /// Redis (when configured) or in process.
+    #[serde(default)]
+    pub postgres_url: Option<Secret>,
+    /// File holding the PostgreSQL URL (a mounted Secret), instead of `postgres_url`. Defaults
+    /// to none.
+    #[serde(default)]
+    pub postgres_url_file: Option<PathBuf>,
+    /// PEM CA bundle trusted for PostgreSQL's certificate (besides the system roots and
+    /// `server.tls.extra_ca_file`). Defaults to none.
+    #[serde(default)]
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Most PostgreSQL connections of one replica. Defaults to `8`.
+    #[serde(default = "default_postgres_pool_size")]
+    pub postgres_pool_size: usize,
+    /// Timeout of each PostgreSQL call (connect, statement, pool wait); a slower PostgreSQL
+    /// counts as down. Defaults to `2s`.
+    #[serde(default = "default_postgres_timeout", with = "humantime_serde")]
+    pub postgres_timeout: Duration,
+}
+
 /// Whether a route needs an internal token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -835,6 +863,12 @@ fn default_token_ttl() -> Duration {
 fn default_redis_timeout() -> Duration {
     Duration::from_millis(250)
 }
+fn default_postgres_pool_size() -> usize {
+    8
+}
+fn default_postgres_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_l1_ttl() -> Duration {
     Duration::from_secs(10)
 }
@@ -925,6 +959,18 @@ impl Default for CacheConfig {
     }
 }
 
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            postgres_url: None,
+            postgres_url_file: None,
+            postgres_ca_file: None,
+            postgres_pool_size: default_postgres_pool_size(),
+            postgres_timeout: default_postgres_timeout(),
+        }
+    }
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -972,6 +1018,8 @@ impl RawConfig {
             .chain(c.redis_password_file.iter_mut())
             .chain(c.redis_integrity_key_file.iter_mut())
             .for_each(fix);
+        let d = &mut self.directory;
+        d.postgres_url_file.iter_mut().chain(d.postgres_ca_file.iter_mut()).for_each(fix);
     }
 
     /// Fills values whose default depends on other keys.
@@ -995,6 +1043,11 @@ impl RawConfig {
         let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Some(url) = &self.cache.redis_url
             && let Some(v) = value.pointer_mut("/cache/redis_url")
+        {
+            *v = Value::String(redact_url(url.expose()));
+        }
+        if let Some(url) = &self.directory.postgres_url
+            && let Some(v) = value.pointer_mut("/directory/postgres_url")
         {
             *v = Value::String(redact_url(url.expose()));
         }

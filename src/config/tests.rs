@@ -278,3 +278,43 @@ fn check_config_reads_the_config_inside_a_rendered_configmap() {
     let raw = check(&path, &no_env(), FileChecks::Skip).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(raw.entra.client_id, CLIENT);
 }
+
+#[test]
+fn the_postgres_url_is_refused_in_the_file_checked_from_the_environment_and_never_printed() {
+    let yaml = minimal() + "directory:\n  postgres_url: postgres://gw:hunter2@db.example:5432/gw\n";
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    let problem = err.problems.iter().find(|p| p.path == "directory.postgres_url").expect("refused in the file");
+    assert!(problem.message.contains("ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL"), "{problem}");
+    assert!(!err.to_string().contains("hunter2"));
+
+    let var = "ENTRA_GATEWAY__DIRECTORY__POSTGRES_URL".to_string();
+    let env = vec![(var.clone(), "postgres://gw:hunter2@db.example:5432/gw?sslmode=verify-full".to_string())];
+    let c = check_yaml(&minimal(), &env, FileChecks::Skip).unwrap();
+    let shown = c.redacted_yaml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("postgres://gw:redacted@db.example:5432/gw"), "{shown}");
+
+    let env = vec![(var, "postgres://gw:hunter2@db.example:5432/gw?sslmode=sometimes".to_string())];
+    let err = check_yaml(&minimal(), &env, FileChecks::Skip).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("sslmode") && text.contains("postgres://gateway:PASSWORD@"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn libpq_verify_modes_read_as_require_which_verifies_and_a_url_needs_a_host_and_a_user() {
+    use tokio_postgres::config::SslMode;
+    let c = build::postgres_config("postgres://gw@db.example/gw?sslmode=verify-full").unwrap();
+    assert_eq!(c.get_ssl_mode(), SslMode::Require);
+    let c = build::postgres_config("host=db.example user=gw sslmode=verify-ca").unwrap();
+    assert_eq!(c.get_ssl_mode(), SslMode::Require);
+    assert!(build::postgres_config("postgres://db.example/gw").unwrap_err().contains("no user"));
+    assert!(build::postgres_config("user=gw dbname=gw").unwrap_err().contains("no host"));
+    let yaml = minimal() + "directory:\n  postgres_pool_size: 0\n  postgres_ca_file: ca.pem\n";
+    let err = check_yaml(&yaml, &no_env(), FileChecks::Skip).unwrap_err();
+    let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"directory.postgres_pool_size") && paths.contains(&"directory.postgres_ca_file"),
+        "{paths:?}"
+    );
+}

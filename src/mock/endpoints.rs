@@ -386,7 +386,7 @@ impl MockState {
     pub(super) fn profile(&self, u: &MockUser) -> Response<Body> {
         reply(
             StatusCode::OK,
-            json!({"id": u.oid, "mail": u.mail, "displayName": u.display_name, "userPrincipalName": u.user_principal_name, "givenName": u.given_name, "surname": u.surname}),
+            json!({"id": u.oid, "mail": u.mail, "displayName": u.display_name, "userPrincipalName": u.user_principal_name, "givenName": u.given_name, "surname": u.surname, "jobTitle": u.job_title, "department": u.department}),
         )
     }
 

@@ -51,40 +51,12 @@ async fn verify(gw: &Gateway, token: &str) -> u16 {
     client().get(gw.url("/auth/verify/app")).bearer_auth(token).send().await.unwrap().status().as_u16()
 }
 
-async fn readyz(gw: &Gateway) -> Value {
-    client().get(gw.admin_url("/readyz")).send().await.unwrap().json().await.unwrap()
-}
-
-fn sync_detail(ready: &Value) -> String {
-    ready["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "directory_sync")
-        .map(|c| c["detail"].as_str().unwrap().to_string())
-        .unwrap_or_default()
-}
-
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-/// Waits (bounded, 20 s) until `check` holds; returns how long it took.
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) -> Duration {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
-}
-
 async fn synced(gws: &[&Gateway]) {
     for gw in gws {
-        until("the directory is synced", || async { sync_detail(&readyz(gw).await).starts_with("in sync") }).await;
+        until("the directory is synced", || async {
+            check_detail(&readyz(gw).await, "directory_sync").starts_with("in sync")
+        })
+        .await;
     }
 }
 

@@ -22,6 +22,7 @@ mod nginx;
 mod observability;
 mod ops;
 mod path_property;
+mod postgres;
 mod proxy;
 mod redis_modes;
 mod seams;

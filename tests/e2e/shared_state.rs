@@ -208,14 +208,6 @@ async fn with_redis_killed_exchanges_still_work_and_when_it_returns_the_gateway_
     assert_eq!(keys(&redis, &format!("entra-gateway:groups:{tid}:{ERIN}:*")).await.len(), 1);
 }
 
-/// The value of one metric line (`name{labels}` exactly), 0 when absent.
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 const FEED_UP: &str = "entra_gateway_revocation_feed_up";
 const EXISTS_CALLS: &str = "entra_gateway_redis_command_duration_seconds_count{command=\"get_revocation\"}";
 

@@ -2,6 +2,7 @@
 //! gateway on loopback sockets configured through the same YAML + override path as production.
 
 pub mod ingress;
+pub mod postgres;
 pub mod process;
 pub mod redis;
 pub mod tls;
@@ -44,6 +45,8 @@ pub fn seed(mock: &MockEntra) {
         given_name: Some(name.split(' ').next().unwrap_or_default().into()),
         surname: name.split(' ').nth(1).map(str::to_string),
         groups,
+        job_title: Some("Engineer".into()),
+        department: Some("Platform".into()),
         photo: None,
         tenant: None,
     };
@@ -313,4 +316,41 @@ pub fn write_config(config: &Config, path: &std::path::Path) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, yaml).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `/readyz` as JSON.
+pub async fn readyz(gw: &Gateway) -> serde_json::Value {
+    client().get(gw.admin_url("/readyz")).send().await.unwrap().json().await.unwrap()
+}
+
+/// The detail of one readiness check (empty when the check is absent).
+pub fn check_detail(ready: &serde_json::Value, name: &str) -> String {
+    ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| c["detail"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// The value of one metric series (`name{labels}` exactly), 0 when absent.
+pub async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = client().get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Waits (bounded, 20 s) until `check` holds, polling; returns how long it took.
+pub async fn until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "timed out waiting until {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    started.elapsed()
 }
