@@ -13,7 +13,8 @@
 //!   every value shared through Redis tamper-evident).
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
-//! - Domain: `cache` (in-process and Redis), `directory` (user records), `revocation`
+//! - Domain: `cache` (in-process and Redis), `directory` (user records: in process, Redis or
+//!   PostgreSQL), `revocation`
 //!   (logout), `issuer` (the internal JWT), `assertion` (per-route tokens for upstreams), `entra` (Entra token rules and JWKS), `graph`
 //!   (Microsoft Graph), `policy` (groups -> allow/roles, app callers), `exchange` (the exchange
 //!   steps), `access` (the hot-path token check), `ratelimit`, [`proxy`] (routes, forwarding).

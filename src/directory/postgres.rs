@@ -166,6 +166,12 @@ impl PostgresUserStore {
         metrics: Metrics,
     ) -> Result<PostgresUserStore, String> {
         let mut config: tokio_postgres::Config = settings.config.clone();
+        if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require && !all_local(&config) {
+            tracing::warn!(
+                "directory.postgres_url: without sslmode=require (or verify-full) the connection to PostgreSQL \
+                 may be unencrypted, and a man in the middle can downgrade it"
+            );
+        }
         config.connect_timeout(settings.timeout);
         config.application_name("entra-gateway");
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
@@ -430,6 +436,15 @@ impl PostgresUserStore {
         })
         .await
     }
+}
+
+/// Whether every host is a Unix socket or a loopback address (where TLS adds nothing).
+fn all_local(config: &tokio_postgres::Config) -> bool {
+    use tokio_postgres::config::Host;
+    config.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        Host::Unix(_) => true,
+    })
 }
 
 /// Applies the migrations once and disconnects (the `migrate` command).

@@ -74,6 +74,16 @@ fn values_sets() -> Vec<(String, Vec<String>)> {
         continuous.extend(["--set".to_string(), v.to_string()]);
     }
     sets.push(("continuous access in claims mode, a step-up route".to_string(), continuous));
+    let mut postgres = REQUIRED.map(String::from).to_vec();
+    for v in [
+        "directory.postgres.existingSecret=gateway-postgres",
+        "directory.postgres.caSecret=postgres-ca",
+        "directory.postgres.poolSize=4",
+        "directory.postgres.timeout=3s",
+    ] {
+        postgres.extend(["--set".to_string(), v.to_string()]);
+    }
+    sets.push(("the user directory in PostgreSQL (URL and CA from Secrets)".to_string(), postgres));
     sets
 }
 
@@ -305,6 +315,23 @@ fn the_kubernetes_posture_holds_on_the_rendered_chart() {
         config.contains("redis_url_file: \"/var/run/secrets/redis-url/url\"") && config.contains("redis_password_file"),
         "{config}"
     );
+    // The PostgreSQL URL and CA are mounted files; the NetworkPolicy lets the pod reach 5432.
+    let pg = render_all(
+        helm,
+        &["--set", "directory.postgres.existingSecret=gateway-postgres", "--set", "directory.postgres.caSecret=pg-ca"],
+    );
+    let d = kind(&pg, "Deployment")[0];
+    assert!(!d.to_string().contains("POSTGRES_URL"), "{d}");
+    let volumes = d["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("gateway-postgres") && volumes.contains("pg-ca"), "{volumes}");
+    let config = kind(&pg, "ConfigMap")[0]["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("postgres_url_file: \"/var/run/secrets/postgres-url/url\"")
+            && config.contains("postgres_ca_file: \"/var/run/secrets/postgres-ca/ca.crt\""),
+        "{config}"
+    );
+    let egress = kind(&pg, "NetworkPolicy")[0]["spec"]["egress"].to_string();
+    assert!(egress.contains("5432"), "{egress}");
     // Workload identity with a sidecar: the token goes to the gateway only; the sidecar gets
     // the securityContext defaults.
     let wi = render_all(
@@ -375,6 +402,8 @@ fn notes_are_generated_from_the_values() {
         "redis.existingSecret=redis-url",
         "--set",
         "redis.caSecret=redis-ca",
+        "--set",
+        "directory.postgres.existingSecret=gateway-postgres",
     ]);
     for expected in [
         "https://notes-entra-gateway.auth.svc:443/auth/exchange",
@@ -382,6 +411,7 @@ fn notes_are_generated_from_the_values() {
         "gw-tls",
         "redis-url",
         "redis-ca",
+        "gateway-postgres: key postgres-url = the PostgreSQL URL",
     ] {
         assert!(tls.contains(expected), "missing `{expected}` in:\n{tls}");
     }
@@ -414,6 +444,7 @@ fn bad_values_fail_at_template_time_with_every_problem_in_one_message() {
             "--set", "sidecar.enabled=true", "--set", "sidecar.container.name=app", "--set", "sidecar.container.image=app:1",
             "--set-json", r#"sidecar.container.ports=[{"containerPort":3000}]"#,
             "--set-json", "networkPolicy.publicFrom=[]",
+            "--set", "directory.postgres.caSecret=pg-ca",
         ]
         .map(String::from)
         .to_vec();
@@ -429,6 +460,7 @@ fn bad_values_fail_at_template_time_with_every_problem_in_one_message() {
             "issuer.signingKeys.existingSecret is empty",
             "sidecar.container.ports: 3000 is reachable from the pod network",
             "networkPolicy.publicFrom is empty",
+            "directory.postgres.caSecret is set but directory.postgres.existingSecret is empty",
         ] {
             assert!(err.contains(expected), "{name}: missing `{expected}` in:\n{err}");
         }

@@ -45,6 +45,8 @@ tls: /var/run/secrets/gateway-tls
 redisUrl: /var/run/secrets/redis-url
 redisPassword: /var/run/secrets/redis-password
 redisCa: /var/run/secrets/redis-ca
+postgresUrl: /var/run/secrets/postgres-url
+postgresCa: /var/run/secrets/postgres-ca
 {{- end }}
 
 {{/* The image reference: repository@digest, or repository:tag (the appVersion by default). */}}
@@ -150,6 +152,15 @@ cache:
   negative_ttl: {{ $v.cache.negativeTtl | quote }}
   jwks_ttl: {{ $v.cache.jwksTtl | quote }}
   profile_ttl: {{ $v.cache.profileTtl | quote }}
+{{- if $v.directory.postgres.existingSecret }}
+directory:
+  postgres_url_file: {{ printf "%s/url" $p.postgresUrl | quote }}
+  {{- if $v.directory.postgres.caSecret }}
+  postgres_ca_file: {{ printf "%s/ca.crt" $p.postgresCa | quote }}
+  {{- end }}
+  postgres_pool_size: {{ $v.directory.postgres.poolSize }}
+  postgres_timeout: {{ $v.directory.postgres.timeout | quote }}
+{{- end }}
 proxy:
   identity_header_prefix: {{ $v.proxy.identityHeaderPrefix | quote }}
   identity_headers: {{ $v.proxy.identityHeaders | default "x-auth" }}

@@ -38,6 +38,15 @@ Secrets the chart expects (it never creates them):
   * {{ . }}: key {{ $v.redis.caSecretKey }} = the CA bundle of the Redis server:
       kubectl -n {{ $ns }} create secret generic {{ . }} --from-file={{ $v.redis.caSecretKey }}=redis-ca.crt
 {{- end }}
+{{- with $v.directory.postgres.existingSecret }}
+  * {{ . }}: key {{ $v.directory.postgres.existingSecretKey }} = the PostgreSQL URL of the user directory, password included
+    (the gateway creates its tables at start; the user needs CREATE on the database the first time):
+      kubectl -n {{ $ns }} create secret generic {{ . }} --from-literal={{ $v.directory.postgres.existingSecretKey }}="postgres://gateway:$PG_PASSWORD@postgres:5432/gateway?sslmode=require"
+{{- end }}
+{{- with $v.directory.postgres.caSecret }}
+  * {{ . }}: key {{ $v.directory.postgres.caSecretKey }} = the CA bundle of the PostgreSQL server:
+      kubectl -n {{ $ns }} create secret generic {{ . }} --from-file={{ $v.directory.postgres.caSecretKey }}=postgres-ca.crt
+{{- end }}
 
 Exchange endpoint:   {{ $base }}/auth/exchange
 {{- if $v.proxy.forwardAuth.originalUri }}

@@ -100,6 +100,10 @@ Each check helper prints "- <problem>\n" or nothing.
 {{- if and $v.redis.passwordSecret (not $v.redis.url) (not $v.redis.existingSecret) (not $v.redis.clusterUrls) -}}
 - redis.passwordSecret is set but redis.url and redis.clusterUrls are empty: set redis.url (without the password)
 {{ end -}}
+{{- include "entra-gateway.check.duration" (list "directory.postgres.timeout" $v.directory.postgres.timeout) -}}
+{{- if and $v.directory.postgres.caSecret (not $v.directory.postgres.existingSecret) -}}
+- directory.postgres.caSecret is set but directory.postgres.existingSecret is empty: put the PostgreSQL URL in a Secret and name it there
+{{ end -}}
 {{- range $i, $u := $v.redis.clusterUrls -}}
 {{- include "entra-gateway.check.url" (list (printf "redis.clusterUrls[%d]" $i) $u "redis|rediss" "redis://10.0.0.1:6379") -}}
 {{- end -}}
