@@ -31,6 +31,7 @@ use crate::ratelimit::ExchangeLimits;
 use crate::revocation::{MemoryRevocations, RedisRevocations, RevocationStore};
 use crate::seal::Sealer;
 use crate::sync::DirectorySync;
+use crate::telemetry::Telemetry;
 use crate::user_access::UserAccess;
 
 /// Why the gateway could not start (the config itself was already checked).
@@ -44,6 +45,8 @@ pub enum StartError {
     Redis(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    #[error("OpenTelemetry: {0}")]
+    Telemetry(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -108,6 +111,8 @@ pub struct AppState {
     /// Exchange rate limits per client IP and per user.
     pub(crate) limits: ExchangeLimits,
     pub(crate) metrics: Metrics,
+    /// OpenTelemetry traces (off unless configured).
+    pub(crate) telemetry: Telemetry,
     /// New `X-Request-Id` values.
     pub(crate) request_ids: crate::request_id::RequestIds,
     /// A Redis outage makes the gateway not ready (`cache.revocation_requires_redis`).
@@ -118,9 +123,11 @@ pub struct AppState {
 impl AppState {
     /// Builds every component from a loaded config.
     pub fn build(config: Config) -> Result<Arc<AppState>, StartError> {
-        let Config { server, entra, authorization, issuer, cache, directory, proxy, .. } = config;
+        let Config { server, entra, authorization, issuer, cache, directory, proxy, telemetry, .. } = config;
         let metrics = Metrics::new();
         let outbound_tls = client_tls(&server.extra_ca).map_err(StartError::Tls)?;
+        let telemetry =
+            Telemetry::start(&telemetry, outbound_tls.clone(), &server.extra_ca).map_err(StartError::Telemetry)?;
         let http = outbound_client(entra.request_timeout, outbound_tls.clone())?;
         let sealer = match &cache.integrity_key {
             Some(key) => Sealer::derive([key.expose().as_bytes()]),
@@ -205,6 +212,7 @@ impl AppState {
             redis,
             sync,
             metrics,
+            telemetry,
             request_ids: Default::default(),
             revocation_requires_redis: cache.revocation_requires_redis,
             shutting_down: AtomicBool::new(false),

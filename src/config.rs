@@ -71,8 +71,18 @@ impl ConfigError {
     /// The problems grouped by section, in the order the sections appear in a config file;
     /// unknown keys first (a typo explains what follows it).
     fn sorted(mut problems: Vec<Problem>) -> Self {
-        const ORDER: [&str; 9] =
-            ["(file)", "server", "entra", "authorization", "issuer", "cache", "directory", "proxy", "logging"];
+        const ORDER: [&str; 10] = [
+            "(file)",
+            "server",
+            "entra",
+            "authorization",
+            "issuer",
+            "cache",
+            "directory",
+            "proxy",
+            "logging",
+            "telemetry",
+        ];
         let rank = |p: &Problem| {
             let section = p.path.split(['.', '[']).next().unwrap_or_default();
             let unknown = !p.message.starts_with("unknown key");
@@ -123,6 +133,28 @@ pub struct Config {
     pub directory: DirectorySettings,
     pub proxy: ProxySettings,
     pub logging: LoggingConfig,
+    pub telemetry: TelemetrySettings,
+}
+
+/// `telemetry.*` with the standard `OTEL_*` variables applied.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetrySettings {
+    /// Where spans go; `None`: traces are off.
+    pub exporter: Option<OtlpTarget>,
+    /// `telemetry.sample_ratio`, unless `OTEL_TRACES_SAMPLER` is set (then `None`: the SDK
+    /// reads the variables).
+    pub sample_ratio: Option<f64>,
+    /// `OTEL_SERVICE_NAME`, else `entra-gateway`.
+    pub service_name: String,
+}
+
+/// An OTLP receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpTarget {
+    pub protocol: OtlpProtocol,
+    /// The full URL spans are sent to (`…/v1/traces` for HTTP); `None`: the exporter resolves
+    /// it from `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` itself.
+    pub endpoint: Option<String>,
 }
 
 /// `directory.*`, parsed.

@@ -21,7 +21,9 @@ use crate::graph::{GraphAuth, GraphClient, GraphError, GraphSession};
 use crate::issuer::{Issuer, MintError, Minted};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Policy};
+use crate::telemetry::{Span, in_child};
 use crate::user_access::{DenyReason, Refused, UserAccess};
+use opentelemetry::trace::SpanKind;
 
 /// Why an exchange did not produce a token.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +142,7 @@ impl ExchangeService {
 
     /// Step 1: validate the Entra token (no Graph call yet): a user's, or an app's.
     pub async fn validate(&self, token: &str) -> Result<Validated, ExchangeError> {
-        Ok(self.entra.validate(token).await?)
+        Ok(in_child("entra validate_token", SpanKind::Internal, self.entra.validate(token)).await?)
     }
 
     /// An app caller: let in only when `authorization.apps` lists it; its internal token
@@ -174,14 +176,18 @@ impl ExchangeService {
         }
         let policy = self.policy.load_full();
         let session = self.session(token, &id.tid);
-        let member_of = self.membership(&id, &policy, session.as_ref()).await?;
+        let member_of =
+            in_child("exchange groups", SpanKind::Internal, self.membership(&id, &policy, session.as_ref())).await?;
         let (groups, roles) = match policy.decide(&member_of) {
             Decision::Allow { groups, roles } => (groups, roles),
             Decision::Deny => return Err(ExchangeError::NotInAllowedGroup),
         };
-        let profile = self.profile(&id, session.as_ref()).await?;
-        let (user, _) = self.directory.sync_login(&id.tid, &id.oid, &profile).await?;
+        let profile = in_child("exchange profile", SpanKind::Internal, self.profile(&id, session.as_ref())).await?;
+        let sync = self.directory.sync_login(&id.tid, &id.oid, &profile);
+        let (user, _) = in_child("directory sync_login", SpanKind::Internal, sync).await?;
+        let mint = Span::child("issuer mint", SpanKind::Internal);
         let minted = self.issuer.mint_with(&user, groups, roles, id.acrs.clone())?;
+        drop(mint);
         Ok(Exchanged { minted, subject: Subject::User(Box::new(user)) })
     }
 

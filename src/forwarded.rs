@@ -61,8 +61,9 @@ impl TrustedProxies {
         client
     }
 
-    /// Rewrites the forwarding headers of a request from `peer` received over `proto`.
-    pub fn rewrite(&self, headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) {
+    /// Rewrites the forwarding headers of a request from `peer` received over `proto`;
+    /// returns whether the peer is a trusted proxy.
+    pub fn rewrite(&self, headers: &mut HeaderMap, peer: IpAddr, proto: &'static str) -> bool {
         let peer = canonical_ip(peer);
         let host = headers.get(header::HOST).filter(|h| is_authority(h)).cloned();
         if self.contains(peer) {
@@ -75,7 +76,7 @@ impl TrustedProxies {
             {
                 headers.insert(X_FORWARDED_HOST.clone(), h);
             }
-            return;
+            return true;
         }
         headers.remove(header::FORWARDED);
         headers.remove(&X_REAL_IP);
@@ -85,6 +86,7 @@ impl TrustedProxies {
             Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
             None => headers.remove(&X_FORWARDED_HOST),
         };
+        false
     }
 }
 

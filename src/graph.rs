@@ -288,11 +288,16 @@ impl GraphClient {
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
+        let span = crate::telemetry::Span::child(span_name(endpoint), opentelemetry::trace::SpanKind::Client);
         let mut attempt = 0;
         loop {
             let result = build().send().await;
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             self.metrics.graph_requests_total.with_label_values(&[endpoint, status_label(status)]).inc();
+            if let Some(span) = &span {
+                span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(status.unwrap_or(0))));
+                span.set(opentelemetry::KeyValue::new("http.request.resend_count", i64::from(attempt)));
+            }
             let resp = result.map_err(|e| GraphError::new(format!("{endpoint}: {}", error_chain(&e))))?;
             if !matches!(resp.status().as_u16(), 429 | 503 | 504) {
                 return Ok(resp);
@@ -314,6 +319,18 @@ impl GraphClient {
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
+    }
+}
+
+/// The span of a Graph call: the operation, never the URL (it holds the user's object id).
+fn span_name(endpoint: &'static str) -> &'static str {
+    match endpoint {
+        "checkMemberGroups" => "graph checkMemberGroups",
+        "transitiveMemberOf" => "graph transitiveMemberOf",
+        "profile" => "graph profile",
+        "photo" => "graph photo",
+        "token_app" | "token_obo" => "entra token",
+        _ => "graph",
     }
 }
 

@@ -30,6 +30,7 @@ use crate::exchange::ExchangeError;
 use crate::graph::GraphError;
 use crate::path::CanonicalPath;
 use crate::proxy::ProxyError;
+use tracing::Instrument;
 
 pub use crate::body::{Body, full, json};
 
@@ -338,6 +339,8 @@ pub struct AccessInfo {
     pub route: Option<Arc<crate::proxy::routes::Route>>,
     /// The caller's internal user id, once known.
     pub user_id: Option<String>,
+    /// `user` or `app`, once known (a span attribute).
+    pub principal: Option<&'static str>,
     /// The response leaves CORS alone: a preflight answer (already complete), or a route with
     /// `cors: false`.
     pub skip_cors: bool,
@@ -347,6 +350,12 @@ pub struct AccessInfo {
 }
 
 impl AccessInfo {
+    /// Records who the caller is (their internal id and kind).
+    pub fn set_caller(&mut self, claims: &crate::issuer::InternalClaims) {
+        self.user_id = Some(claims.sub.clone());
+        self.principal = Some(if claims.is_app() { "app" } else { "user" });
+    }
+
     /// The endpoint, or the proxy route's label.
     pub fn endpoint(&self) -> &str {
         self.route.as_ref().map_or(&self.endpoint, |r| r.label.as_str())
@@ -380,7 +389,15 @@ pub async fn public(
     let cors = state.server.cors.as_deref();
     let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
     let mut info = AccessInfo::default();
-    let (mut resp, failure) = match route_public(&state, req, peer, worker, &mut info).await {
+    let trusted = state.server.trusted_proxies.contains(peer.ip());
+    let trace = state.telemetry.request(&method, req.headers(), trusted);
+    let handled = route_public(&state, req, peer, worker, &mut info);
+    let result = match &trace {
+        // Every log line of the request carries its trace id.
+        Some(span) => span.run(handled).instrument(tracing::info_span!("request", trace_id = %span.trace_id())).await,
+        None => handled.await,
+    };
+    let (mut resp, failure) = match result {
         Ok(resp) => (resp, None),
         Err(rejection) => {
             let class = rejection.class();
@@ -402,6 +419,10 @@ pub async fn public(
             .inc(),
     }
     let (level, error, reason) = failure.unwrap_or((tracing::Level::INFO, "-", String::new()));
+    let trace_id = trace.as_ref().map(|span| {
+        describe_span(span, &method, &info, status, error);
+        span.trace_id()
+    });
     macro_rules! access_line {
         ($level:ident) => {
             tracing::$level!(
@@ -413,6 +434,7 @@ pub async fn public(
                 upstream = info.upstream(),
                 user_id = info.user_id.as_deref().unwrap_or("-"),
                 request_id = id.to_str().unwrap_or("-"),
+                trace_id = trace_id.as_deref().unwrap_or("-"),
                 error,
                 reason = %reason,
                 "request"
@@ -425,6 +447,24 @@ pub async fn public(
         _ => access_line!(info),
     }
     resp
+}
+
+/// The request span's name and attributes (semantic conventions for HTTP servers), once the
+/// route, status and caller are known; never a path, query, token or name.
+fn describe_span(span: &crate::telemetry::Span, method: &http::Method, info: &AccessInfo, status: u16, error: &str) {
+    use opentelemetry::KeyValue;
+    if !span.is_recording() {
+        return;
+    }
+    let route = info.endpoint().to_string();
+    span.rename(format!("{method} {route}"));
+    span.set(KeyValue::new("http.route", route));
+    span.set(KeyValue::new("http.response.status_code", i64::from(status)));
+    span.set(KeyValue::new("entra_gateway.principal_type", info.principal.unwrap_or("none")));
+    if status >= 500 {
+        span.set(KeyValue::new("error.type", error.to_string()));
+        span.fail(error.to_string());
+    }
 }
 
 /// What every request must pass before any endpoint sees it; returns its canonical path.

@@ -10,7 +10,8 @@
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
 //!   `cors` (browser origins), `metrics` (Prometheus families), [`seal`] (the HMAC that makes
-//!   every value shared through Redis tamper-evident).
+//!   every value shared through Redis tamper-evident), `telemetry` (OpenTelemetry traces:
+//!   exporter, W3C trace context, spans).
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
 //! - Domain: `cache` (in-process and Redis), `directory` (user records: in process, Redis or
@@ -62,5 +63,6 @@ pub(crate) mod revocation;
 pub mod seal;
 pub mod server;
 pub(crate) mod sync;
+pub(crate) mod telemetry;
 pub mod tls;
 pub(crate) mod user_access;

@@ -155,7 +155,8 @@ impl Proxy {
         ids.strip(h);
         headers::strip_named(h, &self.strip);
         headers::strip_hop_by_hop(h, upgrade);
-        self.trusted.rewrite(h, peer.ip(), self.proto);
+        let trusted_peer = self.trusted.rewrite(h, peer.ip(), self.proto);
+        let span = crate::telemetry::to_upstream(h, trusted_peer);
         match plain {
             // Sent as is: the upstream's own authority, as a client of it would send.
             true => h.insert(header::HOST, route.host_header.clone()),
@@ -192,6 +193,10 @@ impl Proxy {
             Ok(Err(cause)) => return Err(ProxyError::BadGateway(cause)),
             Ok(Ok(resp)) => resp,
         };
+        if let Some(span) = span {
+            span.set(opentelemetry::KeyValue::new("server.address", route.authority.host().to_string()));
+            span.set(opentelemetry::KeyValue::new("http.response.status_code", i64::from(resp.status().as_u16())));
+        }
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(client_side)) = (switching, client_upgrade) {
             bridge_upgrade(client_side, hyper::upgrade::on(&mut resp));

@@ -125,6 +125,9 @@ pub async fn run_with_state(
     background.abort_all();
     let _ = admin_stop.send(true);
     let _ = admin.await;
+    // The exporter's flush blocks (up to its timeout): off the runtime's threads.
+    let flushing = state.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.telemetry.shutdown()).await;
     tracing::info!("shutdown complete");
 }
 

@@ -130,6 +130,11 @@ impl RedisStore {
 
     /// Runs one command with the timeout; records latency and health.
     async fn run<T: redis::FromRedisValue>(&self, name: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let span = crate::telemetry::Span::child("redis", opentelemetry::trace::SpanKind::Client);
+        if let Some(span) = &span {
+            span.set(opentelemetry::KeyValue::new("db.system.name", "redis"));
+            span.set(opentelemetry::KeyValue::new("db.operation.name", name));
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.query(cmd)).await;
         self.latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
@@ -138,6 +143,10 @@ impl RedisStore {
             Ok(Err(e)) => Err(StoreError(format!("redis {name}: {e}"))),
             Err(_) => Err(StoreError(format!("redis {name}: timed out"))),
         };
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e.to_string());
+        }
+        drop(span);
         let ok = result.is_ok();
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
             if ok {

@@ -33,6 +33,7 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     let cache = cache(&raw.cache, read, &mut p);
     let directory = directory(&raw.directory, read, &mut p);
     let proxy = proxy(&raw.proxy, &mut p);
+    let telemetry = telemetry(&raw.telemetry, env, &mut p);
     cors_exposes_no_identity(&raw, &mut p);
     assertion_audiences_differ(&raw, proxy.as_ref(), &mut p);
     if !p.0.is_empty() {
@@ -44,7 +45,7 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     match (server, entra, authorization, issuer, cache, directory, proxy) {
         (Some(server), Some(entra), Some(authorization), Some(issuer), Some(cache), Some(directory), Some(proxy)) => {
             let logging = raw.logging.clone();
-            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, directory, proxy, logging }))
+            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, directory, proxy, logging, telemetry }))
         }
         _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
     }
@@ -731,6 +732,55 @@ fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings>
         jwks_max_stale: c.jwks_max_stale,
         profile_ttl: c.profile_ttl,
     })
+}
+
+/// `telemetry.*`, with the standard variables: `OTEL_SDK_DISABLED=true` turns traces off;
+/// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` turns them on when the file sets no endpoint;
+/// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` picks the protocol when the file does not.
+fn telemetry(c: &TelemetryConfig, env: &dyn EnvSource, p: &mut Problems) -> TelemetrySettings {
+    if !(0.0..=1.0).contains(&c.sample_ratio) {
+        p.push("telemetry.sample_ratio", "from 0.0 (none) to 1.0 (every new trace)");
+    }
+    let var = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+    let env_protocol = || match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+    {
+        Some(v) if v == "grpc" => Some(OtlpProtocol::Grpc),
+        Some(v) if v == "http/protobuf" => Some(OtlpProtocol::Http),
+        Some(v) => {
+            p.push("telemetry.otlp_protocol", format!("OTEL_EXPORTER_OTLP_PROTOCOL={v}: use grpc or http/protobuf"));
+            None
+        }
+        None => None,
+    };
+    let protocol = c.otlp_protocol.or_else(env_protocol).unwrap_or_default();
+    let endpoint = match &c.otlp_endpoint {
+        Some(base) => match url::Url::parse(base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.query().is_none() => {
+                let base = base.trim_end_matches('/');
+                Some(Some(match protocol {
+                    OtlpProtocol::Http => format!("{base}/v1/traces"),
+                    OtlpProtocol::Grpc => base.to_string(),
+                }))
+            }
+            _ => {
+                p.push(
+                    "telemetry.otlp_endpoint",
+                    "the base URL of an OTLP receiver, e.g. http://otel-collector.observability:4318 (no query)",
+                );
+                None
+            }
+        },
+        None if var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT")).is_some() => {
+            Some(None)
+        }
+        None => None,
+    };
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    TelemetrySettings {
+        exporter: endpoint.filter(|_| !disabled).map(|endpoint| OtlpTarget { protocol, endpoint }),
+        sample_ratio: var("OTEL_TRACES_SAMPLER").is_none().then_some(c.sample_ratio),
+        service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| "entra-gateway".into()),
+    }
 }
 
 fn directory(c: &DirectoryConfig, read: bool, p: &mut Problems) -> Option<DirectorySettings> {

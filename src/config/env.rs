@@ -72,6 +72,14 @@ fn parse_env_value(raw: &str) -> Value {
     if let Ok(n) = t.parse::<u64>() {
         return Value::from(n);
     }
+    // `0.1` (a ratio): a number; `1.5s`, `1.2.3` and `.5` stay text.
+    if t.contains('.')
+        && t.starts_with(|c: char| c.is_ascii_digit())
+        && let Ok(f) = t.parse::<f64>()
+        && f.is_finite()
+    {
+        return Value::from(f);
+    }
     Value::String(raw.to_string())
 }
 

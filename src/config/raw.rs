@@ -39,6 +39,9 @@ pub struct RawConfig {
     /// Log level and format.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// OpenTelemetry traces. Defaults to off.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -792,7 +795,44 @@ pub struct LoggingConfig {
     pub access_log: bool,
 }
 
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP with protobuf bodies, to `{otlp_endpoint}/v1/traces`.
+    #[default]
+    Http,
+    /// OTLP/gRPC, to `otlp_endpoint`.
+    Grpc,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP receiver (`http://otel-collector.observability:4318`); spans go to
+    /// `{otlp_endpoint}/v1/traces` (HTTP) or to it (gRPC). Defaults to none: traces are off
+    /// unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is set.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `http` (protobuf) or `grpc`. Defaults to `http`, or `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    #[serde(default)]
+    pub otlp_protocol: Option<OtlpProtocol>,
+    /// Share of new traces recorded, 0.0 to 1.0; a trusted proxy's `traceparent` decides for
+    /// its own traces. `OTEL_TRACES_SAMPLER` (and `_ARG`) win when set. Defaults to `1.0`.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp_endpoint: None, otlp_protocol: None, sample_ratio: default_sample_ratio() }
+    }
+}
+
 // === defaults ===
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
 
 fn default_listen() -> String {
     "0.0.0.0:8080".into()

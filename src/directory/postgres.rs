@@ -219,12 +219,17 @@ impl PostgresUserStore {
 
     /// `f` with a pooled connection, bounded by the statement timeout. Until the schema is
     /// migrated the store counts as down (with the migration's error).
-    async fn with_client<T, F>(&self, f: F) -> Result<T, DbError>
+    async fn with_client<T, F>(&self, operation: &'static str, f: F) -> Result<T, DbError>
     where
         F: AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, DbError>,
     {
         if self.schema.load(Ordering::Relaxed) == 0 {
             return Err(DbError::Outage(format!("schema not migrated yet: {}", self.last_error())));
+        }
+        let span = crate::telemetry::Span::child("postgresql", opentelemetry::trace::SpanKind::Client);
+        if let Some(span) = &span {
+            span.set(opentelemetry::KeyValue::new("db.system.name", "postgresql"));
+            span.set(opentelemetry::KeyValue::new("db.operation.name", operation));
         }
         let run = async {
             let mut client = self.pool.get().await?;
@@ -234,13 +239,16 @@ impl PostgresUserStore {
             Ok(r) => r,
             Err(_) => Err(DbError::Outage(format!("no answer within {:?}", self.timeout))),
         };
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e.to_string());
+        }
         self.mark(result.as_ref().map(|_| ()));
         result
     }
 
     async fn read(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DbError> {
         let (tid, oid) = (tid.to_ascii_lowercase(), oid.to_ascii_lowercase());
-        self.with_client(async |c| {
+        self.with_client("select user", async |c| {
             let stmt = c.prepare_cached(SELECT_USER).await?;
             let Some(row) = c.query_opt(&stmt, &[&tid, &oid]).await? else { return Ok(None) };
             let id: uuid::Uuid = row.try_get(0)?;
@@ -266,7 +274,7 @@ impl PostgresUserStore {
 
     /// The upsert and its events, in one transaction.
     async fn write(&self, record: &UserRecord, events: &[Event]) -> Result<(), DbError> {
-        self.with_client(async |c| write_record(c, record, events).await).await
+        self.with_client("upsert user", async |c| write_record(c, record, events).await).await
     }
 
     /// This replica's copy and, with Redis, the shared one (sealed) that other replicas read
@@ -318,7 +326,7 @@ impl PostgresUserStore {
     }
 
     async fn ping(&self) -> Result<(), DbError> {
-        self.with_client(async |c| Ok(c.simple_query("SELECT 1").await.map(|_| ())?)).await
+        self.with_client("ping", async |c| Ok(c.simple_query("SELECT 1").await.map(|_| ())?)).await
     }
 
     async fn migrate(&self) {
@@ -405,7 +413,7 @@ impl PostgresUserStore {
     }
 
     async fn record_access(&self, changes: &[(String, String, AccessEvent)]) -> Result<(), DbError> {
-        self.with_client(async |c| {
+        self.with_client("record access", async |c| {
             let tx = c.transaction().await?;
             let now = SystemTime::now();
             for (tid, oid, event) in changes {

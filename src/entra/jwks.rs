@@ -384,7 +384,12 @@ impl KeySource for HttpSource {
             return Ok(Arc::new(set));
         }
         let url = format!("{}/{}/discovery/v2.0/keys", self.authority, tid);
+        let span = crate::telemetry::Span::child("entra jwks", opentelemetry::trace::SpanKind::Client);
         let result = fetch_once(&self.http, &url).await;
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e.clone());
+        }
+        drop(span);
         let label = if result.is_ok() { "success" } else { "error" };
         self.metrics.jwks_refresh_total.with_label_values(&[label]).inc();
         let (set, body) = result.inspect_err(|e| tracing::warn!(url = %url, error = %e, "JWKS fetch failed"))?;

@@ -70,7 +70,7 @@ async fn exchange(
             state.exchange.complete_app(&app)?
         }
     };
-    info.user_id = Some(exchanged.minted.claims.sub.clone());
+    info.set_caller(&exchanged.minted.claims);
     Ok(json(StatusCode::OK, &response_body(&exchanged)))
 }
 

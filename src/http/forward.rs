@@ -100,7 +100,7 @@ pub(super) async fn admit(
         return Ok(None);
     }
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.user_id = Some(p.claims.sub.clone());
+    info.set_caller(&p.claims);
     for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
         state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
         state.access.require_contexts(&p, &route.auth_context)?;

@@ -25,7 +25,7 @@ pub async fn logout(
         Err(AccessError::Revoked) => return Ok(no_content()),
         Err(e) => return Err(e.into()),
     };
-    info.user_id = Some(principal.claims.sub.clone());
+    info.set_caller(&principal.claims);
     state.access.revoke(&principal).await.map_err(AccessError::from)?;
     tracing::info!(user_id = %principal.claims.sub, "logout: token revoked");
     Ok(no_content())
@@ -41,7 +41,7 @@ fn no_content() -> Response<Body> {
 pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.user_id = Some(p.claims.sub.clone());
+    info.set_caller(&p.claims);
     let c = &p.claims;
     let record = state.directory.find(&c.tid, &c.oid).await?;
     let Some(user) = record else {
@@ -64,7 +64,7 @@ pub async fn photo(
 ) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.user_id = Some(p.claims.sub.clone());
+    info.set_caller(&p.claims);
     if p.claims.is_app() {
         return Err(Rejection::NotFound("app callers have no photo"));
     }

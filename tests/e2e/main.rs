@@ -27,4 +27,5 @@ mod proxy;
 mod redis_modes;
 mod seams;
 mod shared_state;
+mod telemetry;
 mod trust_boundary;

@@ -2,6 +2,7 @@
 //! gateway on loopback sockets configured through the same YAML + override path as production.
 
 pub mod ingress;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -18,10 +18,16 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// `serve --config path` with JSON logs; waits for the "listening" line.
     pub fn spawn(config: &Path) -> GatewayProcess {
+        GatewayProcess::spawn_with_env(config, &[])
+    }
+
+    /// `spawn` with more environment variables.
+    pub fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_entra-gateway"))
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
