@@ -734,6 +734,19 @@ fn cache(c: &CacheConfig, read: bool, p: &mut Problems) -> Option<CacheSettings>
     })
 }
 
+/// [`telemetry`] for the unit tests, with problems as a plain list.
+#[cfg(test)]
+pub(super) fn telemetry_for_test(
+    c: &TelemetryConfig,
+    env: &dyn EnvSource,
+    problems: &mut Vec<Problem>,
+) -> TelemetrySettings {
+    let mut p = Problems::default();
+    let s = telemetry(c, env, &mut p);
+    problems.extend(p.0);
+    s
+}
+
 /// `telemetry.*`, with the standard variables: `OTEL_SDK_DISABLED=true` turns traces off;
 /// `OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT` turns them on when the file sets no endpoint;
 /// `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` picks the protocol when the file does not.

@@ -318,3 +318,47 @@ fn libpq_verify_modes_read_as_require_which_verifies_and_a_url_needs_a_host_and_
         "{paths:?}"
     );
 }
+
+#[test]
+fn traces_are_on_with_an_endpoint_from_the_file_or_the_standard_variables() {
+    let settings = |yaml: &str, env: &[(&str, &str)]| {
+        let raw: TelemetryConfig = serde_saphyr::from_str(yaml).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut problems = Vec::new();
+        let s = build::telemetry_for_test(&raw, &env, &mut problems);
+        (s, problems)
+    };
+    let (off, _) = settings("{}", &[]);
+    assert!(off.exporter.is_none());
+    assert_eq!((off.sample_ratio, off.service_name.as_str()), (Some(1.0), "entra-gateway"));
+    let (http, _) = settings("otlp_endpoint: http://collector:4318/", &[]);
+    assert_eq!(http.exporter.unwrap().endpoint.as_deref(), Some("http://collector:4318/v1/traces"));
+    let (grpc, _) = settings("{otlp_endpoint: 'http://collector:4317', otlp_protocol: grpc}", &[]);
+    assert_eq!(grpc.exporter.unwrap().endpoint.as_deref(), Some("http://collector:4317"));
+    let (from_env, _) = settings(
+        "{}",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_SERVICE_NAME", "checkout"),
+        ],
+    );
+    let target = from_env.exporter.unwrap();
+    assert_eq!((target.protocol, target.endpoint), (OtlpProtocol::Grpc, None), "the exporter reads the variable");
+    assert_eq!((from_env.sample_ratio, from_env.service_name.as_str()), (None, "checkout"));
+    let (disabled, _) = settings("otlp_endpoint: http://collector:4318", &[("OTEL_SDK_DISABLED", "true")]);
+    assert!(disabled.exporter.is_none());
+    let (_, problems) = settings("{otlp_endpoint: 'collector:4318', sample_ratio: 2}", &[]);
+    let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["telemetry.sample_ratio", "telemetry.otlp_endpoint"]);
+}
+
+#[test]
+fn a_ratio_from_the_environment_is_a_number_and_durations_stay_text() {
+    let env = vec![("ENTRA_GATEWAY__TELEMETRY__SAMPLE_RATIO".to_string(), "0.25".to_string())];
+    let c = check_yaml(&minimal(), &env, FileChecks::Skip).unwrap();
+    assert_eq!(c.telemetry.sample_ratio, 0.25);
+    let env = vec![("ENTRA_GATEWAY__CACHE__GROUP_TTL".to_string(), "1.5s".to_string())];
+    assert!(check_yaml(&minimal(), &env, FileChecks::Skip).is_ok());
+}

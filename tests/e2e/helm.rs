@@ -80,10 +80,12 @@ fn values_sets() -> Vec<(String, Vec<String>)> {
         "directory.postgres.caSecret=postgres-ca",
         "directory.postgres.poolSize=4",
         "directory.postgres.timeout=3s",
+        "telemetry.otlpEndpoint=http://otel-collector.observability:4318",
     ] {
         postgres.extend(["--set".to_string(), v.to_string()]);
     }
-    sets.push(("the user directory in PostgreSQL (URL and CA from Secrets)".to_string(), postgres));
+    postgres.extend(["--set-json".to_string(), "telemetry.sampleRatio=0.1".to_string()]);
+    sets.push(("the user directory in PostgreSQL (URL and CA from Secrets), traces at 10%".to_string(), postgres));
     sets
 }
 
@@ -332,6 +334,23 @@ fn the_kubernetes_posture_holds_on_the_rendered_chart() {
     );
     let egress = kind(&pg, "NetworkPolicy")[0]["spec"]["egress"].to_string();
     assert!(egress.contains("5432"), "{egress}");
+    // Traces: the config names the receiver; the NetworkPolicy lets the pod reach its port.
+    let traced = render_all(
+        helm,
+        &[
+            "--set",
+            "telemetry.otlpEndpoint=http://otel-collector.observability:4317",
+            "--set",
+            "telemetry.otlpProtocol=grpc",
+        ],
+    );
+    let config = kind(&traced, "ConfigMap")[0]["data"]["config.yaml"].as_str().unwrap();
+    assert!(
+        config.contains("otlp_endpoint: \"http://otel-collector.observability:4317\"")
+            && config.contains("otlp_protocol: grpc"),
+        "{config}"
+    );
+    assert!(kind(&traced, "NetworkPolicy")[0]["spec"]["egress"].to_string().contains("4317"));
     // Workload identity with a sidecar: the token goes to the gateway only; the sidecar gets
     // the securityContext defaults.
     let wi = render_all(

@@ -198,6 +198,12 @@ logging:
   level: {{ $v.logging.level | quote }}
   format: {{ $v.logging.format }}
   access_log: {{ $v.logging.accessLog }}
+{{- with $v.telemetry.otlpEndpoint }}
+telemetry:
+  otlp_endpoint: {{ . | quote }}
+  otlp_protocol: {{ $v.telemetry.otlpProtocol }}
+  sample_ratio: {{ $v.telemetry.sampleRatio }}
+{{- end }}
 {{- end }}
 
 {{/* Whether the gateway calls Graph (and so needs a client credential): graphMode app/obo, or continuous access. */}}
