@@ -20,6 +20,14 @@ use crate::config::{Config, SigningAlgorithm};
 use crate::mock::{MockEntra, MockSettings, MockUser, TokenSpec};
 use crate::server::{AppState, Listeners};
 
+/// `println!` that ignores a closed stdout (a reader that stopped reading): the demo goes on.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const DEMO_YAML: &str = include_str!("../config/demo.yaml");
 const ENGINEERING: &str = "0a1b2c3d-0000-4000-8000-00000000e001";
 const PLATFORM: &str = "0a1b2c3d-0000-4000-8000-00000000e002";
@@ -82,7 +90,7 @@ pub async fn run_mock(port: u16, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| format!("mock Entra: {e}"))?;
     seed_users(&mock);
     let s = mock.settings();
-    println!(
+    say!(
         "{}",
         serde_json::json!({
             "authority_host": mock.authority_host(), "graph_url": mock.graph_url(),
@@ -229,9 +237,9 @@ async fn self_check(mock: &MockEntra, gw: SocketAddr) {
                 };
                 // Printed, not logged: the log writer is asynchronous, and these lines must come
                 // before the instructions.
-                println!("self-check: {login} exchange -> {status} {detail}");
+                say!("self-check: {login} exchange -> {status} {detail}");
             }
-            Err(e) => println!("self-check: {login} exchange failed: {e}"),
+            Err(e) => say!("self-check: {login} exchange failed: {e}"),
         }
     }
 }
@@ -241,7 +249,7 @@ fn print_instructions(mock: &MockEntra, gw: SocketAddr, admin: SocketAddr, app: 
     let tid = &mock.settings().tenant_id;
     let alice = "a11ce000-0000-4000-8000-000000000001";
     let extract = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
-    println!(
+    say!(
         r#"
 entra-gateway demo is running (Ctrl-C to stop)
 

@@ -308,7 +308,13 @@ impl EntraValidator {
 
     /// Validates `token` and says whether it is a user's or an app's. The token is decoded once;
     /// its signature is checked with the tenant's key as parsed when the JWKS was loaded.
+    #[cfg(test)]
     pub async fn validate(&self, token: &str) -> Result<Validated, EntraError> {
+        self.validate_until(token).await.map(|(validated, _)| validated)
+    }
+
+    /// [`Self::validate`], with the token's `exp` (Unix seconds).
+    pub async fn validate_until(&self, token: &str) -> Result<(Validated, u64), EntraError> {
         let parts = Compact::split(token)?;
         let kid = check_header(parts.header)?;
         let claims: EntraClaims = decode_part(parts.payload)?;
@@ -336,7 +342,8 @@ impl EntraValidator {
         let signature = B64.decode(parts.signature).map_err(|_| EntraError::BadSignature)?;
         key.verifier.verify_sig(parts.signed.as_bytes(), &signature).map_err(|_| EntraError::BadSignature)?;
         claims.check_registered(&issuer, &self.audiences, self.leeway, crate::clock::unix_now())?;
-        self.classify(claims, tid, version)
+        let exp = claims.exp.unwrap_or(0);
+        self.classify(claims, tid, version).map(|v| (v, exp))
     }
 
     /// The token type, as Microsoft.Identity.Web decides it.

@@ -2,7 +2,10 @@
 //!
 //! Owns: the order of the steps (validate the Entra token, decide group membership from the
 //! claim or Graph, read the profile, sync the user record, mint the internal token) and the
-//! caching of group answers (`group_ttl` / `negative_ttl`) and profiles (`profile_ttl`).
+//! caching of group answers (`group_ttl` / `negative_ttl`) and profiles (`profile_ttl`), and
+//! of Entra tokens already verified (keyed by the token's SHA-256, until its `exp`; dropped at
+//! the user's logout, and unused once continuous access changed the user's access), so that a
+//! client exchanging the same token again costs no RSA verification.
 //! Must not: parse HTTP or build responses (see `http::exchange`), or let any doubt through:
 //! every failure is a typed [`ExchangeError`], never an empty group list.
 
@@ -11,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
 
 use crate::cache::TieredCache;
 use crate::cache::redis::RedisStore;
@@ -92,8 +96,26 @@ struct Ttls {
     profile: Duration,
 }
 
+/// An Entra token verified before, and the user's access epoch then.
+#[derive(Clone)]
+struct Verified {
+    validated: Arc<Validated>,
+    exp: u64,
+    epoch: u64,
+}
+
+struct UntilEntraExpiry;
+
+impl moka::Expiry<[u8; 32], Verified> for UntilEntraExpiry {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Verified, _now: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(v.exp.saturating_sub(crate::clock::unix_now())))
+    }
+}
+
 pub struct ExchangeService {
     entra: EntraValidator,
+    /// Entra tokens already verified, by SHA-256.
+    verified: moka::sync::Cache<[u8; 32], Verified>,
     graph: Option<Arc<GraphClient>>,
     mode: GraphMode,
     policy: Arc<ArcSwap<Policy>>,
@@ -122,8 +144,14 @@ pub struct ExchangeParts {
 
 impl ExchangeService {
     pub fn new(p: ExchangeParts) -> ExchangeService {
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(UntilEntraExpiry)
+            .support_invalidation_closures()
+            .build();
         ExchangeService {
             entra: p.entra,
+            verified,
             graph: p.graph,
             mode: p.mode,
             policy: p.policy,
@@ -140,9 +168,40 @@ impl ExchangeService {
         &self.entra
     }
 
-    /// Step 1: validate the Entra token (no Graph call yet): a user's, or an app's.
-    pub async fn validate(&self, token: &str) -> Result<Validated, ExchangeError> {
-        Ok(in_child("entra validate_token", SpanKind::Internal, self.entra.validate(token)).await?)
+    /// Step 1: validate the Entra token (no Graph call yet): a user's, or an app's. A token
+    /// verified before is taken from the cache while it has not expired and the user's access
+    /// has not changed since.
+    pub async fn validate(&self, token: &str) -> Result<Arc<Validated>, ExchangeError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&key)
+            && hit.exp > crate::clock::unix_now()
+            && hit.epoch == self.epoch_of(&hit.validated)
+        {
+            return Ok(hit.validated);
+        }
+        let checked = in_child("entra validate_token", SpanKind::Internal, self.entra.validate_until(token));
+        let (validated, exp) = checked.await?;
+        let validated = Arc::new(validated);
+        let epoch = self.epoch_of(&validated);
+        self.verified.insert(key, Verified { validated: validated.clone(), exp, epoch });
+        Ok(validated)
+    }
+
+    /// The user's access epoch (a change the directory sync or the kill switch made).
+    fn epoch_of(&self, v: &Validated) -> u64 {
+        match v {
+            Validated::User(id) => self.access.entry(&UserAccess::key(&id.tid, &id.oid)).map_or(0, |e| e.epoch()),
+            Validated::App(_) => 0,
+        }
+    }
+
+    /// Drops the verified Entra tokens of a user (at logout): the next exchange verifies again.
+    pub fn forget(&self, tid: &str, oid: &str) {
+        let (tid, oid) = (tid.to_string(), oid.to_string());
+        let _ = self.verified.invalidate_entries_if(move |_, v| match v.validated.as_ref() {
+            Validated::User(id) => id.tid.eq_ignore_ascii_case(&tid) && id.oid.eq_ignore_ascii_case(&oid),
+            Validated::App(_) => false,
+        });
     }
 
     /// An app caller: let in only when `authorization.apps` lists it; its internal token

@@ -3,45 +3,217 @@
 //!
 //! Owns: the filter (`logging.level`, `RUST_LOG` wins; `logging.access_log: false` turns the
 //! per-request `access` lines off at their call site, so they cost nothing), JSON or pretty
-//! output, and a writer thread behind a bounded queue: a worker formats its line and hands it
-//! over; when the queue is full the line is dropped and counted
-//! (`entra_gateway_log_lines_dropped_total`) rather than making a request wait for stdout. The
-//! thread writes whole lines in batches of at most [`WRITE_BATCH`] bytes. Must not: decide what
-//! a request logs (see `http`).
+//! output, and how lines reach stdout. Like nginx's `access_log … buffer=32k flush=200ms`, a
+//! worker thread of the public listener ([`buffer_this_thread`]) formats each line into a
+//! buffer of its own and hands the buffer over whole, once it holds [`BATCH`] bytes or every
+//! [`FLUSH_EVERY`] ([`flush_this_thread`], from the worker's own timer), and when the worker
+//! ends: no line crosses threads on its own, so a request wakes no other thread. Other threads
+//! hand each line over as it comes (they log rarely). One writer thread writes the batches to
+//! stdout; when more than [`QUEUE_BYTES`] wait (stdout blocked, a slow log collector), a
+//! batch is dropped and its lines counted (`entra_gateway_log_lines_dropped_total`) rather
+//! than making a request wait. Dropping [`Logging`] writes everything queued. Must not: decide
+//! what a request logs (see `http`), or spin or yield waiting for lines (the writer sleeps on
+//! a condition variable).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
-/// Lines waiting for the writer thread at most; more are dropped and counted.
-const QUEUE_LINES: usize = 16 * 1024;
-/// Largest single write to stdout: whole lines only, so that lines from concurrent writers
-/// (and a pipe's atomic-write limit, 4 KiB) never interleave inside a line.
-pub const WRITE_BATCH: usize = 4096;
+/// A worker hands its lines over once its buffer holds this much.
+pub const BATCH: usize = 32 * 1024;
+/// ... or this often (its own timer), whichever comes first.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// Bytes waiting for the writer thread at most; more are dropped and counted.
+const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 
-/// Keeps the writer thread alive; dropping it flushes what is queued (at exit).
+/// Batches on their way to stdout.
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Vec<u8>>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// What the threads that log share with the writer thread.
+#[derive(Default)]
+struct Shared {
+    // std Mutex: each critical section is a queue push or pop, never held across a write.
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    dropped: AtomicU64,
+}
+
+impl Shared {
+    /// Queues a batch of whole lines (or counts them as dropped when too much waits).
+    fn push(&self, batch: Vec<u8>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.bytes + batch.len() > QUEUE_BYTES || q.closed {
+            drop(q);
+            let lines = batch.iter().filter(|b| **b == b'\n').count().max(1);
+            self.dropped.fetch_add(lines as u64, Ordering::Relaxed);
+            return;
+        }
+        q.bytes += batch.len();
+        q.batches.push_back(batch);
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// The writer thread: writes batches until closed and drained.
+    fn write_until_closed(&self) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    if let Some(batch) = q.batches.pop_front() {
+                        q.bytes -= batch.len();
+                        break batch;
+                    }
+                    if q.closed {
+                        return;
+                    }
+                    q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let mut out = std::io::stdout().lock();
+            // A failed write (stdout closed) loses the batch; there is nowhere to report it.
+            let _ = out.write_all(&batch).and_then(|()| out.flush());
+        }
+    }
+
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// A buffering thread's lines not handed over yet.
+struct Local {
+    bytes: Vec<u8>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Local {
+    fn hand_over(&mut self) {
+        if let Some(shared) = &self.shared
+            && !self.bytes.is_empty()
+        {
+            shared.push(std::mem::replace(&mut self.bytes, Vec::with_capacity(BATCH + 1024)));
+        }
+    }
+}
+
+impl Drop for Local {
+    /// A worker thread that ends hands over what it holds.
+    fn drop(&mut self) {
+        self.hand_over();
+    }
+}
+
+thread_local! {
+    /// `Some` on a thread that buffers its lines ([`buffer_this_thread`]).
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// From now on this thread buffers its log lines (a worker of the public listener; it must
+/// call [`flush_this_thread`] every [`FLUSH_EVERY`] and before it ends).
+pub fn buffer_this_thread() {
+    LOCAL.with(|l| *l.borrow_mut() = Some(Local { bytes: Vec::with_capacity(BATCH + 1024), shared: None }));
+}
+
+/// Hands this thread's buffered lines to the writer thread.
+pub fn flush_this_thread() {
+    LOCAL.with(|l| {
+        if let Some(local) = l.borrow_mut().as_mut() {
+            local.hand_over();
+        }
+    });
+}
+
+/// The subscriber's writer: each event's line goes to this thread's buffer, or straight to the
+/// queue on a thread that does not buffer.
+#[derive(Clone)]
+struct LogWriter(Arc<Shared>);
+
+/// One line being written (the formatter writes a whole line per event).
+struct LineSink<'a>(&'a Arc<Shared>);
+
+impl Write for LineSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let buffered = LOCAL.with(|l| match l.borrow_mut().as_mut() {
+            Some(local) => {
+                local.bytes.extend_from_slice(buf);
+                if local.shared.is_none() {
+                    local.shared = Some(self.0.clone());
+                }
+                if local.bytes.len() >= BATCH {
+                    local.hand_over();
+                }
+                true
+            }
+            None => false,
+        });
+        if !buffered {
+            self.0.push(buf.to_vec());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LineSink<'a>;
+    fn make_writer(&'a self) -> LineSink<'a> {
+        LineSink(&self.0)
+    }
+}
+
+/// Keeps the writer thread; dropping it writes what is queued and ends the thread.
 pub struct Logging {
-    _guard: Option<WorkerGuard>,
-    dropped: Option<ErrorCounter>,
+    shared: Option<Arc<Shared>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Logging {
     /// How many lines were dropped because the writer could not keep up.
     pub fn dropped_lines(&self) -> DroppedLines {
-        DroppedLines(self.dropped.clone())
+        DroppedLines(self.shared.clone())
+    }
+}
+
+impl Drop for Logging {
+    fn drop(&mut self) {
+        flush_this_thread();
+        if let Some(shared) = &self.shared {
+            shared.close();
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
 /// A reader of the dropped-lines count, for the metrics.
 #[derive(Clone, Default)]
-pub struct DroppedLines(Option<ErrorCounter>);
+pub struct DroppedLines(Option<Arc<Shared>>);
 
 impl DroppedLines {
     pub fn get(&self) -> u64 {
-        self.0.as_ref().map_or(0, |c| c.dropped_lines() as u64)
+        self.0.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
     }
 }
 
@@ -58,34 +230,73 @@ pub fn init(level: &str, format: LogFormat, access_log: bool) -> Logging {
         LogFormat::Pretty => false,
         LogFormat::Auto => !terminal,
     };
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .thread_name("entra-gateway-log")
-        .finish(std::io::BufWriter::with_capacity(WRITE_BATCH, StdoutLines));
-    let dropped = writer.error_counter();
+    let shared = Arc::new(Shared::default());
+    let writer = LogWriter(shared.clone());
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(terminal).with_writer(writer);
     let installed = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
-    match installed {
-        Ok(()) => Logging { _guard: Some(guard), dropped: Some(dropped) },
-        Err(_) => Logging { _guard: None, dropped: None },
+    if installed.is_err() {
+        return Logging { shared: None, writer: None };
     }
+    let for_thread = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("entra-gateway-log".into())
+        .spawn(move || for_thread.write_until_closed())
+        .ok();
+    Logging { shared: Some(shared), writer: thread }
 }
 
-/// Stdout without its own line buffering: the `BufWriter` in front of it hands over whole
-/// lines, and the writer thread flushes after each batch it drains.
-struct StdoutLines;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Write for StdoutLines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
+    fn sink_write(shared: &Arc<Shared>, line: &str) {
+        LineSink(shared).write_all(line.as_bytes()).unwrap();
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().lock().flush()
+    fn queued(shared: &Shared) -> Vec<Vec<u8>> {
+        shared.queue.lock().unwrap().batches.iter().cloned().collect()
+    }
+
+    #[test]
+    fn a_buffering_thread_hands_over_whole_batches_and_others_each_line() {
+        let shared = Arc::new(Shared::default());
+        let worker = shared.clone();
+        std::thread::spawn(move || {
+            let shared = worker;
+            {
+                buffer_this_thread();
+                sink_write(&shared, "a\n");
+                sink_write(&shared, "b\n");
+                assert!(queued(&shared).is_empty(), "nothing crosses threads per line");
+                flush_this_thread();
+                assert_eq!(queued(&shared), [b"a\nb\n".to_vec()]);
+                let long = "x".repeat(BATCH) + "\n";
+                sink_write(&shared, &long);
+                assert_eq!(queued(&shared).len(), 2, "a full buffer is handed over at once");
+                sink_write(&shared, "last\n");
+                // The thread ends: what it holds is handed over.
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(queued(&shared).last().unwrap(), b"last\n");
+        sink_write(&shared, "unbuffered\n");
+        assert_eq!(queued(&shared).last().unwrap(), b"unbuffered\n");
+    }
+
+    #[test]
+    fn beyond_the_queue_limit_batches_are_dropped_and_their_lines_counted() {
+        let shared = Shared::default();
+        let batch = vec![b'\n'; 1024 * 1024];
+        for _ in 0..8 {
+            shared.push(batch.clone());
+        }
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 0);
+        shared.push(b"one\ntwo\n".to_vec());
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 2);
+        shared.close();
+        shared.push(b"late\n".to_vec());
+        assert_eq!(shared.dropped.load(Ordering::Relaxed), 3, "after close nothing is queued");
     }
 }

@@ -60,14 +60,14 @@ async fn exchange(
     state.limits.check_ip(client).map_err(|wait| rate_limited(state, "ip", wait))?;
     let server = &state.server;
     let token = read_token(req, server.max_exchange_body_bytes, server.exchange_body_timeout).await?;
-    let exchanged = match state.exchange.validate(&token).await? {
+    let exchanged = match state.exchange.validate(&token).await?.as_ref() {
         Validated::User(id) => {
             state.limits.check_user(&id.tid, &id.oid).map_err(|wait| rate_limited(state, "user", wait))?;
-            state.exchange.complete(&id, &token).await?
+            state.exchange.complete(id, &token).await?
         }
         Validated::App(app) => {
             state.limits.check_user(&app.tid, &app.oid).map_err(|wait| rate_limited(state, "user", wait))?;
-            state.exchange.complete_app(&app)?
+            state.exchange.complete_app(app)?
         }
     };
     info.set_caller(&exchanged.minted.claims);

@@ -27,6 +27,8 @@ pub async fn logout(
     };
     info.set_caller(&principal.claims);
     state.access.revoke(&principal).await.map_err(AccessError::from)?;
+    // The Entra token behind the session is verified again at the next exchange.
+    state.exchange.forget(&principal.claims.tid, &principal.claims.oid);
     tracing::info!(user_id = %principal.claims.sub, "logout: token revoked");
     Ok(no_content())
 }

@@ -257,8 +257,18 @@ pub async fn serve_on_workers<M, H, F>(
         let (tls, stop, events, handler, counted) =
             (tls.clone(), stop.clone(), events.clone(), handler_for(i), open.clone());
         let run = move || {
+            // Log lines stay on this thread until a batch is full, its timer fires, or it ends.
+            crate::logging::buffer_this_thread();
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(async move {
+                    tokio::spawn(async {
+                        let mut every = tokio::time::interval(crate::logging::FLUSH_EVERY);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            every.tick().await;
+                            crate::logging::flush_this_thread();
+                        }
+                    });
                     let worker = Worker::new(tls, stop, limits, events, handler);
                     while let Some(handoff) = incoming.recv().await {
                         match tokio::net::TcpStream::from_std(handoff.stream) {
@@ -270,6 +280,7 @@ pub async fn serve_on_workers<M, H, F>(
                 }),
                 Err(e) => tracing::error!(error = %e, worker = i, "cannot start a worker runtime"),
             }
+            crate::logging::flush_this_thread();
             let _ = done.send(());
         };
         match std::thread::Builder::new().name(format!("entra-gateway-worker-{i}")).spawn(run) {

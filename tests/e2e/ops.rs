@@ -118,7 +118,8 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         ("subject_token", good.as_str()),
         ("subject_token_type", "urn:x"),
     ];
-    assert_eq!(client().post(gw.url("/auth/exchange")).form(&form).send().await.unwrap().status(), 400);
+    let r = client().post(gw.url("/auth/exchange")).header("X-Request-Id", "req-form").form(&form).send();
+    assert_eq!(r.await.unwrap().status(), 400);
     let r = client()
         .get(gw.url("/api/x"))
         .bearer_auth(&internal)
@@ -150,12 +151,15 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
     assert_eq!(created.len(), 1, "one structured line per created user:\n{text}");
     assert_eq!(created[0]["user_id"], access_user(&lines));
     assert!(!text.contains("Alice J"), "profile values are never logged");
-    let access: Vec<Value> = lines
+    let mut access: Vec<Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "access" || v["message"] == "request")
         .collect();
     assert_eq!(access.len(), 6, "one access line per public request:\n{text}");
+    // Each worker writes its own lines in batches: put them in the order they were sent.
+    let order = ["req-12345", generated.as_str(), "req-form", "req-proxied", "req-refused", "req-down"];
+    access.sort_by_key(|v| order.iter().position(|id| v["request_id"] == *id));
     let first = &access[0];
     assert_eq!(first["request_id"], "req-12345");
     assert_eq!(first["route"], "exchange");
@@ -463,4 +467,35 @@ async fn access_log_off_drops_only_the_access_lines_and_the_last_lines_reach_std
     assert!(!messages.iter().any(|m| m == "request"), "no access line: {messages:?}");
     assert!(messages.iter().any(|m| m == "user created"), "other lines stay: {messages:?}");
     assert_eq!(messages.last().map(String::as_str), Some("shutdown complete"), "flushed at exit: {messages:?}");
+}
+
+#[tokio::test]
+async fn every_access_line_is_written_when_sigterm_comes_right_after_the_requests() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let public =
+        format!("\nproxy:\n  routes:\n    - {{ path_prefix: \"/public/\", upstream: \"{}\", auth: none }}\n", up.url());
+    let (mut gw, _, _dir) = GatewayBuilder::new(&mock).yaml(&public).set("LOGGING__FORMAT", "json").spawn();
+    // Lines buffered by the workers (handed over every 200 ms or per 32 KiB) and the writer
+    // thread's queue are all written before the process exits.
+    const REQUESTS: usize = 600;
+    let c = client();
+    let sent: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let (c, url) = (c.clone(), gw.url(&format!("/public/line-{i}")));
+            tokio::spawn(async move { c.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for s in sent {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+    gw.signal("TERM");
+    let (lines, status) = gw.collect_until_exit();
+    assert_eq!(status.code(), Some(0));
+    let access = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "request" && v["route"] == "/public/")
+        .count();
+    assert_eq!(access, REQUESTS, "access lines written before the exit");
 }
