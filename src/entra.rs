@@ -306,14 +306,9 @@ impl EntraValidator {
         }
     }
 
-    /// Validates `token` and says whether it is a user's or an app's. The token is decoded once;
-    /// its signature is checked with the tenant's key as parsed when the JWKS was loaded.
-    #[cfg(test)]
-    pub async fn validate(&self, token: &str) -> Result<Validated, EntraError> {
-        self.validate_until(token).await.map(|(validated, _)| validated)
-    }
-
-    /// [`Self::validate`], with the token's `exp` (Unix seconds).
+    /// Validates `token` and says whether it is a user's or an app's, with its `exp` (Unix
+    /// seconds). The token is decoded once; its signature is checked with the tenant's key as
+    /// parsed when the JWKS was loaded.
     pub async fn validate_until(&self, token: &str) -> Result<(Validated, u64), EntraError> {
         let parts = Compact::split(token)?;
         let kid = check_header(parts.header)?;
