@@ -139,13 +139,16 @@ def redis():
     return p, port
 
 
-def gateway(name, mock_info, up, log_on, redis_port=None):
+def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=None):
+    """A gateway process; `env`: more ENTRA_GATEWAY__* overrides (features on or off);
+    `cache_yaml`: the whole `cache:` section (e.g. a Redis Cluster)."""
     d = WORK / name
     d.mkdir()
     subprocess.run([str(BIN), "keys", "generate", "--out", str(d / "k1.pem")], check=True, stdout=subprocess.DEVNULL)
     (d / "secret").write_text(mock_info["client_secret"])
     port, admin = free_port(), free_port()
     cache = f'cache: {{ redis_url: "redis://127.0.0.1:{redis_port}/0" }}\n' if redis_port else ""
+    cache = cache_yaml or cache
     (d / "gateway.yaml").write_text(
         f'server:\n  listen: "127.0.0.1:{port}"\n  admin_listen: "127.0.0.1:{admin}"\n'
         f"  rate_limit: {{ exchange_per_ip: null, exchange_per_user: null }}\n"
@@ -161,7 +164,8 @@ def gateway(name, mock_info, up, log_on, redis_port=None):
         f"logging: {{ level: info, format: json, access_log: {'true' if log_on else 'false'} }}\n"
     )
     out = open(WORK / f"{name}.log", "w")
-    p = Proc(name, [str(BIN), "serve", "--config", str(d / "gateway.yaml")], stdout=out)
+    p = Proc(name, [str(BIN), "serve", "--config", str(d / "gateway.yaml")], stdout=out,
+             env=dict(os.environ, **(env or {})))
     wait_port(port, name)
     return p, port
 

@@ -11,6 +11,13 @@ Contenders, each its own process, all in front of one upstream (nginx answering 
   gateway    `auth: required`, access log on (JSON to a file; its config in a directory of its own,
              as in a ConfigMap mount), and the warm exchange (the same Entra token again and again)
   baseline   the same gateway rows with the binary in BENCH_BASELINE (when set)
+  features   `auth: required` through gateways with one feature each (BENCH_FEATURES=0: none):
+             all off (`forward_token: false`), per-route assertion tokens (the default, the
+             `gateway` row), continuous access on, OpenTelemetry at 10% sampling (to an OTLP
+             sink in this script), and all of them on
+The cold exchange (a new user's token each time: Graph profile and groups, a new user record)
+is measured after the rounds, three 1 s runs per binary with fresh tokens, against the
+rounds' nginx median.
 Each round runs every contender once (A, B, C, A, B, C, ...), wrk with the same threads,
 connections and duration; the report gives each one's median and spread (min-max) over the
 rounds, and the median and spread of its ratio to nginx in the same round, so that a difference
@@ -20,7 +27,8 @@ raw_syscalls:sys_enter,context-switches` on the process during a fixed run), and
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
 BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
-BENCH_SKIP_COUNTS (1: no syscall counts).
+BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_COLD_USERS (15000 per run;
+0: no cold row).
 """
 
 import json
@@ -41,6 +49,8 @@ PIN = os.environ.get("BENCH_PIN") == "1"
 BASELINE = os.environ.get("BENCH_BASELINE")
 ONLY = os.environ.get("BENCH_ONLY", "")
 SKIP_COUNTS = os.environ.get("BENCH_SKIP_COUNTS") == "1"
+FEATURES = os.environ.get("BENCH_FEATURES", "1") == "1"
+COLD_USERS = int(os.environ.get("BENCH_COLD_USERS", "15000"))
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_CORE, LOAD_CORE = "0", "1"
 
@@ -107,6 +117,49 @@ def counts(pid, url, requests_seconds, **kw):
     return {k: v / n for k, v in values.items()} if n else {}
 
 
+def otlp_sink():
+    """An OTLP/HTTP receiver that accepts and discards spans (the exporter's other end)."""
+    import http.server
+    import threading
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+# The feature rows: (label, ENTRA_GATEWAY__* overrides). `{sink}` is the OTLP sink's port.
+FEATURE_ROWS = [
+    ("features off (forward_token: false)", {"ENTRA_GATEWAY__PROXY__FORWARD_TOKEN": "false"}),
+    ("+ continuous access", {"ENTRA_GATEWAY__PROXY__FORWARD_TOKEN": "false",
+                             "ENTRA_GATEWAY__ENTRA__CONTINUOUS_ACCESS__ENABLED": "true"}),
+    ("+ OpenTelemetry 10%", {"ENTRA_GATEWAY__PROXY__FORWARD_TOKEN": "false",
+                             "ENTRA_GATEWAY__TELEMETRY__OTLP_ENDPOINT": "http://127.0.0.1:{sink}",
+                             "ENTRA_GATEWAY__TELEMETRY__SAMPLE_RATIO": "0.1"}),
+    ("all on (assertions, continuous access, OpenTelemetry 10%)",
+     {"ENTRA_GATEWAY__ENTRA__CONTINUOUS_ACCESS__ENABLED": "true",
+      "ENTRA_GATEWAY__TELEMETRY__OTLP_ENDPOINT": "http://127.0.0.1:{sink}",
+      "ENTRA_GATEWAY__TELEMETRY__SAMPLE_RATIO": "0.1"}),
+]
+
+
+def cold_tokens(info, n):
+    path = bench.WORK / f"cold-{time.time_ns()}.txt"
+    path.write_bytes(bench.post(f"{info['authority_host']}/mock/new-users",
+                                {"count": n, "groups": [info["groups"]["engineering"]]}))
+    return path
+
+
 def nginx_worker(pid):
     children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return int(children[0]) if children else pid
@@ -147,6 +200,18 @@ def main():
                 key_pem = bench.WORK / f"{label}-gw" / "k1.pem"
                 haproxy_token = internal
         bench.BIN = binaries[0][1]
+        if FEATURES:
+            sink = otlp_sink()
+            for i, (label, env) in enumerate(FEATURE_ROWS):
+                env = {k: v.format(sink=sink) for k, v in env.items()}
+                gw, port = bench.gateway(f"feature-{i}", info, up, True, env=env)
+                procs.append(gw)
+                pin(gw.p.pid, PROXY_CORE)
+                time.sleep(0.5)
+                entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
+                internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+                contenders.append((f"gateway {label} auth: required (log on)", gw.p.pid,
+                                   f"http://127.0.0.1:{port}/req/x", {"token": internal}))
         ha, ha_port = haproxy(up, public_key_of(key_pem, bench.WORK / "k1.pub.pem"))
         procs.append(ha)
         pin(ha.p.pid, PROXY_CORE)
@@ -164,6 +229,16 @@ def main():
                 p99.setdefault(name, []).append(r["p99"])
                 print(f"  round {rnd + 1}: {name}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms"
                       + (f", {r['errors']} errors" if r["errors"] else ""), flush=True)
+        cold = {}
+        if COLD_USERS:
+            for name, _, url, kw in contenders:
+                if "warm exchange" not in name or (ONLY and ONLY not in name.replace("warm", "cold")):
+                    continue
+                label = name.replace("warm exchange", "cold exchange")
+                for run in range(3):
+                    r = wrk(url, 1, tokens_file=cold_tokens(info, COLD_USERS))
+                    cold.setdefault(label, []).append(r["rps"])
+                    print(f"  cold run {run + 1}: {label}: {r['rps']:.0f} req/s", flush=True)
         per_request = {}
         if not SKIP_COUNTS:
             for name, pid, url, kw in contenders:
@@ -174,10 +249,10 @@ def main():
     finally:
         for p in procs:
             p.stop()
-    report(results, p99, per_request)
+    report(results, p99, per_request, cold)
 
 
-def report(results, p99, per_request):
+def report(results, p99, per_request, cold):
     nginx = next(k for k in results if k.startswith("nginx"))
     lines = ["| contender | req/s median | spread | × nginx median | × nginx spread | p99 ms median |",
              "|---|---|---|---|---|---|"]
@@ -186,6 +261,13 @@ def report(results, p99, per_request):
         lines.append(f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
                      f"{statistics.median(ratios):.2f} | {min(ratios):.2f}–{max(ratios):.2f} | "
                      f"{statistics.median(p99[name]):.2f} |")
+    if cold:
+        nginx_median = statistics.median(results[nginx])
+        lines += ["", "| measured apart (3 runs of 1 s, fresh tokens) | req/s median | spread | × nginx median |",
+                  "|---|---|---|---|"]
+        for name, rps in cold.items():
+            lines.append(f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
+                         f"{statistics.median(rps) / nginx_median:.2f} |")
     if per_request:
         lines += ["", "| process | syscalls / request | context switches / request |", "|---|---|---|"]
         for name, c in per_request.items():

@@ -393,8 +393,11 @@ pub async fn public(
     let trace = state.telemetry.request(&method, req.headers(), trusted);
     let handled = route_public(&state, req, peer, worker, &mut info);
     let result = match &trace {
-        // Every log line of the request carries its trace id.
-        Some(span) => span.run(handled).instrument(tracing::info_span!("request", trace_id = %span.trace_id())).await,
+        // Every log line of a recorded request carries its trace id (the access line, of all).
+        Some(span) if span.is_recording() => {
+            span.run(handled).instrument(tracing::info_span!("request", trace_id = %span.trace_id())).await
+        }
+        Some(span) => span.run(handled).await,
         None => handled.await,
     };
     let (mut resp, failure) = match result {

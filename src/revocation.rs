@@ -6,17 +6,15 @@
 //! `{prefix}revoked:{jti}` and published on `{prefix}revocations`; each replica subscribes,
 //! copies what it hears into its in-process set, re-reads every `revoked:*` key when it
 //! (re)subscribes and every [`RESYNC_EVERY`], and checks its subscription with a PING every
-//! [`FEED_PING_EVERY`]. While the feed is live a proxied request costs no Redis round trip.
-//! When it is lost (or with a Redis Cluster, which has no feed here) the replica asks Redis per
-//! request, as before: with Redis down it still honours the revocations it made or heard, and
+//! [`FEED_PING_EVERY`]; on a Redis Cluster the channel is sharded (`SSUBSCRIBE`/`SPUBLISH`).
+//! While the feed is live a proxied request costs no Redis round trip. When it is lost the
+//! replica asks Redis per request, as before: with Redis down it still honours the revocations it made or heard, and
 //! refuses (503) what it cannot check only when `revocation_requires_redis` is set. Must not:
 //! verify tokens (see `access`) or keep an entry longer than the token's remaining life.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use futures_util::StreamExt;
 
 use crate::cache::redis::RedisStore;
 
@@ -205,18 +203,9 @@ impl RedisRevocations {
     }
 
     /// One subscription: subscribe, resync, then apply messages until the connection fails.
-    async fn follow_once(&self, client: &redis::Client) -> Result<(), String> {
+    async fn follow_once(&self) -> Result<(), String> {
         let t = self.redis.timeout().max(Duration::from_secs(1));
-        let within = |what: &'static str| move |_| format!("{what}: timed out");
-        let mut pubsub = tokio::time::timeout(t, client.get_async_pubsub())
-            .await
-            .map_err(within("connect"))?
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::time::timeout(t, pubsub.subscribe(self.channel()))
-            .await
-            .map_err(within("subscribe"))?
-            .map_err(|e| format!("subscribe: {e}"))?;
-        let (mut sink, mut messages) = pubsub.split();
+        let mut feed = self.redis.subscribe(&self.channel()).await?;
         let heard = self.resync().await.map_err(|e| e.to_string())?;
         tracing::debug!(revocations = heard, "revocations resynced");
         self.set_live(true);
@@ -224,20 +213,15 @@ impl RedisRevocations {
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC_EVERY, RESYNC_EVERY);
         loop {
             tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Err("connection closed".into()) };
-                    let opened = self.redis.open_message("revocations", &self.channel(), msg.get_payload_bytes());
+                msg = feed.next() => {
+                    let Some(payload) = msg else { return Err("connection closed".into()) };
+                    let opened = self.redis.open_message("revocations", &self.channel(), &payload);
                     match opened.as_deref().and_then(parse_message) {
                         Some((jti, until)) => self.remember(jti, until),
                         None => tracing::debug!("ignored a malformed or unsealed revocation message"),
                     }
                 }
-                _ = ping.tick() => {
-                    tokio::time::timeout(t, sink.ping::<redis::Value>())
-                        .await
-                        .map_err(within("ping"))?
-                        .map_err(|e| format!("ping: {e}"))?;
-                }
+                _ = ping.tick() => feed.ping(t).await?,
                 _ = resync.tick() => {
                     self.resync().await.map_err(|e| e.to_string())?;
                 }
@@ -292,11 +276,13 @@ impl RevocationStore for RedisRevocations {
 
     /// Subscribes again after a failure (backing off to 10 s); the feed is not live meanwhile.
     async fn follow(&self) {
-        let Some(client) = self.redis.pubsub_client().cloned() else { return };
+        if !self.redis.has_feed() {
+            return;
+        }
         let mut delay = Duration::from_millis(200);
         loop {
             let started = tokio::time::Instant::now();
-            let why = self.follow_once(&client).await.err().unwrap_or_default();
+            let why = self.follow_once().await.err().unwrap_or_default();
             self.set_live(false);
             if started.elapsed() > Duration::from_secs(30) {
                 delay = Duration::from_millis(200);

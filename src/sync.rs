@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
 
 use crate::cache::StoreError;
 use crate::cache::redis::RedisStore;
@@ -353,14 +352,11 @@ impl DirectorySync {
     /// Follows the other replicas' changes and kills until dropped; resubscribes after a
     /// failure.
     async fn follow(&self) {
-        let Some(redis) = self.redis.clone() else { return };
+        let Some(redis) = self.redis.clone().filter(|r| r.has_feed()) else { return };
         let mut delay = Duration::from_millis(200);
         loop {
             let started = tokio::time::Instant::now();
-            let why = match redis.pubsub_client().cloned() {
-                Some(client) => self.follow_once(&redis, &client).await.err().unwrap_or_default(),
-                None => self.poll_shared(&redis).await,
-            };
+            let why = self.follow_once(&redis).await.err().unwrap_or_default();
             if started.elapsed() > Duration::from_secs(30) {
                 delay = Duration::from_millis(200);
             }
@@ -370,45 +366,22 @@ impl DirectorySync {
         }
     }
 
-    /// Without pub/sub (Redis Cluster): re-reads the shared state every second.
-    async fn poll_shared(&self, redis: &RedisStore) -> String {
-        loop {
-            if let Err(e) = self.resync(redis).await {
-                return e.to_string();
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    async fn follow_once(&self, redis: &RedisStore, client: &redis::Client) -> Result<(), String> {
+    async fn follow_once(&self, redis: &RedisStore) -> Result<(), String> {
         let t = redis.timeout().max(Duration::from_secs(1));
-        let mut pubsub = tokio::time::timeout(t, client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect: timed out".to_string())?
-            .map_err(|e| format!("connect: {e}"))?;
         let channel = self.channel(redis);
-        tokio::time::timeout(t, pubsub.subscribe(&channel))
-            .await
-            .map_err(|_| "subscribe: timed out".to_string())?
-            .map_err(|e| format!("subscribe: {e}"))?;
-        let (mut sink, mut messages) = pubsub.split();
+        let mut feed = redis.subscribe(&channel).await?;
         self.resync(redis).await.map_err(|e| e.to_string())?;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(5), Duration::from_secs(5));
         let mut resync = tokio::time::interval_at(tokio::time::Instant::now() + RESYNC_EVERY, RESYNC_EVERY);
         loop {
             tokio::select! {
-                msg = messages.next() => {
-                    let Some(msg) = msg else { return Err("connection closed".into()) };
-                    let Some(payload) = redis.open_message("access", &channel, msg.get_payload_bytes()) else { continue };
+                msg = feed.next() => {
+                    let Some(payload) = msg else { return Err("connection closed".into()) };
+                    let Some(payload) = redis.open_message("access", &channel, &payload) else { continue };
                     self.on_message(redis, &payload).await;
                 }
-                _ = ping.tick() => {
-                    tokio::time::timeout(t, sink.ping::<redis::Value>())
-                        .await
-                        .map_err(|_| "ping: timed out".to_string())?
-                        .map_err(|e| format!("ping: {e}"))?;
-                }
+                _ = ping.tick() => feed.ping(t).await?,
                 _ = resync.tick() => {
                     self.resync(redis).await.map_err(|e| e.to_string())?;
                 }

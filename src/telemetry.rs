@@ -17,7 +17,7 @@ use std::future::Future;
 use futures_util::future::Either;
 use http::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::trace::{FutureExt, Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
@@ -76,12 +76,15 @@ impl Telemetry {
             true => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
             false => Context::new(),
         };
-        let span = tracer
-            .span_builder(Cow::Owned(format!("{method}")))
-            .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("http.request.method", method.to_string())])
-            .start_with_context(tracer, &parent);
-        Some(Span { cx: parent.with_span(span).with_value(TracerHandle(tracer.clone())) })
+        let span =
+            tracer.span_builder(method_name(method)).with_kind(SpanKind::Server).start_with_context(tracer, &parent);
+        if !span.span_context().is_sampled() {
+            // Not recorded: the context only carries the trace id on (logs, the upstream).
+            return Some(Span { cx: parent.with_span(span) });
+        }
+        let cx = parent.with_span(span).with_value(TracerHandle(tracer.clone()));
+        cx.span().set_attribute(KeyValue::new("http.request.method", method_name(method)));
+        Some(Span { cx })
     }
 
     /// Sends what is buffered and stops the exporter (at shutdown; blocks up to its timeout).
@@ -91,6 +94,20 @@ impl Telemetry {
         {
             tracing::warn!(error = %e, "OpenTelemetry: spans not flushed at shutdown");
         }
+    }
+}
+
+/// The method as a static name (no allocation per request); `_OTHER` as the conventions say.
+fn method_name(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "_OTHER",
     }
 }
 

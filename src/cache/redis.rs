@@ -9,8 +9,12 @@
 //! `entra_gateway_cache_integrity_failures_total` and logged without its content), and the
 //! versioned value envelope (a value this version cannot read is a miss, never a crash). Only
 //! lock values (`SET NX`, compared by this replica only) are stored unsealed: a planted lock
-//! makes the others wait at most its few seconds, then they load themselves. Must not: decide
-//! what is cached or what a failure means; callers fall back to their in-process state.
+//! makes the others wait at most its few seconds, then they load themselves. Feeds
+//! ([`RedisStore::subscribe`]): `SUBSCRIBE` on a single node; on a Redis Cluster sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`, Redis 7) on a RESP3 cluster connection of the feed's own, so a
+//! cluster follows logouts and access changes like a single node, without a round trip per
+//! request; scans visit every primary of a cluster. Must not: decide what is cached or what a
+//! failure means; callers fall back to their in-process state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +31,48 @@ use crate::config::{CacheSettings, RedisTarget};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 
+/// One channel followed: its messages' payloads (still sealed), and a check that it is alive.
+pub struct Subscription(Feed);
+
+enum Feed {
+    Single { sink: redis::aio::PubSubSink, messages: redis::aio::PubSubStream },
+    Cluster { conn: ClusterConnection, pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo> },
+}
+
+impl Subscription {
+    /// The next message's payload; `None` once the connection is lost.
+    pub async fn next(&mut self) -> Option<Vec<u8>> {
+        use futures_util::StreamExt;
+        match &mut self.0 {
+            Feed::Single { messages, .. } => messages.next().await.map(|m| m.get_payload_bytes().to_vec()),
+            Feed::Cluster { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    // [channel, message]
+                    redis::PushKind::SMessage => match push.data.into_iter().nth(1) {
+                        Some(redis::Value::BulkString(payload)) => return Some(payload),
+                        _ => continue,
+                    },
+                    // A node's connection dropped: messages may have been missed.
+                    redis::PushKind::Disconnection => return None,
+                    _ => continue,
+                }
+            },
+        }
+    }
+
+    /// A PING on the subscription's connection, within `timeout`.
+    pub async fn ping(&mut self, timeout: Duration) -> Result<(), String> {
+        let pinged = match &mut self.0 {
+            Feed::Single { sink, .. } => tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await,
+            Feed::Cluster { conn, .. } => {
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<redis::Value>(conn)).await
+            }
+        };
+        pinged.map_err(|_| "ping: timed out".to_string())?.map(|_| ()).map_err(|e| format!("ping: {e}"))
+    }
+}
+
 /// Version of the value envelope `{"v": 1, "d": ...}`.
 const FORMAT_VERSION: u64 = 1;
 
@@ -40,11 +86,19 @@ struct Cluster {
     conn: tokio::sync::Mutex<Option<ClusterConnection>>,
 }
 
+/// What a cluster feed's own connection is built from.
+struct ClusterFeed {
+    urls: Vec<String>,
+    ca_pem: Option<Vec<u8>>,
+}
+
 /// A handle on Redis.
 pub struct RedisStore {
     conn: Conn,
     /// The single-node client, for dedicated pub/sub connections (`None` with a cluster).
     pubsub: Option<redis::Client>,
+    /// With a cluster: how to open a sharded pub/sub connection.
+    cluster_feed: Option<ClusterFeed>,
     prefix: String,
     timeout: Duration,
     healthy: AtomicBool,
@@ -66,7 +120,7 @@ impl RedisStore {
         let Some(redis) = &cfg.redis else { return Ok(None) };
         let certs = redis.ca_pem.clone().map(|pem| redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
         let timeout = redis.timeout;
-        let (conn, pubsub) = match &redis.target {
+        let (conn, pubsub, cluster_feed) = match &redis.target {
             RedisTarget::Single(url) => {
                 let url = redis.with_credentials(url)?;
                 let client = match certs {
@@ -81,11 +135,12 @@ impl RedisStore {
                     .set_max_delay(Duration::from_secs(2));
                 let manager =
                     client.get_connection_manager_lazy(config).map_err(|e| format!("cache.redis_url: {e}"))?;
-                (Conn::Single(manager), Some(client))
+                (Conn::Single(manager), Some(client), None)
             }
             RedisTarget::Cluster(urls) => {
                 let urls = urls.iter().map(|u| redis.with_credentials(u)).collect::<Result<Vec<_>, _>>()?;
-                let mut b = redis::cluster::ClusterClientBuilder::new(urls.iter().map(|u| u.expose().to_string()))
+                let urls: Vec<String> = urls.iter().map(|u| u.expose().to_string()).collect();
+                let mut b = redis::cluster::ClusterClientBuilder::new(urls.clone())
                     .connection_timeout(timeout.max(Duration::from_secs(1)))
                     .response_timeout(timeout)
                     .retries(1);
@@ -93,12 +148,14 @@ impl RedisStore {
                     b = b.certs(c);
                 }
                 let client = b.build().map_err(|e| format!("cache.cluster_urls: {e}"))?;
-                (Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) })), None)
+                let feed = ClusterFeed { urls, ca_pem: redis.ca_pem.clone() };
+                (Conn::Cluster(Box::new(Cluster { client, conn: tokio::sync::Mutex::new(None) })), None, Some(feed))
             }
         };
         Ok(Some(Arc::new(RedisStore {
             conn,
             pubsub,
+            cluster_feed,
             prefix: cfg.key_prefix.clone(),
             timeout,
             healthy: AtomicBool::new(true),
@@ -113,9 +170,49 @@ impl RedisStore {
         format!("{}{name}", self.prefix)
     }
 
-    /// The client for a dedicated pub/sub connection; `None` with a Redis Cluster.
-    pub fn pubsub_client(&self) -> Option<&redis::Client> {
-        self.pubsub.as_ref()
+    /// Follows `channel` (already prefixed) on a connection of its own: `SUBSCRIBE` on a
+    /// single node, `SSUBSCRIBE` (sharded, on the channel's primary) on a cluster.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, String> {
+        let t = self.timeout.max(Duration::from_secs(1));
+        let within = |what: &'static str| move |_| format!("{what}: timed out");
+        if let Some(client) = &self.pubsub {
+            let mut pubsub = tokio::time::timeout(t, client.get_async_pubsub())
+                .await
+                .map_err(within("connect"))?
+                .map_err(|e| format!("connect: {e}"))?;
+            tokio::time::timeout(t, pubsub.subscribe(channel))
+                .await
+                .map_err(within("subscribe"))?
+                .map_err(|e| format!("subscribe: {e}"))?;
+            let (sink, messages) = pubsub.split();
+            return Ok(Subscription(Feed::Single { sink, messages }));
+        }
+        let feed = self.cluster_feed.as_ref().ok_or("no Redis to subscribe to")?;
+        let (tx, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let mut b = redis::cluster::ClusterClientBuilder::new(feed.urls.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(t)
+            .response_timeout(t)
+            .retries(1);
+        if let Some(pem) = &feed.ca_pem {
+            b = b.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
+        }
+        let client = b.build().map_err(|e| format!("cluster feed: {e}"))?;
+        let mut conn = tokio::time::timeout(t, client.get_async_connection())
+            .await
+            .map_err(within("connect"))?
+            .map_err(|e| format!("connect: {e}"))?;
+        tokio::time::timeout(t, conn.ssubscribe(channel))
+            .await
+            .map_err(within("ssubscribe"))?
+            .map_err(|e| format!("ssubscribe: {e}"))?;
+        Ok(Subscription(Feed::Cluster { conn, pushes }))
+    }
+
+    /// Whether a feed can be followed (Redis is configured).
+    pub fn has_feed(&self) -> bool {
+        self.pubsub.is_some() || self.cluster_feed.is_some()
     }
 
     /// The command timeout.
@@ -222,10 +319,12 @@ impl RedisStore {
         self.run::<i64>("renew_if", &cmd).await.map(|n| n == 1)
     }
 
-    /// `PUBLISH channel payload` (channel already prefixed), the payload sealed for the channel.
+    /// `PUBLISH channel payload` (`SPUBLISH` on a cluster; channel already prefixed), the
+    /// payload sealed for the channel.
     pub async fn publish_sealed(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
         let sealed = self.sealer.seal(channel, payload);
-        self.run::<i64>("publish", redis::cmd("PUBLISH").arg(channel).arg(sealed)).await.map(|_| ())
+        let verb = if self.cluster_feed.is_some() { "SPUBLISH" } else { "PUBLISH" };
+        self.run::<i64>("publish", redis::cmd(verb).arg(channel).arg(sealed)).await.map(|_| ())
     }
 
     /// The payload of a message heard on `channel`, when it opens (else `None`, counted).
@@ -237,25 +336,90 @@ impl RedisStore {
     /// `MGET` in batches; a key that expires in between, or whose value does not open, is left
     /// out.
     pub async fn scan_sealed(&self, kind: &'static str, pattern: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let keys = match &self.conn {
+            Conn::Single(_) => self.scan_keys(pattern, None).await?,
+            Conn::Cluster(_) => {
+                let mut keys = Vec::new();
+                for primary in self.primaries().await? {
+                    keys.extend(self.scan_keys(pattern, Some(&primary)).await?);
+                }
+                keys
+            }
+        };
         let mut found = Vec::new();
+        for batch in keys.chunks(1000) {
+            let values: Vec<Option<Vec<u8>>> = match &self.conn {
+                Conn::Single(_) => self.run("mget", redis::cmd("MGET").arg(batch)).await?,
+                // A cluster's keys live in different slots, where MGET is refused: one GET each.
+                Conn::Cluster(_) => {
+                    let mut values = Vec::with_capacity(batch.len());
+                    for key in batch {
+                        values.push(self.run("get", redis::cmd("GET").arg(key)).await?);
+                    }
+                    values
+                }
+            };
+            for (key, value) in batch.iter().zip(values) {
+                if let Some(opened) = value.and_then(|v| self.open(kind, key, &v)) {
+                    found.push((key.clone(), opened));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every key matching `pattern` on one node: the single node, or a cluster primary.
+    async fn scan_keys(&self, pattern: &str, node: Option<&(String, u16)>) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
         let mut cursor = 0u64;
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-            let (next, keys): (u64, Vec<String>) = self.run("scan", &scan).await?;
-            if !keys.is_empty() {
-                let values: Vec<Option<Vec<u8>>> = self.run("mget", redis::cmd("MGET").arg(&keys)).await?;
-                for (key, value) in keys.into_iter().zip(values) {
-                    if let Some(opened) = value.and_then(|v| self.open(kind, &key, &v)) {
-                        found.push((key, opened));
-                    }
-                }
-            }
+            let (next, found): (u64, Vec<String>) = match node {
+                None => self.run("scan", &scan).await?,
+                Some((host, port)) => self.run_on(host, *port, scan).await?,
+            };
+            keys.extend(found);
             if next == 0 {
-                return Ok(found);
+                return Ok(keys);
             }
             cursor = next;
         }
+    }
+
+    /// The cluster's primaries (`host`, `port`), from `CLUSTER NODES`.
+    async fn primaries(&self) -> Result<Vec<(String, u16)>, StoreError> {
+        let text: String = self.run("cluster_nodes", &redis::cmd("CLUSTER").arg("NODES").clone()).await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split(' ').nth(2).is_some_and(|flags| flags.split(',').any(|f| f == "master")))
+            .filter_map(|l| {
+                let addr = l.split(' ').nth(1)?.split('@').next()?;
+                let (host, port) = addr.rsplit_once(':')?;
+                Some((host.to_string(), port.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// A command on one node of the cluster.
+    async fn run_on<T: redis::FromRedisValue>(&self, host: &str, port: u16, cmd: redis::Cmd) -> Result<T, StoreError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        let Conn::Cluster(cluster) = &self.conn else { return Err(StoreError("not a cluster".into())) };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.into(), port });
+        let mut conn = {
+            let mut guard = cluster.conn.lock().await;
+            if guard.is_none() {
+                *guard = Some(
+                    cluster.client.get_async_connection().await.map_err(|e| StoreError(format!("redis scan: {e}")))?,
+                );
+            }
+            guard.as_ref().cloned().ok_or_else(|| StoreError("redis scan: no connection".into()))?
+        };
+        let value = tokio::time::timeout(self.timeout, conn.route_command(cmd, routing))
+            .await
+            .map_err(|_| StoreError("redis scan: timed out".into()))?
+            .map_err(|e| StoreError(format!("redis scan: {e}")))?;
+        redis::from_redis_value(value).map_err(|e| StoreError(format!("redis scan: {e}")))
     }
 
     /// `value` sealed for `key`, stored with an optional expiry.

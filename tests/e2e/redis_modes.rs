@@ -1,5 +1,6 @@
 //! The ways of reaching Redis, each against a real `redis-server`: an ACL user with a password
-//! and a database number, TLS (`rediss://`) with a private CA, and Redis Cluster.
+//! and a database number, TLS (`rediss://`) with a private CA, and a 3-node Redis Cluster
+//! (whose feeds are sharded pub/sub: no Redis round trip per request, as with one node).
 
 use std::time::{Duration, Instant};
 
@@ -207,5 +208,47 @@ async fn redis_cluster() {
         }
     }
     let seeds = format!("[{}]", addrs.iter().map(|a| format!("\"redis://{a}\"")).collect::<Vec<_>>().join(", "));
-    replicas_share_state(&mock, &[("CACHE__CLUSTER_URLS", seeds)]).await;
+    replicas_share_state(&mock, &[("CACHE__CLUSTER_URLS", seeds.clone())]).await;
+
+    // The feeds are sharded pub/sub: a logout and a kill switch on A reach B without B asking
+    // Redis per request.
+    let pem = entra_gateway::keys::generate_pem(SigningAlgorithm::ES256).unwrap();
+    let replica = || {
+        GatewayBuilder::new(&mock)
+            .key("k1", SigningAlgorithm::ES256, Some(pem.clone()))
+            .set("PROXY__FORWARD_AUTH__ORIGINAL_URI", "path")
+            .set("CACHE__CLUSTER_URLS", seeds.clone())
+            .start()
+    };
+    let (a, b) = (replica().await, replica().await);
+    let feed_up = "entra_gateway_revocation_feed_up";
+    let asked = "entra_gateway_redis_command_duration_seconds_count{command=\"get_revocation\"}";
+    until("both feeds are live on the cluster", || async {
+        metric(&a, feed_up).await == 1.0 && metric(&b, feed_up).await == 1.0
+    })
+    .await;
+    let login = |gw: &Gateway, who: &'static str| {
+        let token = token_for(&mock, who);
+        let url = gw.url("/auth/exchange");
+        async move {
+            let body: serde_json::Value =
+                client().post(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+            body["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let (bob, alice) = (login(&a, "bob").await, login(&a, "alice").await);
+    let verify =
+        |gw: &Gateway, token: &str| client().get(gw.url("/auth/verify/app")).bearer_auth(token.to_string()).send();
+    for _ in 0..20 {
+        assert_eq!(verify(&b, &bob).await.unwrap().status(), 200);
+    }
+    assert_eq!(metric(&b, asked).await, 0.0, "no Redis round trip per request");
+    assert_eq!(client().post(a.url("/auth/logout")).bearer_auth(&bob).send().await.unwrap().status(), 204);
+    until("B hears the logout", || async { verify(&b, &bob).await.unwrap().status() == 401 }).await;
+    let tid = mock.settings().tenant_id.clone();
+    let kill = client().post(a.admin_url(&format!("/admin/users/{tid}/{ALICE}/revoke"))).send().await.unwrap();
+    assert_eq!(kill.status(), 204);
+    let took = until("B hears the kill switch", || async { verify(&b, &alice).await.unwrap().status() == 401 }).await;
+    assert!(took < Duration::from_secs(1), "the kill switch reached B in {} ms", took.as_millis());
+    assert_eq!(metric(&b, asked).await, 0.0, "heard, never asked");
 }
