@@ -2,7 +2,8 @@
 """Interleaved rounds: the gateway against nginx and HAProxy, proxying the same upstream.
 
     bash benches/run.sh compare                    (5 rounds; about 6 minutes after the build)
-    BENCH_PIN=1 bash benches/run.sh compare        (each proxy on core 0; wrk and upstream on core 1)
+    BENCH_PIN=1 bash benches/run.sh compare        (each proxy on core 0, the gateway with one worker;
+                                                    wrk and the upstream on core 1)
     BENCH_BASELINE=/path/to/old/entra-gateway bash benches/run.sh compare   (an older build too)
 
 Contenders, each its own process, all in front of one upstream (nginx answering 200 "hello world"):
@@ -53,6 +54,9 @@ FEATURES = os.environ.get("BENCH_FEATURES", "1") == "1"
 COLD_USERS = int(os.environ.get("BENCH_COLD_USERS", "15000"))
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_CORE, LOAD_CORE = "0", "1"
+# Pinned to one core, the gateway runs one worker thread (as an operator sets `server.workers`
+# to the CPU limit); unpinned, its default (one per core).
+WORKERS = {"ENTRA_GATEWAY__SERVER__WORKERS": "1"} if PIN else {}
 
 
 def pin(pid, core):
@@ -184,7 +188,7 @@ def main():
         key_pem = None
         for label, binary in binaries:
             bench.BIN = binary
-            gw, port = bench.gateway(f"{label}-gw", info, up, True)
+            gw, port = bench.gateway(f"{label}-gw", info, up, True, env=WORKERS)
             procs.append(gw)
             pin(gw.p.pid, PROXY_CORE)
             time.sleep(0.5)
@@ -200,12 +204,14 @@ def main():
                 key_pem = bench.WORK / f"{label}-gw" / "k1.pem"
                 haproxy_token = internal
         bench.BIN = binaries[0][1]
+        feature_procs = []
         if FEATURES:
             sink = otlp_sink()
             for i, (label, env) in enumerate(FEATURE_ROWS):
-                env = {k: v.format(sink=sink) for k, v in env.items()}
+                env = dict({k: v.format(sink=sink) for k, v in env.items()}, **WORKERS)
                 gw, port = bench.gateway(f"feature-{i}", info, up, True, env=env)
                 procs.append(gw)
+                feature_procs.append(gw)
                 pin(gw.p.pid, PROXY_CORE)
                 time.sleep(0.5)
                 entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
@@ -229,6 +235,17 @@ def main():
                 p99.setdefault(name, []).append(r["p99"])
                 print(f"  round {rnd + 1}: {name}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms"
                       + (f", {r['errors']} errors" if r["errors"] else ""), flush=True)
+        per_request = {}
+        if not SKIP_COUNTS:
+            for name, pid, url, kw in contenders:
+                if name.startswith("nginx"):
+                    pid = nginx_worker(pid)
+                if name.startswith(("nginx", "gateway", "baseline")) and "exchange" not in name:
+                    per_request[name] = counts(pid, url, 3, **kw)
+        # The continuous-access rows poll the mock's directory, which the cold rows fill with
+        # thousands of users: they are done.
+        for p in feature_procs:
+            p.stop()
         cold = {}
         if COLD_USERS:
             for name, _, url, kw in contenders:
@@ -239,13 +256,6 @@ def main():
                     r = wrk(url, 1, tokens_file=cold_tokens(info, COLD_USERS))
                     cold.setdefault(label, []).append(r["rps"])
                     print(f"  cold run {run + 1}: {label}: {r['rps']:.0f} req/s", flush=True)
-        per_request = {}
-        if not SKIP_COUNTS:
-            for name, pid, url, kw in contenders:
-                if name.startswith("nginx"):
-                    pid = nginx_worker(pid)
-                if name.startswith(("nginx", "gateway")) and "exchange" not in name:
-                    per_request[name] = counts(pid, url, 3, **kw)
     finally:
         for p in procs:
             p.stop()
