@@ -12,6 +12,7 @@ Contenders, each its own process, all in front of one upstream (nginx answering 
   gateway    `auth: required`, access log on (JSON to a file; its config in a directory of its own,
              as in a ConfigMap mount), and the warm exchange (the same Entra token again and again)
   baseline   the same gateway rows with the binary in BENCH_BASELINE (when set)
+  cluster    `auth: required` with a 3-node Redis Cluster (sharded pub/sub feeds; BENCH_CLUSTER=0: none)
   features   `auth: required` through gateways with one feature each (BENCH_FEATURES=0: none):
              all off (`forward_token: false`), per-route assertion tokens (the default, the
              `gateway` row), continuous access on, OpenTelemetry at 10% sampling (to an OTLP
@@ -28,8 +29,8 @@ raw_syscalls:sys_enter,context-switches` on the process during a fixed run), and
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
 BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
-BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_COLD_USERS (15000 per run;
-0: no cold row).
+BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_CLUSTER (1), BENCH_COLD_USERS
+(15000 per run; 0: no cold row).
 """
 
 import json
@@ -52,6 +53,7 @@ ONLY = os.environ.get("BENCH_ONLY", "")
 SKIP_COUNTS = os.environ.get("BENCH_SKIP_COUNTS") == "1"
 FEATURES = os.environ.get("BENCH_FEATURES", "1") == "1"
 COLD_USERS = int(os.environ.get("BENCH_COLD_USERS", "15000"))
+CLUSTER = os.environ.get("BENCH_CLUSTER", "1") == "1"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_CORE, LOAD_CORE = "0", "1"
 # Pinned to one core, the gateway runs one worker thread (as an operator sets `server.workers`
@@ -157,6 +159,28 @@ FEATURE_ROWS = [
 ]
 
 
+def redis_cluster():
+    """Three redis-server processes in cluster mode (no replicas), joined by redis-cli."""
+    procs, ports = [], []
+    for i in range(3):
+        port = bench.free_port()
+        d = bench.WORK / f"cluster-{i}"
+        d.mkdir()
+        procs.append(bench.Proc(f"redis-{i}", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                                "--appendonly", "no", "--dir", str(d), "--cluster-enabled", "yes",
+                                                "--cluster-config-file", "nodes.conf"]))
+        bench.wait_port(port, "redis cluster node")
+        ports.append(port)
+    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0",
+                    "--cluster-yes"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        info = subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True).stdout
+        if "cluster_state:ok" in info:
+            break
+        time.sleep(0.05)
+    return procs, ports
+
+
 def cold_tokens(info, n):
     path = bench.WORK / f"cold-{time.time_ns()}.txt"
     path.write_bytes(bench.post(f"{info['authority_host']}/mock/new-users",
@@ -218,6 +242,18 @@ def main():
                 internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
                 contenders.append((f"gateway {label} auth: required (log on)", gw.p.pid,
                                    f"http://127.0.0.1:{port}/req/x", {"token": internal}))
+        if CLUSTER:
+            cluster_procs, ports = redis_cluster()
+            procs.extend(cluster_procs)
+            seeds = ", ".join(f'"redis://127.0.0.1:{p}"' for p in ports)
+            gw, port = bench.gateway("cluster-gw", info, up, True, env=WORKERS, cache_yaml=f"cache: {{ cluster_urls: [{seeds}] }}\n")
+            procs.append(gw)
+            pin(gw.p.pid, PROXY_CORE)
+            time.sleep(1.5)  # the revocation feed subscribes
+            entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
+            internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+            contenders.append(("gateway + Redis Cluster (3 nodes) auth: required (log on)", gw.p.pid,
+                               f"http://127.0.0.1:{port}/req/x", {"token": internal}))
         ha, ha_port = haproxy(up, public_key_of(key_pem, bench.WORK / "k1.pub.pem"))
         procs.append(ha)
         pin(ha.p.pid, PROXY_CORE)
