@@ -164,6 +164,8 @@ def redis_cluster():
     procs, ports = [], []
     for i in range(3):
         port = bench.free_port()
+        while port >= 55000:  # the cluster bus listens on port + 10000
+            port = bench.free_port()
         d = bench.WORK / f"cluster-{i}"
         d.mkdir()
         procs.append(bench.Proc(f"redis-{i}", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",

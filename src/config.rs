@@ -136,6 +136,15 @@ pub struct Config {
     pub telemetry: TelemetrySettings,
 }
 
+/// `entra.continuous_access`, parsed.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub enabled: bool,
+    pub poll_interval: Duration,
+    /// The tenant whose directory is followed (the home tenant).
+    pub tenant: String,
+}
+
 /// `telemetry.*` with the standard `OTEL_*` variables applied.
 #[derive(Debug, Clone, Default)]
 pub struct TelemetrySettings {
@@ -235,7 +244,7 @@ pub struct EntraSettings {
     /// continuous access.
     pub credential: Option<ClientCredential>,
     /// `continuous_access`, for the home tenant.
-    pub continuous_access: crate::sync::SyncSettings,
+    pub continuous_access: SyncSettings,
 }
 
 /// `authorization.*` with every group id lowercase, and the set of all configured groups.

@@ -10,11 +10,11 @@
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
 //!   `cors` (browser origins), `metrics` (Prometheus families), [`seal`] (the HMAC that makes
-//!   every value shared through Redis tamper-evident), `telemetry` (OpenTelemetry traces:
-//!   exporter, W3C trace context, spans).
+//!   every value shared through Redis tamper-evident).
 //! - [`config`]: YAML + `ENTRA_GATEWAY__*` overrides -> raw form -> typed [`config::Config`]
 //!   with every value parsed and every file loaded; secrets redacted.
-//! - Domain: `cache` (in-process and Redis), `directory` (user records: in process, Redis or
+//! - Domain: `telemetry` (OpenTelemetry: exporter, W3C trace context, spans), `cache`
+//!   (in-process and Redis), `directory` (user records: in process, Redis or
 //!   PostgreSQL), `revocation`
 //!   (logout), `issuer` (the internal JWT), `assertion` (per-route tokens for upstreams), `entra` (Entra token rules and JWKS), `graph`
 //!   (Microsoft Graph), `policy` (groups -> allow/roles, app callers), `exchange` (the exchange

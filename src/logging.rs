@@ -3,7 +3,7 @@
 //!
 //! Owns: the filter (`logging.level`, `RUST_LOG` wins; `logging.access_log: false` turns the
 //! per-request `access` lines off at their call site, so they cost nothing), JSON or pretty
-//! output, and how lines reach stdout. Like nginx's `access_log … buffer=32k flush=200ms`, a
+//! output, and how lines reach stdout. Like nginx's `access_log … buffer=256k flush=200ms`, a
 //! worker thread of the public listener ([`buffer_this_thread`]) formats each line into a
 //! buffer of its own and hands the buffer over whole, once it holds [`BATCH`] bytes or every
 //! [`FLUSH_EVERY`] ([`flush_this_thread`], from the worker's own timer), and when the worker
@@ -28,7 +28,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::LogFormat;
 
 /// A worker hands its lines over once its buffer holds this much.
-pub const BATCH: usize = 32 * 1024;
+pub const BATCH: usize = 256 * 1024;
 /// ... or this often (its own timer), whichever comes first.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// Bytes waiting for the writer thread at most; more are dropped and counted.

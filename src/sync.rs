@@ -32,14 +32,7 @@ use crate::policy::Policy;
 use crate::user_access::{DenyReason, KEEP_SECS, UserAccess, UserEntry};
 use model::{Change, Model};
 
-/// `entra.continuous_access`, parsed.
-#[derive(Debug, Clone)]
-pub struct SyncSettings {
-    pub enabled: bool,
-    pub poll_interval: Duration,
-    /// The tenant whose directory is followed (the home tenant).
-    pub tenant: String,
-}
+pub use crate::config::SyncSettings;
 
 /// The longest back-off between failed polls.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);

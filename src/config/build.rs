@@ -365,7 +365,7 @@ fn entra(e: &EntraConfig, read: bool, env: &dyn EnvSource, p: &mut Problems) -> 
     if e.continuous_access.poll_interval < Duration::from_secs(1) {
         p.push("entra.continuous_access.poll_interval", "at least 1s");
     }
-    let continuous_access = crate::sync::SyncSettings {
+    let continuous_access = SyncSettings {
         enabled: e.continuous_access.enabled,
         poll_interval: e.continuous_access.poll_interval,
         tenant: tenants.first().cloned().flatten().unwrap_or_default(),

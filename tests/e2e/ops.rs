@@ -476,7 +476,7 @@ async fn every_access_line_is_written_when_sigterm_comes_right_after_the_request
     let public =
         format!("\nproxy:\n  routes:\n    - {{ path_prefix: \"/public/\", upstream: \"{}\", auth: none }}\n", up.url());
     let (mut gw, _, _dir) = GatewayBuilder::new(&mock).yaml(&public).set("LOGGING__FORMAT", "json").spawn();
-    // Lines buffered by the workers (handed over every 200 ms or per 32 KiB) and the writer
+    // Lines buffered by the workers (handed over every 200 ms or per 256 KiB) and the writer
     // thread's queue are all written before the process exits.
     const REQUESTS: usize = 600;
     let c = client();
