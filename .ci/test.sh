@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh Debian/Ubuntu machine (README: "Run the
-# tests"; .ci/run calls exactly this). About 6 minutes on 2 cores from a cold target/, 1-2
+# tests"; .ci/run calls exactly this). About 11 minutes on 2 cores from a cold target/, 2-3
 # minutes warm. It installs only what is missing and starts no system service:
 #   apt-get (as root, or through sudo): redis-server + redis-tools (real Redis for the shared-
 #     state tests; redis-cli builds a cluster), postgresql (the user directory's tests run a
