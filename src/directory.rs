@@ -119,7 +119,7 @@ impl UserRecord {
 
 pub use crate::cache::StoreError;
 
-/// Why a sign-in could not be recorded.
+/// Why a user record could not be read or a sign-in recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     /// The store cannot tell whether the user signed in before (it is down and the user is in
@@ -155,7 +155,9 @@ pub struct StoreCheck {
 /// Where user records live.
 #[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
-    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// The record of (tid, oid); [`DirectoryError::FirstSignIn`] when the store is down and
+    /// the user is in none of its caches (it cannot tell whether they signed in before).
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DirectoryError>;
     /// Writes the record of a sign-in; `outcome` is what the sign-in did to it (a store with a
     /// history records it).
     async fn put(&self, record: &UserRecord, outcome: &SyncOutcome) -> Result<(), StoreError>;
@@ -180,7 +182,7 @@ pub struct MemoryUserStore {
 
 #[async_trait::async_trait]
 impl UserStore for MemoryUserStore {
-    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DirectoryError> {
         let map = self.records.lock().map_err(|_| StoreError("poisoned".into()))?;
         Ok(map.get(&(tid.to_string(), oid.to_string())).cloned())
     }
@@ -213,7 +215,7 @@ impl RedisUserStore {
 
 #[async_trait::async_trait]
 impl UserStore for RedisUserStore {
-    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DirectoryError> {
         match self.redis.get_json::<UserRecord>("users", &self.key(tid, oid)).await {
             Ok(found) => Ok(found),
             Err(_) => self.local.get(tid, oid).await,
@@ -289,7 +291,9 @@ impl Directory {
     }
 
     pub async fn find(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.store.get(tid, oid).await
+        self.store.get(tid, oid).await.map_err(|e| match e {
+            DirectoryError::FirstSignIn(e) | DirectoryError::Store(e) => e,
+        })
     }
 
     /// Records access changes in the store's history, after the caller moves on (history is
@@ -328,7 +332,7 @@ impl Directory {
             return Ok((record, SyncOutcome::Unchanged));
         }
         let now = now_rfc3339();
-        let found = self.store.get(tid, oid).await.map_err(DirectoryError::FirstSignIn)?;
+        let found = self.store.get(tid, oid).await?;
         let (record, outcome) = match found {
             None => (UserRecord::new(tid, oid, profile, &now), SyncOutcome::Created),
             Some(mut rec) => {
@@ -380,7 +384,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl UserStore for Counting {
-        async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+        async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DirectoryError> {
             self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.inner.get(tid, oid).await
         }

@@ -389,7 +389,7 @@ pub async fn public(
     let cors = state.server.cors.as_deref();
     let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
     let mut info = AccessInfo::default();
-    let trusted = state.server.trusted_proxies.contains(peer.ip());
+    let trusted = || state.server.trusted_proxies.contains(peer.ip());
     let trace = state.telemetry.request(&method, req.headers(), trusted);
     let handled = route_public(&state, req, peer, worker, &mut info);
     let result = match &trace {

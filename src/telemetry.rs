@@ -25,8 +25,8 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use crate::config::{OtlpProtocol, OtlpTarget, TelemetrySettings};
 
 /// The W3C trace context headers.
-pub const TRACEPARENT: &str = "traceparent";
-pub const TRACESTATE: &str = "tracestate";
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 /// The process's traces: off, or a provider and its tracer.
 pub struct Telemetry {
@@ -68,11 +68,12 @@ impl Telemetry {
         Ok(Telemetry { inner: Some((provider, tracer)) })
     }
 
-    /// The server span of a request (`None` when traces are off). Its parent is the caller's
-    /// `traceparent` only when `trusted` (the peer is in `server.trusted_proxies`).
-    pub fn request(&self, method: &http::Method, headers: &HeaderMap, trusted: bool) -> Option<Span> {
+    /// The server span of a request (`None` when traces are off, and `trusted` is not asked).
+    /// Its parent is the caller's `traceparent` only when `trusted()` (the peer is in
+    /// `server.trusted_proxies`).
+    pub fn request(&self, method: &http::Method, headers: &HeaderMap, trusted: impl FnOnce() -> bool) -> Option<Span> {
         let (_, tracer) = self.inner.as_ref()?;
-        let parent = match trusted {
+        let parent = match trusted() {
             true => TraceContextPropagator::new().extract(&HeaderExtractor(headers)),
             false => Context::new(),
         };
@@ -232,13 +233,13 @@ pub fn to_upstream(headers: &mut HeaderMap, trusted_peer: bool) -> Option<Span> 
     let current = Context::map_current(|cx| cx.has_active_span().then(|| cx.clone()));
     let Some(cx) = current else {
         if !trusted_peer {
-            headers.remove(TRACEPARENT);
-            headers.remove(TRACESTATE);
+            headers.remove(&TRACEPARENT);
+            headers.remove(&TRACESTATE);
         }
         return None;
     };
-    headers.remove(TRACEPARENT);
-    headers.remove(TRACESTATE);
+    headers.remove(&TRACEPARENT);
+    headers.remove(&TRACESTATE);
     match Span::child("upstream", SpanKind::Client) {
         Some(span) => {
             span.inject(headers);
@@ -287,12 +288,12 @@ mod tests {
         let t = Telemetry::off();
         let mut h = HeaderMap::new();
         h.insert(TRACEPARENT, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
-        assert!(t.request(&http::Method::GET, &h, true).is_none());
+        assert!(t.request(&http::Method::GET, &h, || unreachable!("not asked when traces are off")).is_none());
         assert!(Span::child("x", SpanKind::Internal).is_none());
         let mut trusted = h.clone();
         assert!(to_upstream(&mut trusted, true).is_none());
-        assert!(trusted.contains_key(TRACEPARENT), "a trusted proxy's context passes");
+        assert!(trusted.contains_key(&TRACEPARENT), "a trusted proxy's context passes");
         assert!(to_upstream(&mut h, false).is_none());
-        assert!(!h.contains_key(TRACEPARENT), "an untrusted client's is dropped");
+        assert!(!h.contains_key(&TRACEPARENT), "an untrusted client's is dropped");
     }
 }

@@ -63,13 +63,25 @@ impl Subscription {
 
     /// A PING on the subscription's connection, within `timeout`.
     pub async fn ping(&mut self, timeout: Duration) -> Result<(), String> {
-        let pinged = match &mut self.0 {
-            Feed::Single { sink, .. } => tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await,
+        match &mut self.0 {
+            Feed::Single { sink, .. } => within(timeout, "ping", sink.ping::<redis::Value>()).await.map(|_| ()),
             Feed::Cluster { conn, .. } => {
-                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<redis::Value>(conn)).await
+                within(timeout, "ping", redis::cmd("PING").query_async::<redis::Value>(conn)).await.map(|_| ())
             }
-        };
-        pinged.map_err(|_| "ping: timed out".to_string())?.map(|_| ()).map_err(|e| format!("ping: {e}"))
+        }
+    }
+}
+
+/// `fut` within `t`; a failure or the timeout named after `what`.
+async fn within<T, E: std::fmt::Display>(
+    t: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(t, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out")),
     }
 }
 
@@ -174,16 +186,9 @@ impl RedisStore {
     /// single node, `SSUBSCRIBE` (sharded, on the channel's primary) on a cluster.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, String> {
         let t = self.timeout.max(Duration::from_secs(1));
-        let within = |what: &'static str| move |_| format!("{what}: timed out");
         if let Some(client) = &self.pubsub {
-            let mut pubsub = tokio::time::timeout(t, client.get_async_pubsub())
-                .await
-                .map_err(within("connect"))?
-                .map_err(|e| format!("connect: {e}"))?;
-            tokio::time::timeout(t, pubsub.subscribe(channel))
-                .await
-                .map_err(within("subscribe"))?
-                .map_err(|e| format!("subscribe: {e}"))?;
+            let mut pubsub = within(t, "connect", client.get_async_pubsub()).await?;
+            within(t, "subscribe", pubsub.subscribe(channel)).await?;
             let (sink, messages) = pubsub.split();
             return Ok(Subscription(Feed::Single { sink, messages }));
         }
@@ -199,14 +204,8 @@ impl RedisStore {
             b = b.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) });
         }
         let client = b.build().map_err(|e| format!("cluster feed: {e}"))?;
-        let mut conn = tokio::time::timeout(t, client.get_async_connection())
-            .await
-            .map_err(within("connect"))?
-            .map_err(|e| format!("connect: {e}"))?;
-        tokio::time::timeout(t, conn.ssubscribe(channel))
-            .await
-            .map_err(within("ssubscribe"))?
-            .map_err(|e| format!("ssubscribe: {e}"))?;
+        let mut conn = within(t, "connect", client.get_async_connection()).await?;
+        within(t, "ssubscribe", conn.ssubscribe(channel)).await?;
         Ok(Subscription(Feed::Cluster { conn, pushes }))
     }
 
@@ -227,13 +226,23 @@ impl RedisStore {
 
     /// Runs one command with the timeout; records latency and health.
     async fn run<T: redis::FromRedisValue>(&self, name: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.run_at(name, cmd, None).await
+    }
+
+    /// [`Self::run`] on one node of a cluster (`host`, `port`); on a single node, that node.
+    async fn run_at<T: redis::FromRedisValue>(
+        &self,
+        name: &'static str,
+        cmd: &redis::Cmd,
+        node: Option<&(String, u16)>,
+    ) -> Result<T, StoreError> {
         let span = crate::telemetry::Span::child("redis", opentelemetry::trace::SpanKind::Client);
         if let Some(span) = &span {
             span.set(opentelemetry::KeyValue::new("db.system.name", "redis"));
             span.set(opentelemetry::KeyValue::new("db.operation.name", name));
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.query(cmd)).await;
+        let result = tokio::time::timeout(self.timeout, self.query(cmd, node)).await;
         self.latency.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         let result = match result {
             Ok(Ok(v)) => Ok(v),
@@ -255,7 +264,11 @@ impl RedisStore {
         result
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        node: Option<&(String, u16)>,
+    ) -> redis::RedisResult<T> {
         match &self.conn {
             Conn::Single(m) => cmd.query_async(&mut m.clone()).await,
             Conn::Cluster(cluster) => {
@@ -270,7 +283,16 @@ impl RedisStore {
                     .map(Clone::clone)
                     .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
                 drop(guard);
-                let r = cmd.query_async(&mut c).await;
+                let r = match node {
+                    None => cmd.query_async(&mut c).await,
+                    Some((host, port)) => {
+                        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                        let at = SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port };
+                        c.route_command(cmd.clone(), RoutingInfo::SingleNode(at))
+                            .await
+                            .and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+                    }
+                };
                 if r.as_ref().is_err_and(|e| e.is_io_error() || e.is_connection_dropped()) {
                     *conn.lock().await = None;
                 }
@@ -375,10 +397,7 @@ impl RedisStore {
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
-            let (next, found): (u64, Vec<String>) = match node {
-                None => self.run("scan", &scan).await?,
-                Some((host, port)) => self.run_on(host, *port, scan).await?,
-            };
+            let (next, found): (u64, Vec<String>) = self.run_at("scan", &scan, node).await?;
             keys.extend(found);
             if next == 0 {
                 return Ok(keys);
@@ -399,27 +418,6 @@ impl RedisStore {
                 Some((host.to_string(), port.parse().ok()?))
             })
             .collect())
-    }
-
-    /// A command on one node of the cluster.
-    async fn run_on<T: redis::FromRedisValue>(&self, host: &str, port: u16, cmd: redis::Cmd) -> Result<T, StoreError> {
-        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        let Conn::Cluster(cluster) = &self.conn else { return Err(StoreError("not a cluster".into())) };
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.into(), port });
-        let mut conn = {
-            let mut guard = cluster.conn.lock().await;
-            if guard.is_none() {
-                *guard = Some(
-                    cluster.client.get_async_connection().await.map_err(|e| StoreError(format!("redis scan: {e}")))?,
-                );
-            }
-            guard.as_ref().cloned().ok_or_else(|| StoreError("redis scan: no connection".into()))?
-        };
-        let value = tokio::time::timeout(self.timeout, conn.route_command(cmd, routing))
-            .await
-            .map_err(|_| StoreError("redis scan: timed out".into()))?
-            .map_err(|e| StoreError(format!("redis scan: {e}")))?;
-        redis::from_redis_value(value).map_err(|e| StoreError(format!("redis scan: {e}")))
     }
 
     /// `value` sealed for `key`, stored with an optional expiry.

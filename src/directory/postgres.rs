@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use super::{AccessEvent, MemoryUserStore, StoreCheck, SyncOutcome, UserRecord, UserStore, internal_user_id};
+use super::{
+    AccessEvent, DirectoryError, MemoryUserStore, StoreCheck, SyncOutcome, UserRecord, UserStore, internal_user_id,
+};
 use crate::cache::StoreError;
 use crate::cache::redis::RedisStore;
 use crate::config::PostgresSettings;
@@ -544,15 +546,16 @@ fn rfc3339(t: SystemTime) -> String {
 
 #[async_trait::async_trait]
 impl UserStore for PostgresUserStore {
-    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, StoreError> {
+    async fn get(&self, tid: &str, oid: &str) -> Result<Option<UserRecord>, DirectoryError> {
         match self.read(tid, oid).await {
             Ok(found) => Ok(found),
             Err(DbError::Refused(why)) => {
                 tracing::error!(error = %why, "user record refused");
-                Err(StoreError(format!("PostgreSQL user directory: {why}")))
+                Err(StoreError(format!("PostgreSQL user directory: {why}")).into())
             }
             Err(DbError::Outage(why)) => self.cached(tid, oid).await.map(Some).ok_or_else(|| {
-                StoreError(format!("PostgreSQL user directory unreachable ({why}) and the user is not cached"))
+                let why = format!("PostgreSQL user directory unreachable ({why}) and the user is not cached");
+                DirectoryError::FirstSignIn(StoreError(why))
             }),
         }
     }

@@ -280,6 +280,8 @@ async fn a_users_row_the_gateway_did_not_write_signs_nobody_in_as_someone_else()
     let (status, _, body) = exchange(&gw, &token_for(&mock, "alice")).await;
     assert_eq!(status, 503, "{body}");
     assert!(!body.to_string().contains(&bob_id), "{body}");
+    let said = body["error_description"].as_str().unwrap();
+    assert!(!said.contains("first sign-in"), "a refused row is not an outage: {said}");
 
     db.execute("DELETE FROM users WHERE oid = $1", &[&ALICE]).await.unwrap();
     let alice = sign_in(&gw, &mock, "alice").await;

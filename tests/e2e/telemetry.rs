@@ -158,9 +158,18 @@ async fn with_sample_ratio_zero_nothing_is_recorded_but_the_upstream_still_joins
     let gw = builder(&mock, &up, &receiver).set("TELEMETRY__SAMPLE_RATIO", "0.0").start().await;
     let (_, _, body) = exchange(&gw, &token_for(&mock, "bob")).await;
     let internal = body["access_token"].as_str().unwrap().to_string();
-    let r = client().get(gw.url("/api/x")).bearer_auth(&internal).send().await.unwrap();
+    let r = client()
+        .get(gw.url("/api/x"))
+        .bearer_auth(&internal)
+        .header("traceparent", traceparent("01"))
+        .header("Traceparent", traceparent("01"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers.get_all("traceparent").iter().count(), 1, "exactly the gateway's");
     let (trace, _, flags) = seen_traceparent(&up);
+    assert_ne!(trace, CLIENT_TRACE);
     assert_eq!((trace.len(), flags.as_str()), (32, "00"));
     gw.stop().await;
     assert!(receiver.spans().is_empty(), "{:?}", receiver.spans());
@@ -172,9 +181,18 @@ async fn with_traces_off_an_untrusted_clients_trace_context_never_reaches_the_up
     let yaml =
         format!("proxy:\n  routes:\n    - {{ path_prefix: \"/api/\", upstream: \"{}\", auth: none }}\n", up.url());
     let untrusted = GatewayBuilder::new(&mock).yaml(&yaml).start().await;
-    let r = client().get(untrusted.url("/api/x")).header("traceparent", traceparent("01")).send().await.unwrap();
+    // Any case, and two of them: none reaches the upstream.
+    let r = client()
+        .get(untrusted.url("/api/x"))
+        .header("TraceParent", traceparent("01"))
+        .header("traceparent", traceparent("00"))
+        .header("TRACESTATE", "vendor=client")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(up.last().headers.get("traceparent").is_none());
+    let seen = up.last().headers;
+    assert!(seen.get("traceparent").is_none() && seen.get("tracestate").is_none(), "{seen:?}");
     let trusted = GatewayBuilder::new(&mock).yaml(&yaml).set("SERVER__TRUSTED_PROXIES", "[127.0.0.1/32]").start().await;
     client().get(trusted.url("/api/x")).header("traceparent", traceparent("01")).send().await.unwrap();
     assert_eq!(seen_traceparent(&up).0, CLIENT_TRACE, "a trusted proxy's context passes");
