@@ -1,8 +1,10 @@
 //! The internal-token check on the hot path: who is calling, and may they use this route.
 //!
 //! Owns: verifying the gateway's own token (signature, `iss`, `aud`, `exp`, `nbf`), a bounded
-//! cache of already-verified tokens keyed by the token's SHA-256 and expiring with the token (so
-//! the signature is not re-verified on every request), the revocation check (always, cached or
+//! cache of already-verified tokens keyed by the whole token and expiring with the token (so
+//! the signature is not re-verified on every request; a hit is an exact match of the token's
+//! bytes, found through a fast hash with a per-process random seed, so no collision can hand
+//! a caller another token's principal), the revocation check (always, cached or
 //! not), route group checks, logout, and the identity header values of each caller (computed
 //! once per token). Must not: read HTTP bodies or build responses.
 
@@ -11,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue};
 use moka::Expiry;
-use sha2::{Digest, Sha256};
 
 use crate::assertion::Assertions;
 use crate::cache::StoreError;
@@ -32,7 +33,8 @@ pub struct Principal {
     assertions: Assertions,
     /// The user's key in [`UserAccess`] (`tid:oid`), computed once.
     user_key: String,
-    key: [u8; 32],
+    /// The token itself: its key in the verified-token cache (shared with it, not copied).
+    key: Arc<str>,
 }
 
 /// Why a caller was refused.
@@ -61,8 +63,8 @@ pub enum AccessError {
 
 struct UntilTokenExpiry;
 
-impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
-    fn expire_after_create(&self, _key: &[u8; 32], p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
+impl Expiry<Arc<str>, Arc<Principal>> for UntilTokenExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
         Some(Duration::from_secs(p.claims.exp.saturating_sub(unix_now()) + INTERNAL_LEEWAY_SECS))
     }
 }
@@ -70,7 +72,7 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
 pub struct Access {
     issuer: Arc<Issuer>,
     revocations: Arc<dyn RevocationStore>,
-    verified: moka::sync::Cache<[u8; 32], Arc<Principal>>,
+    verified: moka::sync::Cache<Arc<str>, Arc<Principal>, foldhash::fast::RandomState>,
     headers: IdentityHeaders,
     users: Arc<UserAccess>,
 }
@@ -82,7 +84,12 @@ impl Access {
         headers: IdentityHeaders,
         users: Arc<UserAccess>,
     ) -> Access {
-        let verified = moka::sync::Cache::builder().max_capacity(100_000).expire_after(UntilTokenExpiry).build();
+        // The key is the token (about 1 KiB with the principal it maps to): foldhash, seeded at
+        // random, rather than SipHash or a SHA-256 of it (2% of a proxied request's CPU).
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .expire_after(UntilTokenExpiry)
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Access { issuer, revocations, verified, headers, users }
     }
 
@@ -97,15 +104,19 @@ impl Access {
         if !principal.claims.is_app() {
             self.users.check_token(&principal.user_key, principal.claims.iat).map_err(AccessError::AccessRevoked)?;
         }
-        if self.revocations.is_revoked(&principal.claims.jti).await? {
+        let jti = &principal.claims.jti;
+        let revoked = match self.revocations.is_revoked_locally(jti) {
+            Some(known) => known,
+            None => self.revocations.is_revoked(jti).await?,
+        };
+        if revoked {
             return Err(AccessError::Revoked);
         }
         Ok(principal)
     }
 
     fn verify(&self, token: &str) -> Result<Arc<Principal>, AccessError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(p) = self.verified.get(&key)
+        if let Some(p) = self.verified.get(token)
             && p.claims.exp + INTERNAL_LEEWAY_SECS > unix_now()
         {
             return Ok(p);
@@ -113,7 +124,9 @@ impl Access {
         let claims = self.issuer.verify(token)?;
         let identity = identity_values(&self.headers, &claims);
         let user_key = UserAccess::key(&claims.tid, &claims.oid);
-        let principal = Arc::new(Principal { claims, identity, assertions: Assertions::default(), user_key, key });
+        let key: Arc<str> = Arc::from(token);
+        let principal =
+            Arc::new(Principal { claims, identity, assertions: Assertions::default(), user_key, key: key.clone() });
         self.verified.insert(key, principal.clone());
         Ok(principal)
     }

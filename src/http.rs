@@ -6,6 +6,7 @@
 //! internal failures at warn/error). Must not: put a token, secret or internal error detail
 //! in a response body.
 
+mod access_line;
 pub mod admin;
 pub mod exchange;
 pub mod forward;
@@ -30,6 +31,7 @@ use crate::exchange::ExchangeError;
 use crate::graph::GraphError;
 use crate::path::CanonicalPath;
 use crate::proxy::ProxyError;
+use access_line::AccessLine;
 use tracing::Instrument;
 
 pub use crate::body::{Body, full, json};
@@ -335,7 +337,8 @@ pub struct AccessInfo {
     /// The endpoint (bounded: names from code); see [`AccessInfo::endpoint`].
     pub endpoint: std::borrow::Cow<'static, str>,
     /// The proxy route that served the request: its label is the endpoint, its upstream and
-    /// metric handles are used as they are (nothing copied per request).
+    /// metric handles are used as they are (nothing copied per request); the request is
+    /// counted and timed there (`entra_gateway_proxy_*`).
     pub route: Option<Arc<crate::proxy::routes::Route>>,
     /// The caller's internal user id, once known.
     pub user_id: Option<String>,
@@ -413,8 +416,12 @@ pub async fn public(
         cors.decorate(origin, resp.headers_mut());
     }
     let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
     match &info.route {
-        Some(route) => route.metrics.answered(status),
+        Some(route) => {
+            route.metrics.proxied(status, elapsed);
+            route.metrics.answered(status);
+        }
         None => state
             .metrics
             .http_requests_total
@@ -426,29 +433,20 @@ pub async fn public(
         describe_span(span, &method, &info, status, error);
         span.trace_id()
     });
-    macro_rules! access_line {
-        ($level:ident) => {
-            tracing::$level!(
-                target: "access",
-                method = %method,
-                route = info.endpoint(),
-                status,
-                duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
-                upstream = info.upstream(),
-                user_id = info.user_id.as_deref().unwrap_or("-"),
-                request_id = id.to_str().unwrap_or("-"),
-                trace_id = trace_id.as_deref().unwrap_or("-"),
-                error,
-                reason = %reason,
-                "request"
-            )
-        };
+    AccessLine {
+        level,
+        method: &method,
+        route: info.endpoint(),
+        status,
+        duration: elapsed,
+        upstream: info.upstream(),
+        user_id: info.user_id.as_deref().unwrap_or("-"),
+        request_id: id.to_str().unwrap_or("-"),
+        trace_id: trace_id.as_deref().unwrap_or("-"),
+        error,
+        reason: &reason,
     }
-    match level {
-        tracing::Level::ERROR => access_line!(error),
-        tracing::Level::WARN => access_line!(warn),
-        _ => access_line!(info),
-    }
+    .emit();
     resp
 }
 

@@ -11,15 +11,17 @@
 //! hand each line over as it comes (they log rarely). One writer thread writes the batches to
 //! stdout; when more than [`QUEUE_BYTES`] wait (stdout blocked, a slow log collector), a
 //! batch is dropped and its lines counted (`entra_gateway_log_lines_dropped_total`) rather
-//! than making a request wait. Dropping [`Logging`] writes everything queued. Must not: decide
-//! what a request logs (see `http`), or spin or yield waiting for lines (the writer sleeps on
-//! a condition variable).
+//! than making a request wait. Dropping [`Logging`] writes everything queued. With JSON output
+//! a caller may also write a line it formats itself ([`write_json_line`]: the access line,
+//! written by `http` straight into the worker's buffer, without `tracing`'s per-event
+//! formatting); the line takes the same way. Must not: decide what a request logs (see
+//! `http`), or spin or yield waiting for lines (the writer sleeps on a condition variable).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -124,6 +126,39 @@ impl Drop for Local {
 thread_local! {
     /// `Some` on a thread that buffers its lines ([`buffer_this_thread`]).
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// The queue of the process's subscriber when it writes JSON: set once by [`init`], with the
+/// subscriber (itself process-wide), never changed; unset, [`write_json_line`] declines.
+static JSON_QUEUE: OnceLock<Arc<Shared>> = OnceLock::new();
+
+/// Writes one line that `build` appends (JSON, ending in `\n`) the way the subscriber's lines
+/// go: into this thread's buffer, or to the queue on a thread that does not buffer. Returns
+/// false, writing nothing, when the process does not log JSON through [`init`] (the caller
+/// logs through `tracing` instead).
+pub fn write_json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let Some(shared) = JSON_QUEUE.get() else {
+        return false;
+    };
+    let build = LOCAL.with(|l| match l.borrow_mut().as_mut() {
+        Some(local) => {
+            build(&mut local.bytes);
+            if local.shared.is_none() {
+                local.shared = Some(shared.clone());
+            }
+            if local.bytes.len() >= BATCH {
+                local.hand_over();
+            }
+            None
+        }
+        None => Some(build),
+    });
+    if let Some(build) = build {
+        let mut line = Vec::with_capacity(512);
+        build(&mut line);
+        shared.push(line);
+    }
+    true
 }
 
 /// From now on this thread buffers its log lines (a worker of the public listener; it must
@@ -237,6 +272,9 @@ pub fn init(level: &str, format: LogFormat, access_log: bool) -> Logging {
     let installed = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
     if installed.is_err() {
         return Logging { shared: None, writer: None };
+    }
+    if json {
+        let _ = JSON_QUEUE.set(shared.clone());
     }
     let for_thread = shared.clone();
     let thread = std::thread::Builder::new()

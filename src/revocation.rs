@@ -29,6 +29,12 @@ pub trait RevocationStore: Send + Sync {
     /// Revokes `jti` for `ttl` (the token's remaining life).
     async fn revoke(&self, jti: &str, ttl: Duration) -> Result<(), StoreError>;
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+    /// The answer of [`RevocationStore::is_revoked`] when it needs no I/O (the local set, a
+    /// live feed), without a boxed future; `None`: ask `is_revoked`. The proxy path asks this
+    /// first on every request.
+    fn is_revoked_locally(&self, _jti: &str) -> Option<bool> {
+        None
+    }
     /// Follows the revocations of other replicas until the task is dropped (a no-op for
     /// stores that have no feed).
     async fn follow(&self) {}
@@ -105,7 +111,7 @@ impl MemoryRevocations {
 
     fn contains(&self, jti: &str) -> bool {
         let r = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        r.by_jti.get(jti).is_some_and(|until| tokio::time::Instant::now() < *until)
+        !r.by_jti.is_empty() && r.by_jti.get(jti).is_some_and(|until| tokio::time::Instant::now() < *until)
     }
 }
 
@@ -118,6 +124,10 @@ impl RevocationStore for MemoryRevocations {
 
     async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         Ok(self.contains(jti))
+    }
+
+    fn is_revoked_locally(&self, jti: &str) -> Option<bool> {
+        Some(self.contains(jti))
     }
 }
 
@@ -260,12 +270,16 @@ impl RevocationStore for RedisRevocations {
         }
     }
 
-    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+    fn is_revoked_locally(&self, jti: &str) -> Option<bool> {
         if self.local.contains(jti) {
-            return Ok(true);
+            return Some(true);
         }
-        if self.live.load(Ordering::Relaxed) {
-            return Ok(false);
+        self.live.load(Ordering::Relaxed).then_some(false)
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        if let Some(known) = self.is_revoked_locally(jti) {
+            return Ok(known);
         }
         match self.redis.get_sealed_as("get_revocation", "revocations", &self.key(jti)).await {
             Ok(until) => Ok(until.and_then(|u| parse_until(&u)).is_some_and(|u| u > crate::clock::unix_now_ms())),

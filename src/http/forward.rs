@@ -2,11 +2,11 @@
 //!
 //! Owns: the order of the proxy steps (route match on the canonical path, the route's
 //! empty-segment rule, authentication and route groups for `auth: required`, forwarding that
-//! same canonical path) and the proxy metrics. Must not: forward anything the checks refused;
+//! same canonical path); the proxy metrics are recorded by `super::public` from the route it
+//! leaves in `AccessInfo`. Must not: forward anything the checks refused;
 //! the upstream sees nothing of a refused request.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -26,7 +26,6 @@ pub async fn handle(
     worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let started = Instant::now();
     let routes = state.live.routes.load();
     let Some(found) = routes.find(&path) else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
@@ -35,11 +34,7 @@ pub async fn handle(
     drop(routes);
     info.skip_cors = !found.cors;
     let result = forward(state, &found, req, &path, peer, worker, info).await;
-    let status = match &result {
-        Ok(r) => r.status().as_u16(),
-        Err(rejection) => rejection.class().status.as_u16(),
-    };
-    found.metrics.proxied(status, started.elapsed());
+    // Counted and timed by the caller with the request's own clock (`AccessInfo::route`).
     info.route = Some(found.into_route());
     result
 }

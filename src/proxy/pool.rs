@@ -35,9 +35,21 @@ struct Kept {
     used: Instant,
 }
 
+/// The connections to one upstream, least recently used first.
+struct Conns {
+    list: Vec<Kept>,
+    /// When every connection of the list was last checked for closed or expired.
+    swept: Instant,
+}
+
+/// How often a checkout looks at every connection of its upstream's list.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// One worker's connections, by upstream authority.
 pub struct Http1Pool {
-    kept: Mutex<HashMap<Authority, Vec<Kept>>>,
+    /// foldhash: `Authority` hashes byte by byte (case-insensitively), which SipHash makes
+    /// costly on every request.
+    kept: Mutex<HashMap<Authority, Conns, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -60,7 +72,9 @@ impl Http1Pool {
             let checked_out = if reuse { self.checkout(authority) } else { None };
             let (mut sender, kept) = match checked_out {
                 Some(sender) => (sender, true),
-                None => (self.connect(authority).await?, false),
+                // Boxed: connecting is rare, and its future (the TCP connect and hyper's
+                // handshake) would otherwise make every request's future larger to move.
+                None => (Box::pin(self.connect(authority)).await?, false),
             };
             let sent = sender.try_send_request(req);
             self.keep(authority, sender);
@@ -74,15 +88,25 @@ impl Http1Pool {
         }
     }
 
-    /// The most recently used ready connection to `authority`; closed and expired ones are
-    /// dropped on the way.
+    /// The most recently used ready connection to `authority`. Closed and expired ones met on
+    /// the way are dropped; every connection of the list is looked at once a second
+    /// ([`SWEEP_EVERY`]), not on every request (the list holds the connections in flight too).
     fn checkout(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let list = kept.get_mut(authority)?;
+        let conns = kept.get_mut(authority)?;
         let now = Instant::now();
-        list.retain(|k| !k.sender.is_closed() && now.duration_since(k.used) < self.idle_timeout);
-        let ready = list.iter().rposition(|k| k.sender.is_ready())?;
-        Some(list.swap_remove(ready).sender)
+        let fresh = |k: &Kept| !k.sender.is_closed() && now.duration_since(k.used) < self.idle_timeout;
+        if now.duration_since(conns.swept) >= SWEEP_EVERY {
+            conns.list.retain(fresh);
+            conns.swept = now;
+        }
+        while let Some(i) = conns.list.iter().rposition(|k| k.sender.is_ready() || k.sender.is_closed()) {
+            let candidate = conns.list.remove(i);
+            if fresh(&candidate) {
+                return Some(candidate.sender);
+            }
+        }
+        None
     }
 
     /// Puts a connection whose request was just sent back on the list.
@@ -91,12 +115,13 @@ impl Http1Pool {
             return;
         }
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let list = match kept.get_mut(authority) {
-            Some(list) => list,
-            None => kept.entry(authority.clone()).or_default(),
+        let now = Instant::now();
+        let conns = match kept.get_mut(authority) {
+            Some(conns) => conns,
+            None => kept.entry(authority.clone()).or_insert_with(|| Conns { list: Vec::new(), swept: now }),
         };
-        if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(Kept { sender, used: Instant::now() });
+        if conns.list.len() < MAX_IDLE_PER_UPSTREAM {
+            conns.list.push(Kept { sender, used: now });
         }
     }
 
