@@ -79,5 +79,5 @@ target/tools/venv/bin/check-jsonschema --builtin-schema vendor.github-workflows 
 target/tools/venv/bin/hadolint deploy/Dockerfile
 
 log "release build (what deploy/Dockerfile builds: no demo, no mock) and image check"
-cargo build --release --locked --no-default-features
+cargo build --release --locked --no-default-features --features mimalloc
 bash .ci/image-check.sh

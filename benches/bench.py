@@ -164,8 +164,10 @@ def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=N
         f"logging: {{ level: info, format: json, access_log: {'true' if log_on else 'false'} }}\n"
     )
     out = open(WORK / f"{name}.log", "w")
+    # As the image runs it: mimalloc commits its arenas as they are used (deploy/Dockerfile).
+    base = dict(os.environ, MIMALLOC_ARENA_EAGER_COMMIT="0")
     p = Proc(name, [str(BIN), "serve", "--config", str(d / "gateway.yaml")], stdout=out,
-             env=dict(os.environ, **(env or {})))
+             env=dict(base, **(env or {})))
     wait_port(port, name)
     return p, port
 

@@ -27,6 +27,8 @@ use crate::user_access::{Refused, UserAccess};
 #[derive(Debug)]
 pub struct Principal {
     pub claims: InternalClaims,
+    /// `claims.sub`, shared with each request's access line.
+    pub user_id: Arc<str>,
     /// The identity headers to inject, rendered once.
     pub identity: Vec<(HeaderName, HeaderValue)>,
     /// The session's assertion tokens, per upstream audience.
@@ -125,8 +127,14 @@ impl Access {
         let identity = identity_values(&self.headers, &claims);
         let user_key = UserAccess::key(&claims.tid, &claims.oid);
         let key: Arc<str> = Arc::from(token);
-        let principal =
-            Arc::new(Principal { claims, identity, assertions: Assertions::default(), user_key, key: key.clone() });
+        let principal = Arc::new(Principal {
+            user_id: Arc::from(claims.sub.as_str()),
+            claims,
+            identity,
+            assertions: Assertions::default(),
+            user_key,
+            key: key.clone(),
+        });
         self.verified.insert(key, principal.clone());
         Ok(principal)
     }

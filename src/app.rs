@@ -81,7 +81,7 @@ impl Photos {
     pub async fn get(&self, tid: &str, oid: &str) -> Result<Option<Arc<Photo>>, Option<GraphError>> {
         let Some(graph) = self.graph.clone() else { return Err(None) };
         let (t, o, ttl) = (tid.to_string(), oid.to_string(), self.ttl);
-        let load = async move { graph.photo(&t, &o).await.map(|photo| (photo.map(Arc::new), ttl)) };
+        let load = move || async move { graph.photo(&t, &o).await.map(|photo| (photo.map(Arc::new), ttl)) };
         self.cache.get_or_load(format!("{tid}:{oid}"), load).await.map_err(|e| Some((*e).clone()))
     }
 }

@@ -59,16 +59,31 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
 
     /// Returns the cached value, or runs `load` once for all concurrent callers of this key and
     /// caches its value for the TTL it returns. Errors are shared with the waiting callers and
-    /// not cached.
-    pub async fn get_or_load<E, F>(&self, key: String, load: F) -> Result<V, Arc<E>>
+    /// not cached. `load` makes the loading future only on a miss, and that future is boxed:
+    /// a source's call (Graph, Redis) is a large future, which a hit neither builds nor moves.
+    pub async fn get_or_load<E, F, L>(&self, key: String, load: L) -> Result<V, Arc<E>>
     where
         E: Send + Sync + 'static,
+        L: FnOnce() -> F,
+        F: Future<Output = Result<(V, Duration), E>>,
+    {
+        if let Some(hit) = self.inner.get(&key).await {
+            self.metrics.cache(self.name, "hit");
+            return Ok(hit.value);
+        }
+        Box::pin(self.load(key, load)).await
+    }
+
+    async fn load<E, F, L>(&self, key: String, load: L) -> Result<V, Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        L: FnOnce() -> F,
         F: Future<Output = Result<(V, Duration), E>>,
     {
         let entry = self
             .inner
             .entry(key)
-            .or_try_insert_with(async move { load.await.map(|(value, ttl)| Timed { value, ttl }) })
+            .or_try_insert_with(async move { load().await.map(|(value, ttl)| Timed { value, ttl }) })
             .await;
         match entry {
             Ok(e) => {
@@ -109,9 +124,10 @@ where
 
     /// The cached value, or `load`'s (run once per key in this process and, with Redis, once
     /// across the replicas while the others wait for its answer).
-    pub async fn get_or_load<E, F>(&self, key: String, load: F) -> Result<V, Arc<E>>
+    pub async fn get_or_load<E, F, L>(&self, key: String, load: L) -> Result<V, Arc<E>>
     where
         E: Send + Sync + 'static,
+        L: FnOnce() -> F,
         F: Future<Output = Result<(V, Duration), E>>,
     {
         let Some(redis) = self.redis.clone() else {
@@ -120,12 +136,12 @@ where
         let rkey = redis.key(&format!("{}:{key}", self.name));
         let (name, l1_ttl) = (self.name, self.l1_ttl);
         self.l1
-            .get_or_load(key, async move {
+            .get_or_load(key, move || async move {
                 match redis.get_json::<V>(name, &rkey).await {
                     Ok(Some(v)) => Ok((v, l1_ttl)),
-                    Ok(None) => load_with_lock(&redis, name, &rkey, l1_ttl, load).await,
+                    Ok(None) => load_with_lock(&redis, name, &rkey, l1_ttl, load()).await,
                     // Redis is down: straight to the source, and keep the answer in process.
-                    Err(_) => load.await,
+                    Err(_) => load().await,
                 }
             })
             .await
@@ -192,7 +208,7 @@ mod tests {
             let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
             tasks.push(tokio::spawn(async move {
                 cache
-                    .get_or_load::<(), _>("k".into(), async move {
+                    .get_or_load::<(), _, _>("k".into(), move || async move {
                         calls.fetch_add(1, Ordering::SeqCst);
                         gate.notified().await;
                         Ok((7, Duration::from_secs(60)))
@@ -214,8 +230,8 @@ mod tests {
     #[tokio::test]
     async fn failed_loads_are_not_cached() {
         let cache: TtlCache<u32> = TtlCache::new("t", 100, Metrics::new());
-        assert!(cache.get_or_load("k".into(), async { Err::<(u32, Duration), _>("down") }).await.is_err());
-        let v = cache.get_or_load::<&str, _>("k".into(), async { Ok((1, Duration::from_secs(60))) }).await;
+        assert!(cache.get_or_load("k".into(), || async { Err::<(u32, Duration), _>("down") }).await.is_err());
+        let v = cache.get_or_load::<&str, _, _>("k".into(), || async { Ok((1, Duration::from_secs(60))) }).await;
         assert_eq!(v.unwrap(), 1);
     }
 }

@@ -179,7 +179,8 @@ impl ExchangeService {
         {
             return Ok(hit.validated);
         }
-        let checked = in_child("entra validate_token", SpanKind::Internal, self.entra.validate_until(token));
+        // Boxed: a cache miss's future (JWKS fetch, RSA verification) is large; a hit's stays small.
+        let checked = in_child("entra validate_token", SpanKind::Internal, Box::pin(self.entra.validate_until(token)));
         let (validated, exp) = checked.await?;
         let validated = Arc::new(validated);
         let epoch = self.epoch_of(&validated);
@@ -285,7 +286,7 @@ impl ExchangeService {
         // The user's access epoch (a change the sync saw) starts a new decision.
         let epoch = self.access.entry(&UserAccess::key(&id.tid, &id.oid)).map_or(0, |e| e.epoch());
         let key = format!("{}:{}:{}:{epoch}", id.tid, id.oid, policy.fingerprint());
-        let load = async {
+        let load = || async {
             let found = session.member_groups(&id.oid, policy.configured_groups()).await?;
             let ttl = match policy.decide(&found) {
                 Decision::Allow { .. } => self.ttls.group,
@@ -301,7 +302,7 @@ impl ExchangeService {
             return Ok(profile_from_claims(id));
         };
         let key = format!("{}:{}", id.tid, id.oid);
-        let load = async { Ok::<_, GraphError>((session.profile(&id.oid).await?, self.ttls.profile)) };
+        let load = || async { Ok::<_, GraphError>((session.profile(&id.oid).await?, self.ttls.profile)) };
         Ok(self.profiles.get_or_load(key, load).await.map_err(|e| (*e).clone())?)
     }
 }

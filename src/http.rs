@@ -340,8 +340,9 @@ pub struct AccessInfo {
     /// metric handles are used as they are (nothing copied per request); the request is
     /// counted and timed there (`entra_gateway_proxy_*`).
     pub route: Option<Arc<crate::proxy::routes::Route>>,
-    /// The caller's internal user id, once known.
-    pub user_id: Option<String>,
+    /// The caller's internal user id, once known (shared with the verified token's principal:
+    /// no copy per proxied request).
+    pub user_id: Option<Arc<str>>,
     /// `user` or `app`, once known (a span attribute).
     pub principal: Option<&'static str>,
     /// The response leaves CORS alone: a preflight answer (already complete), or a route with
@@ -355,8 +356,14 @@ pub struct AccessInfo {
 impl AccessInfo {
     /// Records who the caller is (their internal id and kind).
     pub fn set_caller(&mut self, claims: &crate::issuer::InternalClaims) {
-        self.user_id = Some(claims.sub.clone());
+        self.user_id = Some(Arc::from(claims.sub.as_str()));
         self.principal = Some(if claims.is_app() { "app" } else { "user" });
+    }
+
+    /// Records a verified caller.
+    pub fn set_principal(&mut self, principal: &crate::access::Principal) {
+        self.user_id = Some(principal.user_id.clone());
+        self.principal = Some(if principal.claims.is_app() { "app" } else { "user" });
     }
 
     /// The endpoint, or the proxy route's label.

@@ -95,7 +95,7 @@ pub(super) async fn admit(
         return Ok(None);
     }
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.set_caller(&p.claims);
+    info.set_principal(&p);
     for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
         state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;
         state.access.require_contexts(&p, &route.auth_context)?;

@@ -25,7 +25,7 @@ pub async fn logout(
         Err(AccessError::Revoked) => return Ok(no_content()),
         Err(e) => return Err(e.into()),
     };
-    info.set_caller(&principal.claims);
+    info.set_principal(&principal);
     state.access.revoke(&principal).await.map_err(AccessError::from)?;
     // The Entra token behind the session is verified again at the next exchange.
     state.exchange.forget(&principal.claims.tid, &principal.claims.oid);
@@ -43,7 +43,7 @@ fn no_content() -> Response<Body> {
 pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.set_caller(&p.claims);
+    info.set_principal(&p);
     let c = &p.claims;
     let record = state.directory.find(&c.tid, &c.oid).await?;
     let Some(user) = record else {
@@ -66,7 +66,7 @@ pub async fn photo(
 ) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
     let p = state.access.authenticate(bearer(req.headers())).await?;
-    info.set_caller(&p.claims);
+    info.set_principal(&p);
     if p.claims.is_app() {
         return Err(Rejection::NotFound("app callers have no photo"));
     }

@@ -76,7 +76,7 @@ pub async fn handle(
         return Ok(Response::new(full("")));
     }
     let principal = state.access.authenticate(bearer(req.headers())).await?;
-    info.set_caller(&principal.claims);
+    info.set_principal(&principal);
     match &found {
         Some(found) => {
             for r in found.policies().filter(|r| r.auth == RouteAuth::Required) {
