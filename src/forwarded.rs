@@ -9,6 +9,7 @@
 //! `X-Forwarded-Host` is only ever set from a `Host` that is a valid authority.
 //! Must not: decide whether a request is allowed.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -98,8 +99,31 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+thread_local! {
+    /// This thread's last peer with its header value, and the last `Host` found valid: a
+    /// worker's connections come from few addresses (an ingress, a load balancer) for one
+    /// host, so the value is formatted and the host parsed once, not on every request. A
+    /// memo of pure functions of their inputs: it changes no answer.
+    static MEMO: RefCell<Memo> = const { RefCell::new(Memo { peer: None, host: None }) };
+}
+
+struct Memo {
+    peer: Option<(IpAddr, HeaderValue)>,
+    host: Option<HeaderValue>,
+}
+
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        match &memo.peer {
+            Some((last, value)) if *last == ip => value.clone(),
+            _ => {
+                let value = HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+                memo.peer = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 fn append_for(headers: &mut HeaderMap, peer: IpAddr) {
@@ -120,6 +144,17 @@ fn append_for(headers: &mut HeaderMap, peer: IpAddr) {
 
 /// `host[:port]` with nothing else (no userinfo, path or spaces).
 fn is_authority(v: &HeaderValue) -> bool {
+    if MEMO.with(|memo| memo.borrow().host.as_ref() == Some(v)) {
+        return true;
+    }
+    let valid = parses_as_authority(v);
+    if valid {
+        MEMO.with(|memo| memo.borrow_mut().host = Some(v.clone()));
+    }
+    valid
+}
+
+fn parses_as_authority(v: &HeaderValue) -> bool {
     let Ok(s) = v.to_str() else { return false };
     !s.is_empty()
         && !s.contains('@')
@@ -207,5 +242,23 @@ mod tests {
         let mut h = headers(&[("host", "[::1]:8080")]);
         trusted(&[]).rewrite(&mut h, "127.0.0.1".parse().unwrap(), "http");
         assert_eq!(h[&X_FORWARDED_HOST], "[::1]:8080");
+    }
+
+    #[test]
+    fn the_per_thread_memo_never_changes_an_answer() {
+        // Alternating valid and invalid hosts, and peers, on one thread: each request gets what
+        // it would get alone.
+        for (host, peer, want_host) in [
+            ("app.example", "10.0.0.1", Some("app.example")),
+            ("user@evil.example", "10.0.0.1", None),
+            ("app.example", "10.0.0.2", Some("app.example")),
+            ("other.example:8443", "10.0.0.1", Some("other.example:8443")),
+            ("app.example/x", "10.0.0.2", None),
+        ] {
+            let mut h = headers(&[("host", host), ("x-forwarded-for", "6.6.6.6")]);
+            trusted(&[]).rewrite(&mut h, peer.parse().unwrap(), "http");
+            assert_eq!(h[&X_FORWARDED_FOR], peer);
+            assert_eq!(h.get(&X_FORWARDED_HOST).map(|v| v.to_str().unwrap()), want_host, "{host}");
+        }
     }
 }

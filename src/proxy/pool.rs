@@ -67,9 +67,11 @@ impl Http1Pool {
         authority: &Authority,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, SendError> {
+        // One clock read per request: the checkout's idle check and the kept connection's time.
+        let now = Instant::now();
         let mut reuse = true;
         loop {
-            let checked_out = if reuse { self.checkout(authority) } else { None };
+            let checked_out = if reuse { self.checkout(authority, now) } else { None };
             let (mut sender, kept) = match checked_out {
                 Some(sender) => (sender, true),
                 // Boxed: connecting is rare, and its future (the TCP connect and hyper's
@@ -77,7 +79,7 @@ impl Http1Pool {
                 None => (Box::pin(self.connect(authority)).await?, false),
             };
             let sent = sender.try_send_request(req);
-            self.keep(authority, sender);
+            self.keep(authority, sender, now);
             match sent.await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
@@ -91,10 +93,9 @@ impl Http1Pool {
     /// The most recently used ready connection to `authority`. Closed and expired ones met on
     /// the way are dropped; every connection of the list is looked at once a second
     /// ([`SWEEP_EVERY`]), not on every request (the list holds the connections in flight too).
-    fn checkout(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self, authority: &Authority, now: Instant) -> Option<SendRequest<Incoming>> {
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let conns = kept.get_mut(authority)?;
-        let now = Instant::now();
         let fresh = |k: &Kept| !k.sender.is_closed() && now.duration_since(k.used) < self.idle_timeout;
         if now.duration_since(conns.swept) >= SWEEP_EVERY {
             conns.list.retain(fresh);
@@ -109,13 +110,12 @@ impl Http1Pool {
         None
     }
 
-    /// Puts a connection whose request was just sent back on the list.
-    fn keep(&self, authority: &Authority, sender: SendRequest<Incoming>) {
+    /// Puts a connection whose request was just sent (at `now`) back on the list.
+    fn keep(&self, authority: &Authority, sender: SendRequest<Incoming>, now: Instant) {
         if sender.is_closed() {
             return;
         }
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let now = Instant::now();
         let conns = match kept.get_mut(authority) {
             Some(conns) => conns,
             None => kept.entry(authority.clone()).or_insert_with(|| Conns { list: Vec::new(), swept: now }),
