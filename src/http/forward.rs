@@ -58,7 +58,12 @@ async fn forward(
     let ids = state.access.identity_headers();
     let authorization = upstream_auth(state, found, principal.as_deref())?;
     info.forwarded = true;
-    Ok(state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization).await?)
+    // Boxed: the forwarding future (the upstream request in flight) is the largest part of a
+    // request's state; on the heap it is built once instead of being moved with every future
+    // that contains it (public, route_public, this one).
+    let forwarding =
+        state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization);
+    Ok(Box::pin(forwarding).await?)
 }
 
 /// `Authorization` for the upstream: for a signed-in caller, the route's assertion, the
