@@ -139,12 +139,13 @@ def redis():
     return p, port
 
 
-def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=None):
+def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=None, key_alg="ES256"):
     """A gateway process; `env`: more ENTRA_GATEWAY__* overrides (features on or off);
-    `cache_yaml`: the whole `cache:` section (e.g. a Redis Cluster)."""
+    `cache_yaml`: the whole `cache:` section (e.g. a Redis Cluster); `key_alg`: its signing key's."""
     d = WORK / name
     d.mkdir()
-    subprocess.run([str(BIN), "keys", "generate", "--out", str(d / "k1.pem")], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([str(BIN), "keys", "generate", "--algorithm", key_alg, "--out", str(d / "k1.pem")], check=True,
+                   stdout=subprocess.DEVNULL)
     (d / "secret").write_text(mock_info["client_secret"])
     port, admin = free_port(), free_port()
     cache = f'cache: {{ redis_url: "redis://127.0.0.1:{redis_port}/0" }}\n' if redis_port else ""
@@ -156,7 +157,7 @@ def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=N
         f'  tenants: ["{mock_info["tenant_id"]}"]\n  client_id: "{mock_info["client_id"]}"\n'
         f"  graph_mode: app\n  client_secret_file: secret\n"
         f'authorization:\n  allowed_groups: ["{mock_info["groups"]["engineering"]}"]\n'
-        f'issuer:\n  issuer: "http://127.0.0.1:{port}"\n  signing_keys: [{{ kid: k1, private_key_file: k1.pem }}]\n'
+        f'issuer:\n  issuer: "http://127.0.0.1:{port}"\n  signing_keys: [{{ kid: k1, algorithm: {key_alg}, private_key_file: k1.pem }}]\n'
         f"{cache}"
         f"proxy:\n  routes:\n"
         f'    - {{ path_prefix: "/none/", upstream: "http://127.0.0.1:{up}", auth: none }}\n'
