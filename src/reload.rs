@@ -28,11 +28,14 @@ const POLL_INTERVAL: Duration = Duration::from_secs(30);
 /// written in pieces (an editor, `cat > file`) is read whole, not half-written.
 const SETTLE: Duration = Duration::from_millis(500);
 
-/// Watches the directories of `files`; each change event sends `()` (coalesced).
+/// Watches the directories of `files`; each change event (not a read) sends `()` (coalesced).
 fn watch(files: &[&Path]) -> Option<(RecommendedWatcher, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Reads are not changes: a reloader reading its files (or the other reloader's, in a
+        // shared directory) would otherwise keep the other one settling, and reloads would
+        // wait for the poll interval.
+        if res.is_ok_and(|event| is_change(&event)) {
             let _ = tx.try_send(());
         }
     })
@@ -45,6 +48,11 @@ fn watch(files: &[&Path]) -> Option<(RecommendedWatcher, mpsc::Receiver<()>)> {
         }
     }
     Some((watcher, rx))
+}
+
+/// Whether a file event is a change (not a read: opening or closing a file unwritten).
+fn is_change(event: &notify::Event) -> bool {
+    !event.kind.is_access()
 }
 
 fn hash(path: &Path) -> Option<[u8; 32]> {
@@ -207,6 +215,20 @@ pub async fn tls_reloader(cert: Arc<ReloadingCert>, metrics: Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_watched_file_is_not_a_change() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+        let event = |kind| notify::Event::new(kind);
+        for read in [AccessKind::Open(AccessMode::Any), AccessKind::Close(AccessMode::Read), AccessKind::Read] {
+            assert!(!is_change(&event(EventKind::Access(read))), "{read:?}");
+        }
+        // Writing, a finished write, Kubernetes' symlink swap: changes.
+        assert!(is_change(&event(EventKind::Modify(ModifyKind::Any))));
+        assert!(is_change(&event(EventKind::Create(CreateKind::File))));
+        assert!(is_change(&event(EventKind::Modify(ModifyKind::Name(RenameMode::To)))));
+        assert!(is_change(&event(EventKind::Any)));
+    }
 
     fn raw(extra_env: &[(&str, &str)]) -> RawConfig {
         let yaml = "entra:\n  tenants: [\"11111111-1111-1111-1111-111111111111\"]\n  \

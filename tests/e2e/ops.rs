@@ -149,7 +149,7 @@ async fn json_logs_have_one_access_line_per_request_and_never_a_token() {
         .filter(|v| v["message"] == "user created")
         .collect();
     assert_eq!(created.len(), 1, "one structured line per created user:\n{text}");
-    assert_eq!(created[0]["user_id"], access_user(&lines));
+    assert_eq!(created[0]["user_id"], access_user(&lines, "req-12345"));
     assert!(!text.contains("Alice J"), "profile values are never logged");
     let mut access: Vec<Value> = lines
         .iter()
@@ -227,11 +227,13 @@ async fn sigterm_lets_the_in_flight_request_finish_refuses_new_connections_and_e
 }
 
 /// The user id of the first access line.
-fn access_user(lines: &[String]) -> Value {
+/// The `user_id` of the access line of request `id` (workers write their lines in batches, so
+/// lines of different connections may come in any order).
+fn access_user(lines: &[String], id: &str) -> Value {
     lines
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["message"] == "request")
+        .find(|v| v["message"] == "request" && v["request_id"] == id)
         .map(|v| v["user_id"].clone())
         .unwrap_or_default()
 }

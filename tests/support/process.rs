@@ -27,6 +27,8 @@ impl GatewayProcess {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            // As the image runs it (deploy/Dockerfile): mimalloc commits its arenas as used.
+            .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
