@@ -39,7 +39,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// The writer thread writes what is queued this often; it is woken earlier only when more than
 /// half of [`QUEUE_BYTES`] wait, or at the end.
-pub const WRITE_EVERY: Duration = Duration::from_millis(100);
+pub const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 /// Batches on their way to stdout.
 #[derive(Default)]
