@@ -356,14 +356,17 @@ pub struct AccessInfo {
 impl AccessInfo {
     /// Records who the caller is (their internal id and kind).
     pub fn set_caller(&mut self, claims: &crate::issuer::InternalClaims) {
-        self.user_id = Some(Arc::from(claims.sub.as_str()));
-        self.principal = Some(if claims.is_app() { "app" } else { "user" });
+        self.record_caller(Arc::from(claims.sub.as_str()), claims.is_app());
     }
 
     /// Records a verified caller.
     pub fn set_principal(&mut self, principal: &crate::access::Principal) {
-        self.user_id = Some(principal.user_id.clone());
-        self.principal = Some(if principal.claims.is_app() { "app" } else { "user" });
+        self.record_caller(principal.user_id.clone(), principal.claims.is_app());
+    }
+
+    fn record_caller(&mut self, user_id: Arc<str>, is_app: bool) {
+        self.user_id = Some(user_id);
+        self.principal = Some(if is_app { "app" } else { "user" });
     }
 
     /// The endpoint, or the proxy route's label.

@@ -145,10 +145,19 @@ static JSON_QUEUE: OnceLock<Arc<Shared>> = OnceLock::new();
 /// false, writing nothing, when the process does not log JSON through [`init`] (the caller
 /// logs through `tracing` instead).
 pub fn write_json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
-    let Some(shared) = JSON_QUEUE.get() else {
-        return false;
-    };
-    let build = LOCAL.with(|l| match l.borrow_mut().as_mut() {
+    match JSON_QUEUE.get() {
+        Some(shared) => {
+            append_line(shared, build);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Appends the line `build` writes to this thread's buffer (handing the buffer over once it
+/// holds [`BATCH`] bytes), or queues it alone on a thread that does not buffer.
+fn append_line(shared: &Arc<Shared>, build: impl FnOnce(&mut Vec<u8>)) {
+    let unbuffered = LOCAL.with(|l| match l.borrow_mut().as_mut() {
         Some(local) => {
             build(&mut local.bytes);
             if local.shared.is_none() {
@@ -161,12 +170,11 @@ pub fn write_json_line(build: impl FnOnce(&mut Vec<u8>)) -> bool {
         }
         None => Some(build),
     });
-    if let Some(build) = build {
-        let mut line = Vec::with_capacity(512);
+    if let Some(build) = unbuffered {
+        let mut line = Vec::new();
         build(&mut line);
         shared.push(line);
     }
-    true
 }
 
 /// From now on this thread buffers its log lines (a worker of the public listener; it must
@@ -194,22 +202,7 @@ struct LineSink<'a>(&'a Arc<Shared>);
 
 impl Write for LineSink<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let buffered = LOCAL.with(|l| match l.borrow_mut().as_mut() {
-            Some(local) => {
-                local.bytes.extend_from_slice(buf);
-                if local.shared.is_none() {
-                    local.shared = Some(self.0.clone());
-                }
-                if local.bytes.len() >= BATCH {
-                    local.hand_over();
-                }
-                true
-            }
-            None => false,
-        });
-        if !buffered {
-            self.0.push(buf.to_vec());
-        }
+        append_line(self.0, |out| out.extend_from_slice(buf));
         Ok(buf.len())
     }
 

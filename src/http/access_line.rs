@@ -129,8 +129,8 @@ thread_local! {
     static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
 }
 
-/// `2026-12-07T07:32:45.513985` (UTC; the caller writes the `Z`): the date and time are
-/// formatted once a second per thread, the microseconds each time.
+/// `2026-12-07T07:32:45.513985Z` (UTC): the date and time are formatted once a second per
+/// thread, the microseconds each time.
 fn timestamp(now: SystemTime, out: &mut Vec<u8>) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();

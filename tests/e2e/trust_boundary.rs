@@ -379,3 +379,36 @@ async fn an_h2c_upgrade_is_refused_and_websocket_is_the_only_upgrade() {
     }
     assert_eq!(s.up.requests(), 0);
 }
+
+#[tokio::test]
+async fn a_cached_token_vouches_only_for_its_exact_bytes() {
+    let s = setup().await;
+    let (alice, bob) = (s.token(Who::Alice).await.unwrap(), s.token(Who::Bob).await.unwrap());
+    // Both verified once: from here on they are answered from the verified-token cache.
+    assert_eq!(s.proxy(b"/admin/x", Some(&alice), &[]).await.0, 200);
+    assert_eq!(s.proxy(b"/api/x", Some(&bob), &[]).await.0, 200);
+    let seen = s.up.requests();
+    let part = |t: &str, i: usize| t.split('.').nth(i).unwrap().to_string();
+    let flip = |c: char| if c.is_ascii_uppercase() { c.to_ascii_lowercase() } else { c.to_ascii_uppercase() };
+    let sig = part(&alice, 2);
+    let i = sig.find(|c: char| c.is_ascii_alphabetic()).unwrap();
+    let cased: String = sig.char_indices().map(|(j, c)| if j == i { flip(c) } else { c }).collect();
+    let variants = [
+        format!("{}.{}.{cased}", part(&alice, 0), part(&alice, 1)),
+        format!("{alice}x"),
+        format!("{alice}."),
+        format!("{alice}="),
+        // Bob's claims under Alice's signature, and the other way round.
+        format!("{}.{}.{}", part(&bob, 0), part(&bob, 1), part(&alice, 2)),
+        format!("{}.{}.{}", part(&alice, 0), part(&alice, 1), part(&bob, 2)),
+        alice.to_ascii_uppercase(),
+    ];
+    for v in &variants {
+        assert_eq!(s.proxy(b"/admin/x", Some(v), &[]).await.0, 401, "{v}");
+        assert_eq!(s.verify(b"/admin/x", Some(v)).await.0, 401, "forward-auth: {v}");
+    }
+    assert_eq!(s.up.requests(), seen, "no variant reached the upstream");
+    // The genuine tokens keep their own rights, with the surrounding space a client may send.
+    assert_eq!(s.proxy(b"/admin/x", Some(&format!(" {alice} ")), &[]).await.0, 200);
+    assert_eq!(s.proxy(b"/admin/x", Some(&bob), &[]).await.0, 403);
+}
