@@ -4,7 +4,9 @@
 //! cache of already-verified tokens keyed by the whole token and expiring with the token (so
 //! the signature is not re-verified on every request; a hit is an exact match of the token's
 //! bytes, found through a fast hash with a per-process random seed, so no collision can hand
-//! a caller another token's principal), the revocation check (always, cached or
+//! a caller another token's principal; one cache per worker thread, so that a request touches
+//! no memory another worker writes: the cache's own bookkeeping, the principal's reference
+//! count and its header values are the worker's), the revocation check (always, cached or
 //! not), route group checks, logout, and the identity header values of each caller (computed
 //! once per token). Must not: read HTTP bodies or build responses.
 
@@ -71,27 +73,42 @@ impl Expiry<Arc<str>, Arc<Principal>> for UntilTokenExpiry {
     }
 }
 
+type Verified = moka::sync::Cache<Arc<str>, Arc<Principal>, foldhash::fast::RandomState>;
+
+/// Verified tokens kept, over all workers.
+const VERIFIED_CAPACITY: u64 = 100_000;
+
 pub struct Access {
     issuer: Arc<Issuer>,
     revocations: Arc<dyn RevocationStore>,
-    verified: moka::sync::Cache<Arc<str>, Arc<Principal>, foldhash::fast::RandomState>,
+    /// One cache per worker thread (see [`Access::authenticate`]).
+    verified: Box<[Verified]>,
     headers: IdentityHeaders,
     users: Arc<UserAccess>,
 }
 
 impl Access {
+    /// `workers`: the worker threads that will call [`Access::authenticate`] (each gets its
+    /// own cache; the capacity is shared out).
     pub fn new(
         issuer: Arc<Issuer>,
         revocations: Arc<dyn RevocationStore>,
         headers: IdentityHeaders,
         users: Arc<UserAccess>,
+        workers: usize,
     ) -> Access {
+        let workers = workers.max(1);
         // The key is the token (about 1 KiB with the principal it maps to): foldhash, seeded at
         // random, rather than SipHash or a SHA-256 of it (2% of a proxied request's CPU).
-        let verified = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .expire_after(UntilTokenExpiry)
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        let seed = foldhash::fast::RandomState::default();
+        let verified = (0..workers)
+            .map(|_| {
+                moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_CAPACITY.div_ceil(workers as u64))
+                    .expire_after(UntilTokenExpiry)
+                    .build_with_hasher(seed.clone())
+            })
+            .collect();
         Access { issuer, revocations, verified, headers, users }
     }
 
@@ -100,9 +117,11 @@ impl Access {
     }
 
     /// Verifies `token` (from the cache when seen before) and checks it is not revoked.
-    pub async fn authenticate(&self, token: Option<&str>) -> Result<Arc<Principal>, AccessError> {
+    /// `worker`: the thread serving the request, whose cache is used (a token used on two
+    /// workers is verified once on each).
+    pub async fn authenticate(&self, token: Option<&str>, worker: usize) -> Result<Arc<Principal>, AccessError> {
         let token = token.ok_or(AccessError::MissingToken)?;
-        let principal = self.verify(token)?;
+        let principal = self.verify(token, worker)?;
         if !principal.claims.is_app() {
             self.users.check_token(&principal.user_key, principal.claims.iat).map_err(AccessError::AccessRevoked)?;
         }
@@ -117,8 +136,9 @@ impl Access {
         Ok(principal)
     }
 
-    fn verify(&self, token: &str) -> Result<Arc<Principal>, AccessError> {
-        if let Some(p) = self.verified.get(token)
+    fn verify(&self, token: &str, worker: usize) -> Result<Arc<Principal>, AccessError> {
+        let verified = &self.verified[worker % self.verified.len()];
+        if let Some(p) = verified.get(token)
             && p.claims.exp + INTERNAL_LEEWAY_SECS > unix_now()
         {
             return Ok(p);
@@ -135,7 +155,7 @@ impl Access {
             user_key,
             key: key.clone(),
         });
-        self.verified.insert(key, principal.clone());
+        verified.insert(key, principal.clone());
         Ok(principal)
     }
 
@@ -178,7 +198,9 @@ impl Access {
         let left = principal.claims.exp.saturating_sub(unix_now());
         let ttl = Duration::from_secs(left + INTERNAL_LEEWAY_SECS + 1);
         self.revocations.revoke(&principal.claims.jti, ttl).await?;
-        self.verified.invalidate(&principal.key);
+        for verified in &self.verified {
+            verified.invalidate(&principal.key);
+        }
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use crate::access::Access;
 use crate::cache::TtlCache;
 use crate::cache::redis::RedisStore;
-use crate::config::{Config, ServerSettings};
+use crate::config::{Config, ProxySettings, ServerSettings};
 use crate::directory::postgres::PostgresUserStore;
 use crate::directory::{Directory, MemoryUserStore, RedisUserStore, UserStore};
 use crate::entra::EntraValidator;
@@ -65,8 +65,30 @@ pub struct Check {
 pub struct Live {
     /// Who may sign in and with which roles (`authorization`).
     pub policy: Arc<ArcSwap<Policy>>,
-    /// The routes and forward-auth's settings (`proxy.routes`, `proxy.forward_auth`).
-    pub routes: ArcSwap<RouteTable>,
+    /// The routes and forward-auth's settings (`proxy.routes`, `proxy.forward_auth`): one
+    /// copy per worker thread, so that what a request takes from its route (a reference to
+    /// it, the upstream's `Host` value, the route's tallies) is written by that worker only.
+    routes: Box<[ArcSwap<RouteTable>]>,
+}
+
+impl Live {
+    /// `workers` copies of the route table of `proxy`.
+    pub fn new(policy: Arc<ArcSwap<Policy>>, proxy: &ProxySettings, metrics: &Metrics, workers: usize) -> Live {
+        let routes = (0..workers.max(1)).map(|_| ArcSwap::from_pointee(RouteTable::new(proxy, metrics))).collect();
+        Live { policy, routes }
+    }
+
+    /// The route table of the worker `worker`.
+    pub fn routes(&self, worker: usize) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.routes[worker % self.routes.len()].load()
+    }
+
+    /// Swaps in the routes of `proxy` on every worker.
+    pub fn set_routes(&self, proxy: &ProxySettings, metrics: &Metrics) {
+        for routes in &self.routes {
+            routes.store(Arc::new(RouteTable::new(proxy, metrics)));
+        }
+    }
 }
 
 /// The caller's Graph photo, cached per (tid, oid) for `profile_ttl`.
@@ -195,12 +217,12 @@ impl AppState {
             redis: redis.clone(),
             access: user_access.clone(),
         });
-        let access = Access::new(issuer.clone(), revocations, proxy.identity.clone(), user_access);
+        let access = Access::new(issuer.clone(), revocations, proxy.identity.clone(), user_access, server.workers);
         let proto = if server.listener_tls.is_some() { "https" } else { "http" };
         let clients = (0..server.workers.max(1)).map(|_| upstream_client(outbound_tls.clone())).collect();
         let forwarder = Proxy::new(clients, proxy.strip_headers.clone(), proto, server.trusted_proxies.clone());
         Ok(Arc::new(AppState {
-            live: Live { policy, routes: ArcSwap::from_pointee(RouteTable::new(&proxy, &metrics)) },
+            live: Live::new(policy, &proxy, &metrics, server.workers),
             photos: Photos { graph, cache: TtlCache::new("photo", 10_000, metrics.clone()), ttl: cache.profile_ttl },
             limits: ExchangeLimits::new(&server.rate_limit, server.trusted_proxies.clone()),
             server,

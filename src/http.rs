@@ -331,9 +331,12 @@ impl From<ProxyError> for Rejection {
 }
 
 /// What the access log line says about a request beyond method, status and duration; filled in
-/// by the handlers as they learn it.
+/// by the handlers as they learn it. Also carries the worker thread serving the request.
 #[derive(Debug, Default)]
 pub struct AccessInfo {
+    /// The worker thread serving the request: whose verified-token cache and upstream
+    /// connections it uses.
+    pub worker: usize,
     /// The endpoint (bounded: names from code); see [`AccessInfo::endpoint`].
     pub endpoint: std::borrow::Cow<'static, str>,
     /// The proxy route that served the request: its label is the endpoint, its upstream and
@@ -389,19 +392,21 @@ use crate::request_id::X_REQUEST_ID;
 /// Entry point of the public listener: request id, routing, and the request's one log line
 /// (at the level of its classification, with the failure's reason).
 /// `worker` is the thread serving the connection (its upstream connection pool).
+/// `state`: the worker's own handle on the state (an `Arc` of it per worker, so that a
+/// request's reference count is on memory only its worker writes).
 pub async fn public(
-    state: Arc<AppState>,
+    state: Arc<Arc<AppState>>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     worker: usize,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
-    let id = state.request_ids.for_request(req.headers());
+    let id = state.request_ids.for_request(req.headers(), worker);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
     let method = req.method().clone();
     let cors = state.server.cors.as_deref();
     let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
-    let mut info = AccessInfo::default();
+    let mut info = AccessInfo { worker, ..AccessInfo::default() };
     let trusted = || state.server.trusted_proxies.contains(peer.ip());
     let trace = state.telemetry.request(&method, req.headers(), trusted);
     let handled = route_public(&state, req, peer, worker, &mut info);
@@ -429,8 +434,7 @@ pub async fn public(
     let elapsed = started.elapsed();
     match &info.route {
         Some(route) => {
-            route.metrics.proxied(status, elapsed);
-            route.metrics.answered(status);
+            route.metrics.served(status, elapsed);
         }
         None => state
             .metrics
@@ -520,7 +524,7 @@ async fn route_public(
     if crate::cors::is_preflight(req.method(), req.headers()) && !is_verify_path(path.as_str()) {
         info.endpoint = "preflight".into();
         info.skip_cors = true;
-        return preflight(state, &req, &path);
+        return preflight(state, &req, &path, worker);
     }
     let (endpoint, handler) = match path.as_str() {
         "/auth/exchange" => ("exchange", Endpoint::Exchange),
@@ -556,12 +560,17 @@ fn is_verify_path(path: &str) -> bool {
 
 /// Answers a CORS preflight itself: never forwarded, never asked for a token. The gateway's
 /// endpoints follow `server.cors`; a route follows it unless it has `cors: false`.
-fn preflight<B>(state: &AppState, req: &Request<B>, path: &CanonicalPath) -> Result<Response<Body>, Rejection> {
+fn preflight<B>(
+    state: &AppState,
+    req: &Request<B>,
+    path: &CanonicalPath,
+    worker: usize,
+) -> Result<Response<Body>, Rejection> {
     let Some(cors) = state.server.cors.as_deref() else {
         return Err(Rejection::CorsDenied("CORS is not enabled"));
     };
     let gateway_path = path.as_str().starts_with("/auth/") || path.as_str().starts_with("/.well-known/");
-    if !gateway_path && !state.live.routes.load().find(path).is_some_and(|r| r.cors) {
+    if !gateway_path && !state.live.routes(worker).find(path).is_some_and(|r| r.cors) {
         return Err(Rejection::CorsDenied("no route with CORS for this path"));
     }
     match cors.preflight(req.headers()) {

@@ -75,11 +75,27 @@ const DEFAULT_PREFIX: &str = "x-auth-";
 /// `X-Auth-Request-Redirect` (`$request_uri`) on every forward-auth request it sends.
 const NOT_IDENTITY: [&str; 1] = ["x-auth-request-redirect"];
 
+/// The `X-Auth-` names, static: a request's copy of a static name is a pointer, not a count
+/// on memory that every worker thread writes.
+const DEFAULT_NAMES: [&str; 9] = [
+    "x-auth-user-id",
+    "x-auth-oid",
+    "x-auth-tenant-id",
+    "x-auth-email",
+    "x-auth-name",
+    "x-auth-groups",
+    "x-auth-roles",
+    "x-auth-principal-type",
+    "x-auth-client-id",
+];
+
 /// The identity header names for a configured prefix.
 #[derive(Debug, Clone)]
 pub struct IdentityHeaders {
     /// The configured prefix and the default one (lowercase, with `-`), and App Service's.
     prefixes: Vec<String>,
+    /// The names are the static [`DEFAULT_NAMES`] (else each rendering gets its own copies).
+    static_names: bool,
     /// Which headers upstreams get.
     pub profile: HeaderProfile,
     pub user_id: HeaderName,
@@ -102,8 +118,15 @@ impl IdentityHeaders {
         if prefix.len() < 2 {
             return Err(HeaderName::from_bytes(b"").unwrap_err());
         }
-        let name = |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes());
         let configured = prefix.to_ascii_lowercase().replace('_', "-");
+        let static_names = prefix.to_ascii_lowercase() == DEFAULT_PREFIX;
+        let name = |suffix: &str| {
+            let known = DEFAULT_NAMES.iter().find(|n| n[DEFAULT_PREFIX.len()..].eq_ignore_ascii_case(suffix));
+            match (static_names, known) {
+                (true, Some(n)) => Ok(HeaderName::from_static(n)),
+                _ => HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes()),
+            }
+        };
         let mut prefixes = vec![DEFAULT_PREFIX.to_string()];
         if !configured.starts_with(DEFAULT_PREFIX) {
             prefixes.push(configured);
@@ -111,6 +134,7 @@ impl IdentityHeaders {
         prefixes.extend(EASY_AUTH_PREFIXES.map(String::from));
         Ok(IdentityHeaders {
             prefixes,
+            static_names,
             profile: HeaderProfile::default(),
             user_id: name("User-Id")?,
             oid: name("Oid")?,
@@ -145,30 +169,40 @@ impl IdentityHeaders {
         v
     }
 
+    /// A rendering's own copy of one of the names: a static name as is; a configured one copied
+    /// (the config's copy would be a reference count that every worker thread writes per
+    /// request; a principal's copy is written only by the worker that cached it).
+    fn own(&self, name: &HeaderName) -> HeaderName {
+        match self.static_names {
+            true => name.clone(),
+            false => HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone()),
+        }
+    }
+
     fn x_auth(&self, w: &Who<'_>) -> Vec<(HeaderName, HeaderValue)> {
         if w.is_app {
             return vec![
-                (self.principal_type.clone(), HeaderValue::from_static("app")),
-                (self.client_id.clone(), encode(w.client_id.unwrap_or_default())),
-                (self.oid.clone(), encode(w.oid)),
-                (self.tenant_id.clone(), encode(w.tid)),
-                (self.groups.clone(), HeaderValue::from_static("")),
-                (self.roles.clone(), encode(&w.roles.join(","))),
+                (self.own(&self.principal_type), HeaderValue::from_static("app")),
+                (self.own(&self.client_id), encode(w.client_id.unwrap_or_default())),
+                (self.own(&self.oid), encode(w.oid)),
+                (self.own(&self.tenant_id), encode(w.tid)),
+                (self.own(&self.groups), HeaderValue::from_static("")),
+                (self.own(&self.roles), encode(&w.roles.join(","))),
             ];
         }
         let mut v = vec![
-            (self.principal_type.clone(), HeaderValue::from_static("user")),
-            (self.user_id.clone(), encode(w.user_id)),
-            (self.oid.clone(), encode(w.oid)),
-            (self.tenant_id.clone(), encode(w.tid)),
-            (self.groups.clone(), encode(&w.groups.join(","))),
-            (self.roles.clone(), encode(&w.roles.join(","))),
+            (self.own(&self.principal_type), HeaderValue::from_static("user")),
+            (self.own(&self.user_id), encode(w.user_id)),
+            (self.own(&self.oid), encode(w.oid)),
+            (self.own(&self.tenant_id), encode(w.tid)),
+            (self.own(&self.groups), encode(&w.groups.join(","))),
+            (self.own(&self.roles), encode(&w.roles.join(","))),
         ];
         if let Some(e) = w.email {
-            v.push((self.email.clone(), encode(e)));
+            v.push((self.own(&self.email), encode(e)));
         }
         if let Some(n) = w.display_name {
-            v.push((self.name.clone(), encode(n)));
+            v.push((self.own(&self.name), encode(n)));
         }
         v
     }

@@ -19,7 +19,6 @@ use crate::app::AppState;
 use crate::config::{Config, ConfigError, ProcessEnv, RawConfig};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::proxy::routes::RouteTable;
 use crate::tls::ReloadingCert;
 
 /// Files are also re-checked this often, for mounts that send no change events.
@@ -176,7 +175,7 @@ pub fn reload(
         applied.push("authorization");
     }
     if routes_changed || new.raw.proxy.forward_auth != current.proxy.forward_auth {
-        state.live.routes.store(Arc::new(RouteTable::new(&new.proxy, &state.metrics)));
+        state.live.set_routes(&new.proxy, &state.metrics);
         applied.push("proxy.routes, proxy.forward_auth");
     }
     let restart = restart_needed(current, &new.raw);

@@ -110,7 +110,9 @@ pub async fn run_with_state(
     let workers = state.server.workers;
     let public =
         tokio::spawn(serve_on_workers(listeners.public, tls, public_rx, limits, events, workers, move |worker| {
-            let state = public_state.clone();
+            // The worker's own handle: each request counts a reference on it, not on the
+            // state every worker shares.
+            let state = Arc::new(public_state.clone());
             move |req, peer| http::public(state.clone(), req, peer, worker)
         }));
     let admin_state = state.clone();

@@ -26,7 +26,7 @@ pub async fn handle(
     worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let routes = state.live.routes.load();
+    let routes = state.live.routes(worker);
     let Some(found) = routes.find(&path) else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
@@ -99,7 +99,7 @@ pub(super) async fn admit(
     if !found.requires_auth() {
         return Ok(None);
     }
-    let p = state.access.authenticate(bearer(req.headers())).await?;
+    let p = state.access.authenticate(bearer(req.headers()), info.worker).await?;
     info.set_principal(&p);
     for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
         state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;

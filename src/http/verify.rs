@@ -58,7 +58,7 @@ pub async fn handle(
     own_path: &CanonicalPath,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let routes = state.live.routes.load();
+    let routes = state.live.routes(info.worker);
     let Some(source) = routes.original_uri else {
         return Err(Rejection::NotFound(
             "forward-auth is off: set proxy.forward_auth.original_uri for the ingress in front",
@@ -75,7 +75,7 @@ pub async fn handle(
         no_spoofed_identity(state, &req)?;
         return Ok(Response::new(full("")));
     }
-    let principal = state.access.authenticate(bearer(req.headers())).await?;
+    let principal = state.access.authenticate(bearer(req.headers()), info.worker).await?;
     info.set_principal(&principal);
     match &found {
         Some(found) => {

@@ -149,12 +149,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The table of `c`'s routes; `metrics`: the families their handles count in.
+    /// The table of `c`'s routes; `metrics`: the families their handles count in. Each table
+    /// has its own copies (a worker's table is written by that worker alone, see `app::Live`),
+    /// down to the upstream's `Host` value, which every request forwarded there takes a
+    /// reference to.
     pub fn new(c: &ProxySettings, metrics: &Metrics) -> RouteTable {
+        let own = |spec: &RouteSpec| {
+            let mut spec = spec.clone();
+            if let Ok(host) = http::HeaderValue::from_bytes(spec.host_header.as_bytes()) {
+                spec.host_header = host;
+            }
+            spec
+        };
         let mut routes: Vec<Arc<Route>> = c
             .routes
             .iter()
-            .map(|spec| Arc::new(Route { metrics: RouteMetrics::new(&spec.label, metrics), spec: spec.clone() }))
+            .map(|spec| Arc::new(Route { metrics: RouteMetrics::new(&spec.label, metrics), spec: own(spec) }))
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         RouteTable { routes, original_uri: c.original_uri, unmatched: c.unmatched }
