@@ -221,3 +221,44 @@ fn identity_values(h: &IdentityHeaders, c: &InternalClaims) -> Vec<(HeaderName, 
         roles: &c.roles,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IssuerSettings;
+    use crate::keys::{KeyRing, SigningAlgorithm, SigningKey, generate_pem};
+    use crate::revocation::MemoryRevocations;
+
+    fn access(workers: usize) -> (Access, Arc<Issuer>) {
+        let alg = SigningAlgorithm::ES256;
+        let key = SigningKey::from_pem("k1", alg, generate_pem(alg).unwrap().as_bytes()).unwrap();
+        let issuer = Arc::new(Issuer::new(IssuerSettings {
+            issuer: "https://gw.test".into(),
+            audience: "internal".into(),
+            token_ttl: Duration::from_secs(900),
+            keys: KeyRing::from_keys(vec![key]),
+        }));
+        let revocations = Arc::new(MemoryRevocations::new(100, &crate::metrics::Metrics::new()));
+        let headers = IdentityHeaders::new("X-Auth-").unwrap();
+        (Access::new(issuer.clone(), revocations, headers, UserAccess::new(), workers), issuer)
+    }
+
+    #[tokio::test]
+    async fn each_worker_keeps_its_own_principal_and_a_logout_ends_the_token_on_all() {
+        let (access, issuer) = access(2);
+        let user = crate::directory::UserRecord::for_test("tid-1", "oid-1");
+        let token = issuer.mint(&user, vec!["g".into()], vec![]).unwrap().token;
+        let on_0 = access.authenticate(Some(&token), 0).await.unwrap();
+        assert!(Arc::ptr_eq(&on_0, &access.authenticate(Some(&token), 0).await.unwrap()), "cached on worker 0");
+        let on_1 = access.authenticate(Some(&token), 1).await.unwrap();
+        assert!(!Arc::ptr_eq(&on_0, &on_1), "worker 1 has its own principal");
+        assert!(Arc::ptr_eq(&on_1, &access.authenticate(Some(&token), 3).await.unwrap()), "worker 3 shares slot 1");
+        let name = |p: &Principal| p.identity.iter().map(|(n, _)| n.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(name(&on_0), name(&on_1), "the same headers");
+        access.revoke(&on_1).await.unwrap();
+        for worker in 0..2 {
+            assert!(access.verified[worker].get(token.as_str()).is_none(), "dropped from worker {worker}'s cache");
+            assert!(matches!(access.authenticate(Some(&token), worker).await, Err(AccessError::Revoked)));
+        }
+    }
+}

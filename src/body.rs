@@ -27,8 +27,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON response; `Cache-Control: no-store` unless the caller sets its own.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut resp = Response::new(full(value.to_string()));
+pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    // Serialising to memory fails only for maps with non-string keys, which no answer has.
+    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

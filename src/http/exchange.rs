@@ -81,35 +81,79 @@ fn rate_limited(state: &AppState, limit: &'static str, wait: Duration) -> Reject
 
 /// The user as the exchange response and `/auth/me` show it.
 pub fn user_json(user: &UserRecord, groups: &[String], roles: &[String]) -> serde_json::Value {
-    serde_json::json!({
-        "id": user.id,
-        "oid": user.oid,
-        "tenant_id": user.tenant_id,
-        "email": user.email,
-        "display_name": user.display_name,
-        "user_principal_name": user.user_principal_name,
-        "groups": groups,
-        "roles": roles,
-    })
+    serde_json::to_value(UserView::new(user, groups, roles)).unwrap_or_default()
 }
 
-fn response_body(e: &Exchanged) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "access_token": e.minted.token,
-        "issued_token_type": TOKEN_TYPE_JWT,
-        "token_type": "Bearer",
-        "expires_in": e.minted.expires_in,
-    });
-    let c = &e.minted.claims;
-    match &e.subject {
-        Subject::User(user) => body["user"] = user_json(user, &c.groups, &c.roles),
-        Subject::App(app) => {
-            body["app"] = serde_json::json!({
-                "id": c.sub, "client_id": app.client_id, "oid": app.oid, "tenant_id": app.tid, "roles": c.roles,
-            });
+/// The user of [`user_json`], borrowed (keys in the order `serde_json::Value` renders them).
+#[derive(serde::Serialize)]
+struct UserView<'a> {
+    display_name: &'a Option<String>,
+    email: &'a Option<String>,
+    groups: &'a [String],
+    id: &'a str,
+    oid: &'a str,
+    roles: &'a [String],
+    tenant_id: &'a str,
+    user_principal_name: &'a Option<String>,
+}
+
+impl<'a> UserView<'a> {
+    fn new(user: &'a UserRecord, groups: &'a [String], roles: &'a [String]) -> UserView<'a> {
+        UserView {
+            display_name: &user.display_name,
+            email: &user.email,
+            groups,
+            id: &user.id,
+            oid: &user.oid,
+            roles,
+            tenant_id: &user.tenant_id,
+            user_principal_name: &user.user_principal_name,
         }
     }
-    body
+}
+
+/// The app caller of an exchange response.
+#[derive(serde::Serialize)]
+struct AppView<'a> {
+    client_id: &'a str,
+    id: &'a str,
+    oid: &'a str,
+    roles: &'a [String],
+    tenant_id: &'a str,
+}
+
+/// The 200 answer, serialised straight from the exchange's result (no copy of the token or the
+/// user into an intermediate tree).
+#[derive(serde::Serialize)]
+struct ExchangeResponse<'a> {
+    access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<AppView<'a>>,
+    expires_in: u64,
+    issued_token_type: &'static str,
+    token_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<UserView<'a>>,
+}
+
+fn response_body(e: &Exchanged) -> ExchangeResponse<'_> {
+    let c = &e.minted.claims;
+    let (user, app) = match &e.subject {
+        Subject::User(user) => (Some(UserView::new(user, &c.groups, &c.roles)), None),
+        Subject::App(app) => {
+            let view =
+                AppView { client_id: &app.client_id, id: &c.sub, oid: &app.oid, roles: &c.roles, tenant_id: &app.tid };
+            (None, Some(view))
+        }
+    };
+    ExchangeResponse {
+        access_token: &e.minted.token,
+        app,
+        expires_in: e.minted.expires_in,
+        issued_token_type: TOKEN_TYPE_JWT,
+        token_type: "Bearer",
+        user,
+    }
 }
 
 /// The Entra token, from the `Authorization` header or the RFC 8693 form; the body must arrive
