@@ -61,6 +61,24 @@ pub struct Check {
     pub detail: String,
 }
 
+/// A worker thread's own handle on the state: each request holds a reference to it, counted
+/// on memory only that worker writes (an `Arc<AppState>` per request would be counted on the
+/// one every worker shares).
+pub struct WorkerState(Arc<AppState>);
+
+impl WorkerState {
+    pub fn new(state: Arc<AppState>) -> Arc<WorkerState> {
+        Arc::new(WorkerState(state))
+    }
+}
+
+impl std::ops::Deref for WorkerState {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
 /// What a config reload swaps in place. Each request loads the snapshot it starts with.
 pub struct Live {
     /// Who may sign in and with which roles (`authorization`).

@@ -392,10 +392,9 @@ use crate::request_id::X_REQUEST_ID;
 /// Entry point of the public listener: request id, routing, and the request's one log line
 /// (at the level of its classification, with the failure's reason).
 /// `worker` is the thread serving the connection (its upstream connection pool).
-/// `state`: the worker's own handle on the state (an `Arc` of it per worker, so that a
-/// request's reference count is on memory only its worker writes).
+/// `state`: the worker's own handle on the state.
 pub async fn public(
-    state: Arc<Arc<AppState>>,
+    state: Arc<crate::app::WorkerState>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     worker: usize,

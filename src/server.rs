@@ -110,9 +110,7 @@ pub async fn run_with_state(
     let workers = state.server.workers;
     let public =
         tokio::spawn(serve_on_workers(listeners.public, tls, public_rx, limits, events, workers, move |worker| {
-            // The worker's own handle: each request counts a reference on it, not on the
-            // state every worker shares.
-            let state = Arc::new(public_state.clone());
+            let state = crate::app::WorkerState::new(public_state.clone());
             move |req, peer| http::public(state.clone(), req, peer, worker)
         }));
     let admin_state = state.clone();
