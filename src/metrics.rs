@@ -356,8 +356,8 @@ struct RouteSeries {
 /// What a route's requests added since the last rendering.
 #[derive(Default)]
 struct Tally {
-    /// Per status slot: proxied, answered.
-    requests: [(u64, u64); STATUS_LABELS.len()],
+    /// Requests per status slot (each counts in both of the slot's counters).
+    requests: [u64; STATUS_LABELS.len()],
     duration: Option<prometheus::local::LocalHistogram>,
 }
 
@@ -380,9 +380,7 @@ impl RouteMetrics {
     /// `proxy_requests_total`, `http_requests_total` and `proxy_duration_seconds`).
     pub fn served(&self, status: u16, elapsed: std::time::Duration) {
         let mut tally = self.0.lock_tally();
-        let (proxied, answered) = &mut tally.requests[status_slot(Some(status))];
-        *proxied += 1;
-        *answered += 1;
+        tally.requests[status_slot(Some(status))] += 1;
         tally.duration.get_or_insert_with(|| self.0.duration().local()).observe(elapsed.as_secs_f64());
     }
 }
@@ -409,11 +407,12 @@ impl RouteSeries {
     /// Adds the tally to the series and starts a new one.
     fn add_tally(&self) {
         let mut tally = self.lock_tally();
-        for (slot, (proxied, answered)) in tally.requests.iter_mut().enumerate() {
-            if *proxied + *answered > 0 {
-                let (p, a) = self.counters(slot);
-                p.inc_by(std::mem::take(proxied));
-                a.inc_by(std::mem::take(answered));
+        for (slot, count) in tally.requests.iter_mut().enumerate() {
+            let n = std::mem::take(count);
+            if n > 0 {
+                let (proxied, answered) = self.counters(slot);
+                proxied.inc_by(n);
+                answered.inc_by(n);
             }
         }
         if let Some(duration) = &tally.duration {
