@@ -27,7 +27,9 @@ connections and duration; the report gives each one's median and spread (min-max
 rounds, and the median and spread of its ratio to nginx in the same round, so that a difference
 of a few percent is told from the noise of a shared machine. Then it counts system calls and
 context switches per request for the gateway and the nginx worker (`perf stat -e
-raw_syscalls:sys_enter,context-switches` on the process during a fixed run), and prints both.
+raw_syscalls:sys_enter,context-switches` on the process during a fixed run), with the CPU time
+per request (`cpu-clock`: pinned, what a request costs a core) and the wake-ups of other threads
+it causes (`sched:sched_waking`, counted in the waker), and prints them.
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
 BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
@@ -110,7 +112,8 @@ def public_key_of(private_pem, out):
 def counts(pid, url, requests_seconds, **kw):
     """System calls and context switches per request of process `pid` (all its threads)."""
     perf = subprocess.Popen(
-        ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches", "-p", str(pid)],
+        ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches,cpu-clock,sched:sched_waking",
+         "-p", str(pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.2)
     r = wrk(url, requests_seconds, **kw)
@@ -329,10 +332,14 @@ def report(results, p99, per_request, cold):
             lines.append(f"| {name} | {statistics.median(rps):.0f} | {min(rps):.0f}–{max(rps):.0f} | "
                          f"{statistics.median(rps) / nginx_median:.2f} |")
     if per_request:
-        lines += ["", "| process | syscalls / request | context switches / request |", "|---|---|---|"]
+        lines += ["", "| process | syscalls / request | context switches / request | CPU µs / request "
+                  "| wake-ups caused / request |", "|---|---|---|---|---|"]
         for name, c in per_request.items():
+            # perf reports cpu-clock in milliseconds.
             lines.append(f"| {name} | {c.get('raw_syscalls:sys_enter', float('nan')):.2f} | "
-                         f"{c.get('context-switches', float('nan')):.3f} |")
+                         f"{c.get('context-switches', float('nan')):.3f} | "
+                         f"{c.get('cpu-clock', float('nan')) * 1000:.1f} | "
+                         f"{c.get('sched:sched_waking', float('nan')):.3f} |")
     mode = "pinned: each proxy on one core" if PIN else "unpinned"
     head = (f"# Interleaved comparison ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
             f"{os.cpu_count()} cores; {ROUNDS} rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} "
