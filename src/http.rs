@@ -334,8 +334,8 @@ impl From<ProxyError> for Rejection {
 /// by the handlers as they learn it. Also carries the worker thread serving the request.
 #[derive(Debug, Default)]
 pub struct AccessInfo {
-    /// The worker thread serving the request: whose verified-token cache and upstream
-    /// connections it uses.
+    /// The worker thread serving the request: whose request-id counter, route table,
+    /// verified-token cache and upstream connections it uses.
     pub worker: usize,
     /// The endpoint (bounded: names from code); see [`AccessInfo::endpoint`].
     pub endpoint: std::borrow::Cow<'static, str>,
@@ -408,7 +408,7 @@ pub async fn public(
     let mut info = AccessInfo { worker, ..AccessInfo::default() };
     let trusted = || state.server.trusted_proxies.contains(peer.ip());
     let trace = state.telemetry.request(&method, req.headers(), trusted);
-    let handled = route_public(&state, req, peer, worker, &mut info);
+    let handled = route_public(&state, req, peer, &mut info);
     let result = match &trace {
         // Every log line of a recorded request carries its trace id (the access line, of all).
         Some(span) if span.is_recording() => {
@@ -506,7 +506,6 @@ async fn route_public(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
-    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let path = match screen(&req) {
@@ -523,7 +522,7 @@ async fn route_public(
     if crate::cors::is_preflight(req.method(), req.headers()) && !is_verify_path(path.as_str()) {
         info.endpoint = "preflight".into();
         info.skip_cors = true;
-        return preflight(state, &req, &path, worker);
+        return preflight(state, &req, &path, info.worker);
     }
     let (endpoint, handler) = match path.as_str() {
         "/auth/exchange" => ("exchange", Endpoint::Exchange),
@@ -548,7 +547,7 @@ async fn route_public(
         Endpoint::Jwks => wellknown::jwks(state, &req),
         Endpoint::Discovery => wellknown::discovery(state, &req),
         Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
-        Endpoint::Proxy => forward::handle(state, req, path, peer, worker, info).await,
+        Endpoint::Proxy => forward::handle(state, req, path, peer, info).await,
     }
 }
 

@@ -120,7 +120,7 @@ impl MemoryRevocations {
             return false;
         }
         let r = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        !r.by_jti.is_empty() && r.by_jti.get(jti).is_some_and(|until| tokio::time::Instant::now() < *until)
+        r.by_jti.get(jti).is_some_and(|until| tokio::time::Instant::now() < *until)
     }
 }
 

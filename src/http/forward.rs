@@ -23,17 +23,16 @@ pub async fn handle(
     req: Request<Incoming>,
     path: CanonicalPath,
     peer: SocketAddr,
-    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
-    let routes = state.live.routes(worker);
+    let routes = state.live.routes(info.worker);
     let Some(found) = routes.find(&path) else {
         state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
         return Err(Rejection::NotFound("no route for this path"));
     };
     drop(routes);
     info.skip_cors = !found.cors;
-    let result = forward(state, &found, req, &path, peer, worker, info).await;
+    let result = forward(state, &found, req, &path, peer, info).await;
     // Counted and timed by the caller with the request's own clock (`AccessInfo::route`).
     info.route = Some(found.into_route());
     result
@@ -45,7 +44,6 @@ async fn forward(
     req: Request<Incoming>,
     path: &CanonicalPath,
     peer: SocketAddr,
-    worker: usize,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     let principal = match admit(state, found, &req, path, info).await {
@@ -62,7 +60,7 @@ async fn forward(
     // request's state; on the heap it is built once instead of being moved with every future
     // that contains it (public, route_public, this one).
     let forwarding =
-        state.proxy.forward(worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization);
+        state.proxy.forward(info.worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization);
     Ok(Box::pin(forwarding).await?)
 }
 

@@ -89,6 +89,58 @@ async fn spoofed_identity_headers_never_reach_the_upstream_on_any_route() {
     }
 }
 
+/// A custom identity prefix: each worker thread keeps its own copies of the names (and its own
+/// verified-token cache); on both, the upstream gets each identity header once, the gateway's,
+/// whatever spellings of it (cased, `_`, doubled, the default `X-Auth-` ones) the client sent.
+#[tokio::test]
+async fn a_custom_identity_prefix_is_sent_once_and_never_spoofed_on_either_worker() {
+    let mock = mock().await;
+    let up = upstream::start().await;
+    let gw = GatewayBuilder::new(&mock)
+        .yaml(&format!("{}  identity_header_prefix: \"X-Corp-Id-\"\n", routes_yaml(&up)))
+        .set("SERVER__WORKERS", "2")
+        .start()
+        .await;
+    let token = login(&gw, &mock, "alice").await;
+    // Two connections open at once: the acceptor gives them to different workers.
+    let (a, b) = (client(), client());
+    let mut slots = Vec::new();
+    let mut user_ids = Vec::new();
+    for c in [&a, &b, &a, &b] {
+        let r = c
+            .get(gw.url("/api/x"))
+            .bearer_auth(&token)
+            .header("X-Corp-Id-User-Id", "attacker")
+            .header("x_corp_id_groups", "admins")
+            .header("X-CORP-ID-ROLES", "admin")
+            .header("X-Corp-Id-Oid", "attacker-1")
+            .header("X-Corp-Id-Oid", "attacker-2")
+            .header("X-Auth-User-Id", "attacker")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        slots.push(id[13..15].to_string());
+        let h = up.last().headers;
+        for (name, want) in [("x-corp-id-oid", ALICE), ("x-corp-id-roles", "admin,reader")] {
+            let values: Vec<_> = h.get_all(name).iter().collect();
+            assert_eq!(values, [want], "{name}");
+        }
+        let ids: Vec<_> = h.get_all("x-corp-id-user-id").iter().collect();
+        assert_eq!(ids.len(), 1);
+        assert_ne!(ids[0], "attacker");
+        user_ids.push(ids[0].clone());
+        assert_ne!(h["x-corp-id-groups"], "admins");
+        for spoofed in ["x_corp_id_groups", "x-auth-user-id"] {
+            assert!(h.get(spoofed).is_none(), "{spoofed} reached the upstream");
+        }
+    }
+    assert_ne!(slots[0], slots[1], "the two connections were served by different workers: {slots:?}");
+    assert_eq!(slots[0], slots[2], "a connection stays on its worker: {slots:?}");
+    assert!(user_ids.iter().all(|u| *u == user_ids[0]), "every worker sends the same user id");
+}
+
 #[tokio::test]
 async fn refused_requests_get_401_or_403_and_never_reach_the_upstream() {
     let (mock, up, gw) = setup().await;
