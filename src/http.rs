@@ -408,7 +408,8 @@ pub async fn public(
     let mut info = AccessInfo { worker, ..AccessInfo::default() };
     let trusted = || state.server.trusted_proxies.contains(peer.ip());
     let trace = state.telemetry.request(&method, req.headers(), trusted);
-    let handled = route_public(&state, req, peer, &mut info);
+    // Boxed: built once on the heap instead of being moved into each await below.
+    let handled = Box::pin(route_public(&state, req, peer, &mut info));
     let result = match &trace {
         // Every log line of a recorded request carries its trace id (the access line, of all).
         Some(span) if span.is_recording() => {
