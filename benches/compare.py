@@ -7,7 +7,11 @@
     BENCH_BASELINE=/path/to/old/entra-gateway bash benches/run.sh compare   (an older build too)
 
 Contenders, each its own process, all in front of one upstream (nginx answering 200 "hello world"):
-  nginx      1 worker, `proxy_pass` with `keepalive` to the upstream, access log on (to a file)
+  nginx      1 worker, `proxy_pass` with `keepalive` to the upstream, access log on (to a file);
+             it gets the same request as the gateway's `auth: required` row, `Authorization:
+             Bearer` and the token included (a client in front of nginx sends its token too, and
+             nginx passes it on as the gateway passes its assertion: the same bytes both ways);
+             `nginx-no-token` is nginx with the header left out, as this benchmark ran before
   haproxy    1 thread, `jwt_verify` (ES256, the gateway's public key) on every request, access log off
   gateway    `auth: required`, access log on (JSON to a file; its config in a directory of its own,
              as in a ConfigMap mount), and the warm exchange (the same Entra token again and again)
@@ -234,6 +238,12 @@ def main():
             if key_pem is None:
                 key_pem = bench.WORK / f"{label}-gw" / "k1.pem"
                 haproxy_token = internal
+        # nginx gets the gateway row's request, token included; the row without it is kept for
+        # comparison with earlier runs.
+        gateway_token = next(kw["token"] for n, _, _, kw in contenders if n == "gateway auth: required (log on)")
+        contenders[0] = contenders[0][:3] + ({"token": gateway_token},)
+        contenders.insert(1, ("nginx-no-token (1 worker, log on, no Authorization header)", ng.p.pid,
+                              f"http://127.0.0.1:{ng_port}/x", {}))
         bench.BIN = binaries[0][1]
         # The warm exchange with an EdDSA signing key (ES256's signature is a third of it).
         gw, port = bench.gateway("eddsa-gw", info, up, True, env=WORKERS, key_alg="EdDSA")
