@@ -26,6 +26,7 @@ import os
 import pathlib
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +46,15 @@ WARMUP = max(2, SECONDS // 2)
 ONLY = os.environ.get("BENCH_ONLY", "")
 NGINX = next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx") if os.path.exists(p)), "nginx")
 WORK = pathlib.Path(tempfile.mkdtemp(prefix="entra-gateway-bench-"))
+
+
+def _terminated(signum, _frame):
+    """SIGTERM (`timeout`, `kill`) ends a run as Ctrl-C does: through the `finally` blocks that
+    stop every process and delete WORK (whose access logs reach gigabytes in a run)."""
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _terminated)
 
 
 def free_port():
