@@ -223,11 +223,12 @@ wrk.headers["Content-Length"] = "0"
 def wrk(url, seconds, token=None, tokens_file=None):
     args = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
     env = dict(os.environ, BENCH_THREADS=str(THREADS))
-    if tokens_file and len(pathlib.Path(tokens_file).read_text().split()) == 1:
+    tokens = pathlib.Path(tokens_file).read_text().split() if tokens_file else []
+    if len(tokens) == 1:
         script = WORK / "static-post.lua"
         script.write_text(LUA_STATIC_POST)
-        args += ["-s", str(script), "-H", f"Authorization: Bearer {pathlib.Path(tokens_file).read_text().strip()}"]
-    elif tokens_file:
+        args += ["-s", str(script), "-H", f"Authorization: Bearer {tokens[0]}"]
+    elif tokens:
         script = WORK / "exchange.lua"
         script.write_text(LUA_EXCHANGE)
         args += ["-s", str(script)]

@@ -218,7 +218,7 @@ def main():
         ng, ng_port = bench.nginx_proxy(up, 1, True)
         procs.append(ng)
         pin(ng.p.pid, PROXY_CORE)
-        contenders = [("nginx (1 worker, log on)", ng.p.pid, f"http://127.0.0.1:{ng_port}/x", {})]
+        contenders = []
         binaries = [("gateway", bench.BIN)] + ([("baseline", pathlib.Path(BASELINE))] if BASELINE else [])
         key_pem = None
         for label, binary in binaries:
@@ -237,13 +237,14 @@ def main():
                                {"tokens_file": tokens}))
             if key_pem is None:
                 key_pem = bench.WORK / f"{label}-gw" / "k1.pem"
-                haproxy_token = internal
-        # nginx gets the gateway row's request, token included; the row without it is kept for
-        # comparison with earlier runs.
-        gateway_token = next(kw["token"] for n, _, _, kw in contenders if n == "gateway auth: required (log on)")
-        contenders[0] = contenders[0][:3] + ({"token": gateway_token},)
-        contenders.insert(1, ("nginx-no-token (1 worker, log on, no Authorization header)", ng.p.pid,
-                              f"http://127.0.0.1:{ng_port}/x", {}))
+                gateway_token = internal
+        # nginx (first: the reference of every ratio) gets the gateway row's request, token
+        # included; the row without it is kept for comparison with earlier runs.
+        contenders[:0] = [
+            ("nginx (1 worker, log on)", ng.p.pid, f"http://127.0.0.1:{ng_port}/x", {"token": gateway_token}),
+            ("nginx-no-token (1 worker, log on, no Authorization header)", ng.p.pid,
+             f"http://127.0.0.1:{ng_port}/x", {}),
+        ]
         bench.BIN = binaries[0][1]
         # The warm exchange with an EdDSA signing key (ES256's signature is a third of it).
         gw, port = bench.gateway("eddsa-gw", info, up, True, env=WORKERS, key_alg="EdDSA")
@@ -285,7 +286,7 @@ def main():
         procs.append(ha)
         pin(ha.p.pid, PROXY_CORE)
         contenders.append(("haproxy jwt_verify (1 thread)", ha.p.pid, f"http://127.0.0.1:{ha_port}/x",
-                           {"token": haproxy_token}))
+                           {"token": gateway_token}))
         contenders = [c for c in contenders if ONLY in c[0] or c[0].startswith("nginx")]
         print(f"{ROUNDS} interleaved rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} -c{bench.CONNECTIONS}"
               + (", each proxy pinned to core 0, wrk and the upstream to core 1" if PIN else ""), flush=True)

@@ -121,6 +121,7 @@ async fn a_custom_identity_prefix_is_sent_once_and_never_spoofed_on_either_worke
             .unwrap();
         assert_eq!(r.status(), 200);
         let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        // `<12 hex digits>-<16 hex digits>`: the second part starts with the worker's slot.
         slots.push(id[13..15].to_string());
         let h = up.last().headers;
         for (name, want) in [("x-corp-id-oid", ALICE), ("x-corp-id-roles", "admin,reader")] {
