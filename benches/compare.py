@@ -13,6 +13,10 @@ Contenders, each its own process, all in front of one upstream (nginx answering 
              nginx passes it on as the gateway passes its assertion: the same bytes both ways);
              `nginx-no-token` is nginx with the header left out, as this benchmark ran before
   haproxy    1 thread, `jwt_verify` (ES256, the gateway's public key) on every request, access log off
+  floor      benches/hyper_floor.rs: the gateway's HTTP stack (hyper 1, hyper-util's server, a tokio
+             runtime per worker, kept upstream connections, mimalloc) with none of its request
+             logic, as many workers as the gateway; what hyper and tokio alone cost, so that the
+             gap between it and the gateway is the gateway's own work (BENCH_FLOOR=0: none)
   gateway    `auth: required`, access log on (JSON to a file; its config in a directory of its own,
              as in a ConfigMap mount), and the warm exchange (the same Entra token again and again)
   eddsa      the warm (and cold) exchange through a gateway signing with an EdDSA key instead of
@@ -37,8 +41,8 @@ it causes (`sched:sched_waking`, counted in the waker), and prints them.
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
 BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
-BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_CLUSTER (1), BENCH_COLD_USERS
-(15000 per run; 0: no cold row).
+BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_CLUSTER (1), BENCH_FLOOR (1),
+BENCH_COLD_USERS (15000 per run; 0: no cold row).
 """
 
 import json
@@ -62,6 +66,8 @@ SKIP_COUNTS = os.environ.get("BENCH_SKIP_COUNTS") == "1"
 FEATURES = os.environ.get("BENCH_FEATURES", "1") == "1"
 COLD_USERS = int(os.environ.get("BENCH_COLD_USERS", "15000"))
 CLUSTER = os.environ.get("BENCH_CLUSTER", "1") == "1"
+FLOOR = os.environ.get("BENCH_FLOOR", "1") == "1"
+FLOOR_BIN = bench.ROOT / "target" / "release" / "examples" / "hyper_floor"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_CORE, LOAD_CORE = "0", "1"
 # Pinned to one core, the gateway runs one worker thread (as an operator sets `server.workers`
@@ -245,6 +251,16 @@ def main():
             ("nginx-no-token (1 worker, log on, no Authorization header)", ng.p.pid,
              f"http://127.0.0.1:{ng_port}/x", {}),
         ]
+        if FLOOR:
+            floor_port = bench.free_port()
+            # As many workers as the gateway: one pinned, one per core otherwise.
+            floor = bench.Proc("hyper-floor", [str(FLOOR_BIN), f"127.0.0.1:{floor_port}", f"127.0.0.1:{up}",
+                                               "1" if PIN else str(os.cpu_count())])
+            procs.append(floor)
+            bench.wait_port(floor_port, "hyper-floor")
+            pin(floor.p.pid, PROXY_CORE)
+            contenders.insert(2, ("hyper floor (the gateway's HTTP stack, no request logic)", floor.p.pid,
+                                  f"http://127.0.0.1:{floor_port}/x", {"token": gateway_token}))
         bench.BIN = binaries[0][1]
         # The warm exchange with an EdDSA signing key (ES256's signature is a third of it).
         gw, port = bench.gateway("eddsa-gw", info, up, True, env=WORKERS, key_alg="EdDSA")
@@ -287,7 +303,7 @@ def main():
         pin(ha.p.pid, PROXY_CORE)
         contenders.append(("haproxy jwt_verify (1 thread)", ha.p.pid, f"http://127.0.0.1:{ha_port}/x",
                            {"token": gateway_token}))
-        contenders = [c for c in contenders if ONLY in c[0] or c[0].startswith("nginx")]
+        contenders = [c for c in contenders if ONLY in c[0] or c[0].startswith(("nginx", "hyper floor"))]
         print(f"{ROUNDS} interleaved rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} -c{bench.CONNECTIONS}"
               + (", each proxy pinned to core 0, wrk and the upstream to core 1" if PIN else ""), flush=True)
         for name, _, url, kw in contenders:
@@ -304,7 +320,7 @@ def main():
             for name, pid, url, kw in contenders:
                 if name.startswith("nginx"):
                     pid = nginx_worker(pid)
-                if name.startswith(("nginx", "gateway", "baseline")) and "exchange" not in name:
+                if name.startswith(("nginx", "hyper floor", "gateway", "baseline")) and "exchange" not in name:
                     per_request[name] = counts(pid, url, 3, **kw)
         # The continuous-access rows poll the mock's directory, which the cold rows fill with
         # thousands of users: they are done.

@@ -27,6 +27,8 @@ if ((${#missing[@]})); then
   [ -z "$created" ] || $SUDO rm -f "$policy"
 fi
 cargo build --release --locked
+# compare.py's `hyper floor` row (the same HTTP stack without the gateway's request logic).
+[ "${1:-bench}" != compare ] || cargo build --release --locked --example hyper_floor
 case "${1:-bench}" in
   bench) exec python3 benches/bench.py ;;
   soak) exec python3 benches/soak.py ;;
