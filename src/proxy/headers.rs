@@ -6,8 +6,9 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual proxy extras).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual proxy extras). A `static`, not a
+/// `const`: a `const` array is built (and its `keep-alive` name dropped) at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -68,11 +69,26 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether `name` is one of [`HOP_BY_HOP`] (a match on the lowercase name: no array walk).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
 /// Removes hop-by-hop headers and those named in `Connection`. With `keep_upgrade`, the
 /// `Upgrade` header and `Connection: upgrade` survive (WebSocket handshakes).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most requests carry none: one pass over the names instead of a removal per name.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> =
@@ -90,6 +106,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_check_knows_exactly_the_listed_names() {
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [header::HOST, header::AUTHORIZATION, HeaderName::from_static("x-te"), header::ACCEPT] {
+            assert!(!is_hop_by_hop(&name), "{name}");
+        }
+    }
 
     #[test]
     fn removes_all_hop_by_hop_headers_including_those_named_in_connection() {

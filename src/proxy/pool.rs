@@ -47,9 +47,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// One worker's connections, by upstream authority.
 pub struct Http1Pool {
-    /// foldhash: `Authority` hashes byte by byte (case-insensitively), which SipHash makes
-    /// costly on every request.
-    kept: Mutex<HashMap<Authority, Conns, foldhash::fast::RandomState>>,
+    /// Keyed by the authority's text as the route spells it (one route, one spelling), with
+    /// foldhash: `Authority` itself hashes byte by byte, lowercasing each, one hasher call per
+    /// byte on every request.
+    kept: Mutex<HashMap<Box<str>, Conns, foldhash::fast::RandomState>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -95,7 +96,7 @@ impl Http1Pool {
     /// ([`SWEEP_EVERY`]), not on every request (the list holds the connections in flight too).
     fn checkout(&self, authority: &Authority, now: Instant) -> Option<SendRequest<Incoming>> {
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let conns = kept.get_mut(authority)?;
+        let conns = kept.get_mut(authority.as_str())?;
         let fresh = |k: &Kept| !k.sender.is_closed() && now.duration_since(k.used) < self.idle_timeout;
         if now.duration_since(conns.swept) >= SWEEP_EVERY {
             conns.list.retain(fresh);
@@ -116,9 +117,9 @@ impl Http1Pool {
             return;
         }
         let mut kept = self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let conns = match kept.get_mut(authority) {
+        let conns = match kept.get_mut(authority.as_str()) {
             Some(conns) => conns,
-            None => kept.entry(authority.clone()).or_insert_with(|| Conns { list: Vec::new(), swept: now }),
+            None => kept.entry(authority.as_str().into()).or_insert_with(|| Conns { list: Vec::new(), swept: now }),
         };
         if conns.list.len() < MAX_IDLE_PER_UPSTREAM {
             conns.list.push(Kept { sender, used: now });
