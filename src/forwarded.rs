@@ -79,8 +79,11 @@ impl TrustedProxies {
             }
             return true;
         }
-        headers.remove(header::FORWARDED);
-        headers.remove(&X_REAL_IP);
+        // One look at the names first: a removal hashes its name, and most requests carry neither.
+        if headers.keys().any(|n| *n == header::FORWARDED || *n == X_REAL_IP) {
+            headers.remove(header::FORWARDED);
+            headers.remove(&X_REAL_IP);
+        }
         headers.insert(X_FORWARDED_FOR.clone(), ip_value(peer));
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
         match host {

@@ -104,7 +104,8 @@ impl AccessLine<'_> {
 /// A JSON string: copied as is when nothing needs escaping (the usual case), else escaped by
 /// serde_json.
 fn string(s: &str, out: &mut Vec<u8>) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // No early exit: the check runs on whole vectors (most values need no escaping).
+    if s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
