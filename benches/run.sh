@@ -5,6 +5,8 @@
 #   bash benches/run.sh soak                 (under load and faults: SOAK_SECONDS (600) + ~3 min)
 #   bash benches/run.sh compare              (interleaved rounds against nginx and HAProxy, see
 #                                             benches/compare.py; BENCH_PIN=1 pins each proxy)
+#   bash benches/run.sh instructions         (instructions per request under callgrind, see
+#                                             benches/instructions.py; about 3 minutes)
 # Installs wrk, nginx and redis-server when missing (apt-get, starting no service), builds the
 # release binary, runs benches/bench.py, prints one table and writes benches/results/latest.md.
 set -euo pipefail
@@ -18,6 +20,7 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 { command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ]; } || missing+=(haproxy)
 command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+[ "${1:-bench}" != instructions ] || command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   policy=/usr/sbin/policy-rc.d; created=""
@@ -28,10 +31,11 @@ if ((${#missing[@]})); then
 fi
 cargo build --release --locked
 # compare.py's `hyper floor` row (the same HTTP stack without the gateway's request logic).
-[ "${1:-bench}" != compare ] || cargo build --release --locked --example hyper_floor
+case "${1:-bench}" in compare | instructions) cargo build --release --locked --example hyper_floor ;; esac
 case "${1:-bench}" in
   bench) exec python3 benches/bench.py ;;
   soak) exec python3 benches/soak.py ;;
   compare) exec python3 benches/compare.py ;;
-  *) echo "usage: bash benches/run.sh [bench|soak|compare]" >&2; exit 2 ;;
+  instructions) exec python3 benches/instructions.py ;;
+  *) echo "usage: bash benches/run.sh [bench|soak|compare|instructions]" >&2; exit 2 ;;
 esac
