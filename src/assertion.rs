@@ -3,7 +3,8 @@
 //!
 //! Owns: minting, for a verified session and a route's `audience`, a token with the same
 //! `iss`, `sub` and claims but that `aud` (and its own `jti`), and keeping it with the session
-//! until it expires, so that a session is signed for each route once. A token one upstream
+//! until it expires, so that a session is signed for each route once (on each worker thread
+//! that serves it: each keeps its own verified sessions, see `access`). A token one upstream
 //! received is then refused by the gateway (its `aud` is not the gateway's) and by every other
 //! upstream that checks `aud`: it cannot be replayed as the user, as Pomerium's assertion
 //! header cannot. Must not: verify tokens (see `access`) or decide which routes get one.

@@ -292,8 +292,18 @@ proxy:
         assert_eq!(claims[same], session_claims[same], "{same}");
     }
     assert_eq!(claims["aud"], orders.url().as_str(), "the upstream's origin by default");
-    assert_eq!(get(&gw, "/orders/2", Some(&session)).await.status(), 200);
-    assert_eq!(bearer(&orders).unwrap(), seen, "kept with the session: minted once per route");
+    // Kept with the session by the worker thread that verified it (each worker has its own
+    // verified-token cache): two requests on one connection are served by one worker.
+    let keep_alive = client();
+    for n in 2..4 {
+        let r = keep_alive.get(gw.url(&format!("/orders/{n}"))).bearer_auth(&session).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let kept = bearer(&orders).unwrap();
+    assert_eq!(upstream_verifies(&gw, &kept, &orders.url()).await.unwrap()["sub"], session_claims["sub"]);
+    let r = keep_alive.get(gw.url("/orders/4")).bearer_auth(&session).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(bearer(&orders).unwrap(), kept, "kept with the session: minted once per route (and worker)");
 
     // The upstream replays what it received: refused by the gateway on every route, and by
     // another upstream that checks aud.
