@@ -183,6 +183,15 @@ def gateway(name, mock_info, up, log_on, redis_port=None, env=None, cache_yaml=N
     return p, port
 
 
+def write_result(name, text):
+    """Prints a report and writes it to benches/results/`name`."""
+    out = ROOT / "benches" / "results" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print("\n" + text)
+    print(f"written to {out.relative_to(ROOT)}")
+
+
 def post(url, body=None, token=None, timeout=600):
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else b"", method="POST")
     req.add_header("Content-Type", "application/json")
@@ -395,11 +404,7 @@ def report(rows, rss):
     mem = ("\nGateway resident memory (no Redis, access log off): "
            + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items()) + ".\n") if rss else ""
     text = head + "\n".join(lines) + "\n" + mem
-    out = ROOT / "benches" / "results" / "latest.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out.relative_to(ROOT)}")
+    write_result("latest.md", text)
 
 
 if __name__ == "__main__":

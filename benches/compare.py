@@ -372,11 +372,7 @@ def report(results, p99, per_request, cold):
             f"{os.cpu_count()} cores; {ROUNDS} rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} "
             f"-c{bench.CONNECTIONS}; ratios are taken per round, then their median and spread.\n\n")
     text = head + "\n".join(lines) + "\n"
-    out = bench.ROOT / "benches" / "results" / f"compare-{'pinned' if PIN else 'unpinned'}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out.relative_to(bench.ROOT)}")
+    bench.write_result(f"compare-{'pinned' if PIN else 'unpinned'}.md", text)
 
 
 if __name__ == "__main__":

@@ -162,10 +162,7 @@ def report(rows):
     text = (f"# Instructions per request (callgrind)\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; "
             f"{REQUESTS} requests per row on {CLIENTS} keep-alive connections after 50 of warm-up; user space "
             f"only (no kernel, no cache misses).\n\n" + "\n".join(lines) + "\n")
-    out = bench.ROOT / "benches" / "results" / "instructions.md"
-    out.write_text(text)
-    print("\n" + text)
-    print(f"written to {out.relative_to(bench.ROOT)}")
+    bench.write_result("instructions.md", text)
 
 
 if __name__ == "__main__":
