@@ -217,6 +217,19 @@ mod tests {
     }
 
     #[test]
+    fn an_untrusted_peer_loses_every_forwarded_and_x_real_ip_value_however_spelled() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [("X-REAL-IP", "6.6.6.6"), ("x-real-ip", "7.7.7.7"), ("Forwarded", "for=6.6.6.6")] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static(value));
+        }
+        h.append(header::FORWARDED, HeaderValue::from_static("for=7.7.7.7"));
+        trusted(&[]).rewrite(&mut h, "127.0.0.1".parse().unwrap(), "http");
+        assert!(h.get_all(header::FORWARDED).iter().next().is_none(), "{h:?}");
+        assert!(h.get_all(&X_REAL_IP).iter().next().is_none(), "{h:?}");
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>(), ["127.0.0.1"]);
+    }
+
+    #[test]
     fn a_trusted_peer_keeps_its_headers_and_is_appended() {
         let mut h = headers(&[
             ("host", "app.example"),
