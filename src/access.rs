@@ -38,7 +38,7 @@ pub struct Principal {
     /// The user's key in [`UserAccess`] (`tid:oid`), computed once.
     user_key: String,
     /// The token itself: its key in the verified-token cache (shared with it, not copied).
-    key: Arc<str>,
+    key: Arc<[u8]>,
 }
 
 /// Why a caller was refused.
@@ -67,13 +67,14 @@ pub enum AccessError {
 
 struct UntilTokenExpiry;
 
-impl Expiry<Arc<str>, Arc<Principal>> for UntilTokenExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
+impl Expiry<Arc<[u8]>, Arc<Principal>> for UntilTokenExpiry {
+    fn expire_after_create(&self, _key: &Arc<[u8]>, p: &Arc<Principal>, _now: Instant) -> Option<Duration> {
         Some(Duration::from_secs(p.claims.exp.saturating_sub(unix_now()) + INTERNAL_LEEWAY_SECS))
     }
 }
 
-type Verified = moka::sync::Cache<Arc<str>, Arc<Principal>, foldhash::fast::RandomState>;
+/// Keyed by the token's bytes: only tokens that were verified, so printable ASCII, are in it.
+type Verified = moka::sync::Cache<Arc<[u8]>, Arc<Principal>, foldhash::fast::RandomState>;
 
 /// Verified tokens kept, over all workers.
 const VERIFIED_CAPACITY: u64 = 100_000;
@@ -119,7 +120,9 @@ impl Access {
     /// Verifies `token` (from the cache when seen before) and checks it is not revoked.
     /// `worker`: the thread serving the request, whose cache is used (a token used on two
     /// workers is verified once on each).
-    pub async fn authenticate(&self, token: Option<&str>, worker: usize) -> Result<Arc<Principal>, AccessError> {
+    /// `token`: as `http::bearer_bytes` finds it; one the cache does not hold must be printable
+    /// ASCII (else it is no token: [`AccessError::MissingToken`], as `http::bearer` says).
+    pub async fn authenticate(&self, token: Option<&[u8]>, worker: usize) -> Result<Arc<Principal>, AccessError> {
         let token = token.ok_or(AccessError::MissingToken)?;
         let principal = self.verify(token, worker)?;
         if !principal.claims.is_app() {
@@ -136,17 +139,20 @@ impl Access {
         Ok(principal)
     }
 
-    fn verify(&self, token: &str, worker: usize) -> Result<Arc<Principal>, AccessError> {
+    fn verify(&self, token: &[u8], worker: usize) -> Result<Arc<Principal>, AccessError> {
         let verified = &self.verified[worker % self.verified.len()];
         if let Some(p) = verified.get(token)
             && p.claims.exp + INTERNAL_LEEWAY_SECS > unix_now()
         {
             return Ok(p);
         }
-        let claims = self.issuer.verify(token)?;
+        // What `HeaderValue::to_str` would have checked (the cache holds no other token).
+        let text =
+            std::str::from_utf8(token).ok().filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)));
+        let claims = self.issuer.verify(text.ok_or(AccessError::MissingToken)?)?;
         let identity = identity_values(&self.headers, &claims);
         let user_key = UserAccess::key(&claims.tid, &claims.oid);
-        let key: Arc<str> = Arc::from(token);
+        let key: Arc<[u8]> = Arc::from(token);
         let principal = Arc::new(Principal {
             user_id: Arc::from(claims.sub.as_str()),
             claims,
@@ -248,17 +254,37 @@ mod tests {
         let (access, issuer) = access(2);
         let user = crate::directory::UserRecord::for_test("tid-1", "oid-1");
         let token = issuer.mint(&user, vec!["g".into()], vec![]).unwrap().token;
-        let on_0 = access.authenticate(Some(&token), 0).await.unwrap();
-        assert!(Arc::ptr_eq(&on_0, &access.authenticate(Some(&token), 0).await.unwrap()), "cached on worker 0");
-        let on_1 = access.authenticate(Some(&token), 1).await.unwrap();
+        let on_0 = access.authenticate(Some(token.as_bytes()), 0).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&on_0, &access.authenticate(Some(token.as_bytes()), 0).await.unwrap()),
+            "cached on worker 0"
+        );
+        let on_1 = access.authenticate(Some(token.as_bytes()), 1).await.unwrap();
         assert!(!Arc::ptr_eq(&on_0, &on_1), "worker 1 has its own principal");
-        assert!(Arc::ptr_eq(&on_1, &access.authenticate(Some(&token), 3).await.unwrap()), "worker 3 shares slot 1");
+        assert!(
+            Arc::ptr_eq(&on_1, &access.authenticate(Some(token.as_bytes()), 3).await.unwrap()),
+            "worker 3 shares slot 1"
+        );
         let name = |p: &Principal| p.identity.iter().map(|(n, _)| n.as_str().to_string()).collect::<Vec<_>>();
         assert_eq!(name(&on_0), name(&on_1), "the same headers");
         access.revoke(&on_1).await.unwrap();
         for worker in 0..2 {
-            assert!(access.verified[worker].get(token.as_str()).is_none(), "dropped from worker {worker}'s cache");
-            assert!(matches!(access.authenticate(Some(&token), worker).await, Err(AccessError::Revoked)));
+            assert!(access.verified[worker].get(token.as_bytes()).is_none(), "dropped from worker {worker}'s cache");
+            assert!(matches!(access.authenticate(Some(token.as_bytes()), worker).await, Err(AccessError::Revoked)));
         }
+    }
+
+    #[tokio::test]
+    async fn a_token_that_is_not_printable_ascii_is_no_token() {
+        let (access, issuer) = access(1);
+        let token =
+            issuer.mint(&crate::directory::UserRecord::for_test("tid-1", "oid-1"), vec![], vec![]).unwrap().token;
+        access.authenticate(Some(token.as_bytes()), 0).await.unwrap();
+        for bad in [format!("{token}\u{e9}"), format!("{token}\u{7f}"), format!("{token}\n")] {
+            let r = access.authenticate(Some(bad.as_bytes()), 0).await;
+            assert!(matches!(r, Err(AccessError::MissingToken)), "{:?}: {:?}", bad.as_bytes().last(), r.err());
+        }
+        let r = access.authenticate(Some(b"\xff\xfe"), 0).await;
+        assert!(matches!(r, Err(AccessError::MissingToken)), "not UTF-8");
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{AccessInfo, Body, Rejection, bearer};
+use super::{AccessInfo, Body, Rejection, bearer_bytes};
 use crate::app::AppState;
 use crate::config::{ForwardToken, RouteAuth};
 use crate::path::CanonicalPath;
@@ -97,7 +97,7 @@ pub(super) async fn admit(
     if !found.requires_auth() {
         return Ok(None);
     }
-    let p = state.access.authenticate(bearer(req.headers()), info.worker).await?;
+    let p = state.access.authenticate(bearer_bytes(req.headers()), info.worker).await?;
     info.set_principal(&p);
     for route in found.policies().filter(|r| r.auth == RouteAuth::Required) {
         state.access.authorize(&p, route.groups.as_deref(), route.allow_apps)?;

@@ -7,7 +7,7 @@
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::{AccessInfo, Body, Rejection, bearer, exchange::user_json, full, json, only_get};
+use super::{AccessInfo, Body, Rejection, bearer_bytes, exchange::user_json, full, json, only_get};
 use crate::access::AccessError;
 use crate::app::AppState;
 
@@ -19,7 +19,7 @@ pub async fn logout(
     if req.method() != Method::POST {
         return Err(Rejection::MethodNotAllowed("POST"));
     }
-    let principal = match state.access.authenticate(bearer(req.headers()), info.worker).await {
+    let principal = match state.access.authenticate(bearer_bytes(req.headers()), info.worker).await {
         Ok(p) => p,
         // Logging out twice is fine.
         Err(AccessError::Revoked) => return Ok(no_content()),
@@ -42,7 +42,7 @@ fn no_content() -> Response<Body> {
 
 pub async fn me(state: &AppState, req: Request<Incoming>, info: &mut AccessInfo) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
-    let p = state.access.authenticate(bearer(req.headers()), info.worker).await?;
+    let p = state.access.authenticate(bearer_bytes(req.headers()), info.worker).await?;
     info.set_principal(&p);
     let c = &p.claims;
     let record = state.directory.find(&c.tid, &c.oid).await?;
@@ -65,7 +65,7 @@ pub async fn photo(
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, Rejection> {
     only_get(&req)?;
-    let p = state.access.authenticate(bearer(req.headers()), info.worker).await?;
+    let p = state.access.authenticate(bearer_bytes(req.headers()), info.worker).await?;
     info.set_principal(&p);
     if p.claims.is_app() {
         return Err(Rejection::NotFound("app callers have no photo"));

@@ -12,7 +12,7 @@
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::{AccessInfo, Body, Rejection, bearer, full};
+use super::{AccessInfo, Body, Rejection, bearer_bytes, full};
 use crate::app::AppState;
 use crate::config::{OriginalUriSource, RouteAuth, Unmatched};
 use crate::path::{CanonicalPath, original_uri_path};
@@ -75,7 +75,7 @@ pub async fn handle(
         no_spoofed_identity(state, &req)?;
         return Ok(Response::new(full("")));
     }
-    let principal = state.access.authenticate(bearer(req.headers()), info.worker).await?;
+    let principal = state.access.authenticate(bearer_bytes(req.headers()), info.worker).await?;
     info.set_principal(&principal);
     match &found {
         Some(found) => {

@@ -92,8 +92,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers and those named in `Connection`. With `keep_upgrade`, the
 /// `Upgrade` header and `Connection: upgrade` survive (WebSocket handshakes).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests carry none: one pass over the names instead of a removal per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names: most requests carry none, and every response of a keep-alive
+    // upstream carries exactly `Connection: keep-alive`, which names no other header there
+    // (`keep-alive` is hop-by-hop itself, and would have been found).
+    let mut hops = headers.keys().filter(|n| is_hop_by_hop(n));
+    let only_keep_alive = match (hops.next(), hops.next()) {
+        (None, _) => return,
+        (Some(name), None) => {
+            *name == header::CONNECTION && connection_tokens(headers).all(|t| t.eq_ignore_ascii_case("keep-alive"))
+        }
+        _ => false,
+    };
+    if only_keep_alive {
+        headers.remove(header::CONNECTION);
         return;
     }
     // Every response of a keep-alive upstream comes here (`Connection: keep-alive`): a name
@@ -135,6 +146,25 @@ mod tests {
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn a_keep_alive_connection_header_alone_is_removed_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(HeaderName::from_static("close"), HeaderValue::from_static("kept: not listed"));
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["close", "content-type"]);
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, close"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"], "a listed name goes");
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"], "with another hop too");
     }
 
     #[test]
