@@ -134,6 +134,10 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub logging: LoggingConfig,
     pub telemetry: TelemetrySettings,
+    /// SHA-256 of the file's bytes this was loaded from ([`Config::load`]; `None` from text):
+    /// the live reload's first check compares the file against it, so an unchanged file is
+    /// not parsed again (nor its keys loaded and self-tested) right after the start.
+    pub source_sha256: Option<[u8; 32]>,
 }
 
 /// `entra.continuous_access`, parsed.
@@ -374,7 +378,9 @@ impl Config {
         raw.resolve_paths(base_dir(path));
         let built = with_problems(problems, build::build(raw, FileChecks::Read, env), &from_env)
             .map_err(|e| e.in_file(path))?;
-        built.ok_or_else(|| ConfigError::one("<config>", "not built"))
+        let mut config = built.ok_or_else(|| ConfigError::one("<config>", "not built"))?;
+        config.source_sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into());
+        Ok(config)
     }
 
     /// [`Config::load`] from YAML text (relative paths: the working directory).

@@ -54,7 +54,8 @@ fn is_change(event: &notify::Event) -> bool {
     !event.kind.is_access()
 }
 
-fn hash(path: &Path) -> Option<[u8; 32]> {
+/// SHA-256 of a file's bytes (what `Config::source_sha256` holds for the file it was loaded from).
+pub(crate) fn hash(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
 }
 
@@ -90,8 +91,14 @@ async fn next_trigger(events: &mut Option<mpsc::Receiver<()>>, hup: &mut Option<
 }
 
 /// Reloads the config at `path` on SIGHUP and on change, for as long as the task runs;
-/// `initial` is the raw config the gateway started with.
-pub async fn config_reloader(state: Arc<AppState>, path: PathBuf, initial: RawConfig) {
+/// `initial` is the raw config the gateway started with, `initial_sha256` the hash of the
+/// file's bytes it was read from (when known).
+pub async fn config_reloader(
+    state: Arc<AppState>,
+    path: PathBuf,
+    initial: RawConfig,
+    initial_sha256: Option<[u8; 32]>,
+) {
     let watched = watch(&[&path]);
     let (_watcher, mut events) = match watched {
         Some((w, rx)) => (Some(w), Some(rx)),
@@ -101,9 +108,10 @@ pub async fn config_reloader(state: Arc<AppState>, path: PathBuf, initial: RawCo
         .map_err(|e| tracing::warn!(error = %e, "no SIGHUP handler"))
         .ok();
     // What is in effect is the config loaded at start, whatever the file says by the time this
-    // task runs: the first check compares against it, never against a hash taken here.
+    // task runs: the first check compares against the hash of the bytes it was read from (taken
+    // when they were read, never here), and parses the file again only when it differs.
     let mut current = initial;
-    let mut last = None;
+    let mut last = initial_sha256;
     // The first check runs at once, after the watcher is registered: a change made before it
     // was watching is caught here, any later one sends an event.
     let mut first = true;

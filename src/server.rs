@@ -41,6 +41,8 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartError> {
 pub struct Reload {
     pub path: std::path::PathBuf,
     pub initial: RawConfig,
+    /// SHA-256 of the file `initial` was read from, when known.
+    pub initial_sha256: Option<[u8; 32]>,
 }
 
 /// Runs the gateway until `shutdown` completes, then drains within `shutdown_grace`. With
@@ -52,7 +54,8 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
     dropped_log_lines: crate::logging::DroppedLines,
 ) -> Result<(), StartError> {
-    let reload = config_path.map(|path| Reload { path, initial: config.raw.clone() });
+    let reload =
+        config_path.map(|path| Reload { path, initial: config.raw.clone(), initial_sha256: config.source_sha256 });
     let state = AppState::build(config)?;
     state.metrics.count_dropped_log_lines(dropped_log_lines);
     run_with_state(state, listeners, shutdown, reload).await;
@@ -80,8 +83,8 @@ pub async fn run_with_state(
     background.spawn(async move { feed_state.access.follow_revocations().await });
     background.spawn(state.sync.clone().run());
     background.spawn(state.directory.clone().maintain());
-    if let Some(Reload { path, initial }) = reload {
-        background.spawn(crate::reload::config_reloader(state.clone(), path, initial));
+    if let Some(Reload { path, initial, initial_sha256 }) = reload {
+        background.spawn(crate::reload::config_reloader(state.clone(), path, initial, initial_sha256));
     }
     if let Some(cert) = state.server.listener_tls.clone() {
         background.spawn(crate::reload::tls_reloader(cert, state.metrics.clone()));

@@ -117,6 +117,9 @@ mod tests {
         let config = init(&a).unwrap();
         let loaded = crate::config::Config::load(&config, &Vec::new()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(loaded.entra.client_id, "6e1f3c2a-4b5d-4e6f-8a7b-9c0d1e2f3a4b");
+        // The live reload's first check reads an unchanged file as the one loaded (no reload).
+        assert_eq!(loaded.source_sha256, crate::reload::hash(&config));
+        assert!(loaded.source_sha256.is_some());
         assert!(init(&a).unwrap_err().contains("refusing to overwrite"));
     }
 

@@ -45,7 +45,19 @@ pub(super) fn build(raw: RawConfig, files: FileChecks, env: &dyn EnvSource) -> R
     match (server, entra, authorization, issuer, cache, directory, proxy) {
         (Some(server), Some(entra), Some(authorization), Some(issuer), Some(cache), Some(directory), Some(proxy)) => {
             let logging = raw.logging.clone();
-            Ok(Some(Config { raw, server, entra, authorization, issuer, cache, directory, proxy, logging, telemetry }))
+            Ok(Some(Config {
+                raw,
+                server,
+                entra,
+                authorization,
+                issuer,
+                cache,
+                directory,
+                proxy,
+                logging,
+                telemetry,
+                source_sha256: None,
+            }))
         }
         _ => Err(ConfigError::one("<config>", "incomplete configuration (a section could not be built)")),
     }
