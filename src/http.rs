@@ -400,8 +400,7 @@ pub async fn public(
     worker: usize,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
-    let id = state.request_ids.for_request(req.headers(), worker);
-    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    let id = state.request_ids.for_request(req.headers_mut(), worker);
     let method = req.method().clone();
     let cors = state.server.cors.as_deref();
     let origin = cors.and_then(|c| c.allowed_origin(req.headers()));

@@ -5,6 +5,7 @@
 //! and no counter another worker writes per request). Must
 //! not: log or read anything else of the request.
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,16 +36,23 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// The caller's `X-Request-Id` when it is sane (1..=128 visible characters), else a new one.
+    /// The request's id, left in `headers` as its one `X-Request-Id`: the caller's (its first)
+    /// when it is sane (1..=128 visible characters), else a new one. One lookup of the name.
     /// `worker`: the thread serving the request.
-    pub fn for_request(&self, headers: &HeaderMap, worker: usize) -> HeaderValue {
-        let sane = |v: &&HeaderValue| {
+    pub fn for_request(&self, headers: &mut HeaderMap, worker: usize) -> HeaderValue {
+        let sane = |v: &HeaderValue| {
             let b = v.as_bytes();
             !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
         };
-        match headers.get(&X_REQUEST_ID).filter(sane) {
-            Some(v) => v.clone(),
-            None => self.next_id(worker),
+        match headers.entry(&X_REQUEST_ID) {
+            Entry::Occupied(mut e) => {
+                let id = if sane(e.get()) { e.get().clone() } else { self.next_id(worker) };
+                if !sane(e.get()) || e.iter().nth(1).is_some() {
+                    e.insert(id.clone());
+                }
+                id
+            }
+            Entry::Vacant(e) => e.insert(self.next_id(worker)).clone(),
         }
     }
 
@@ -84,8 +92,17 @@ mod tests {
         assert_ne!(ids.next_id(SLOTS + 1), other, "workers sharing a slot share its counter");
         let mut h = HeaderMap::new();
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ids.for_request(&h, 0), "abc-123");
+        assert_eq!(ids.for_request(&mut h, 0), "abc-123");
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), ["abc-123"]);
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc 123"));
-        assert_ne!(ids.for_request(&h, 0), "abc 123", "an insane id is replaced");
+        let new = ids.for_request(&mut h, 0);
+        assert_ne!(new, "abc 123", "an insane id is replaced");
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&new], "in the request too");
+        h.append(&X_REQUEST_ID, HeaderValue::from_static("second"));
+        assert_eq!(ids.for_request(&mut h, 0), new, "the first of two");
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&new], "one left");
+        let mut h = HeaderMap::new();
+        let made = ids.for_request(&mut h, 0);
+        assert_eq!(h.get_all(&X_REQUEST_ID).iter().collect::<Vec<_>>(), [&made], "none: a new one, set");
     }
 }
