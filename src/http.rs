@@ -393,74 +393,82 @@ use crate::request_id::X_REQUEST_ID;
 /// (at the level of its classification, with the failure's reason).
 /// `worker` is the thread serving the connection (its upstream connection pool).
 /// `state`: the worker's own handle on the state.
-pub async fn public(
+///
+/// The request-path functions (this, `route_public`, `forward::handle`, `forward::forward`)
+/// return an `async move` block instead of being `async fn`s: an `async fn` moves each argument
+/// into a local of its future, keeping the request (264 bytes) twice in every level's state and
+/// copying it once more per level (`-Zprint-type-sizes`); a block uses what it captured in place.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+pub fn public(
     state: Arc<crate::app::WorkerState>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     worker: usize,
-) -> Response<Body> {
-    let started = std::time::Instant::now();
-    let id = state.request_ids.for_request(req.headers_mut(), worker);
-    let method = req.method().clone();
-    let cors = state.server.cors.as_deref();
-    let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
-    let mut info = AccessInfo { worker, ..AccessInfo::default() };
-    let trusted = || state.server.trusted_proxies.contains(peer.ip());
-    let trace = state.telemetry.request(&method, req.headers(), trusted);
-    // Boxed: built once on the heap instead of being moved into each await below.
-    let handled = Box::pin(route_public(&state, req, peer, &mut info));
-    let result = match &trace {
-        // Every log line of a recorded request carries its trace id (the access line, of all).
-        Some(span) if span.is_recording() => {
-            span.run(handled).instrument(tracing::info_span!("request", trace_id = %span.trace_id())).await
+) -> impl Future<Output = Response<Body>> + Send {
+    async move {
+        let started = std::time::Instant::now();
+        let id = state.request_ids.for_request(req.headers_mut(), worker);
+        let method = req.method().clone();
+        let cors = state.server.cors.as_deref();
+        let origin = cors.and_then(|c| c.allowed_origin(req.headers()));
+        let mut info = AccessInfo { worker, ..AccessInfo::default() };
+        let trusted = || state.server.trusted_proxies.contains(peer.ip());
+        let trace = state.telemetry.request(&method, req.headers(), trusted);
+        // Boxed: built once on the heap instead of being moved into each await below.
+        let handled = Box::pin(route_public(&state, req, peer, &mut info));
+        let result = match &trace {
+            // Every log line of a recorded request carries its trace id (the access line, of all).
+            Some(span) if span.is_recording() => {
+                span.run(handled).instrument(tracing::info_span!("request", trace_id = %span.trace_id())).await
+            }
+            Some(span) => span.run(handled).await,
+            None => handled.await,
+        };
+        let (mut resp, failure) = match result {
+            Ok(resp) => (resp, None),
+            Err(rejection) => {
+                let class = rejection.class();
+                let failure = (class.level, class.code, rejection.reason());
+                (rejection.into_response(), Some(failure))
+            }
+        };
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        if let (Some(cors), false) = (cors, info.skip_cors) {
+            cors.decorate(origin, resp.headers_mut());
         }
-        Some(span) => span.run(handled).await,
-        None => handled.await,
-    };
-    let (mut resp, failure) = match result {
-        Ok(resp) => (resp, None),
-        Err(rejection) => {
-            let class = rejection.class();
-            let failure = (class.level, class.code, rejection.reason());
-            (rejection.into_response(), Some(failure))
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        match &info.route {
+            Some(route) => {
+                route.metrics.served(status, elapsed);
+            }
+            None => state
+                .metrics
+                .http_requests_total
+                .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
+                .inc(),
         }
-    };
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-    if let (Some(cors), false) = (cors, info.skip_cors) {
-        cors.decorate(origin, resp.headers_mut());
-    }
-    let status = resp.status().as_u16();
-    let elapsed = started.elapsed();
-    match &info.route {
-        Some(route) => {
-            route.metrics.served(status, elapsed);
+        let (level, error, reason) = failure.unwrap_or((tracing::Level::INFO, "-", String::new()));
+        let trace_id = trace.as_ref().map(|span| {
+            describe_span(span, &method, &info, status, error);
+            span.trace_id()
+        });
+        AccessLine {
+            level,
+            method: &method,
+            route: info.endpoint(),
+            status,
+            duration: elapsed,
+            upstream: info.upstream(),
+            user_id: info.user_id.as_deref().unwrap_or("-"),
+            request_id: id.to_str().unwrap_or("-"),
+            trace_id: trace_id.as_deref().unwrap_or("-"),
+            error,
+            reason: &reason,
         }
-        None => state
-            .metrics
-            .http_requests_total
-            .with_label_values(&[&info.endpoint, crate::metrics::status_label(Some(status))])
-            .inc(),
+        .emit();
+        resp
     }
-    let (level, error, reason) = failure.unwrap_or((tracing::Level::INFO, "-", String::new()));
-    let trace_id = trace.as_ref().map(|span| {
-        describe_span(span, &method, &info, status, error);
-        span.trace_id()
-    });
-    AccessLine {
-        level,
-        method: &method,
-        route: info.endpoint(),
-        status,
-        duration: elapsed,
-        upstream: info.upstream(),
-        user_id: info.user_id.as_deref().unwrap_or("-"),
-        request_id: id.to_str().unwrap_or("-"),
-        trace_id: trace_id.as_deref().unwrap_or("-"),
-        error,
-        reason: &reason,
-    }
-    .emit();
-    resp
 }
 
 /// The request span's name and attributes (semantic conventions for HTTP servers), once the
@@ -502,52 +510,57 @@ fn screen<B>(req: &Request<B>) -> Result<CanonicalPath, Rejection> {
     CanonicalPath::parse(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))
 }
 
-async fn route_public(
-    state: &AppState,
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+fn route_public<'a>(
+    state: &'a AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
-    info: &mut AccessInfo,
-) -> Result<Response<Body>, Rejection> {
-    let path = match screen(&req) {
-        Ok(p) => p,
-        Err(r) => {
-            info.endpoint = "refused".into();
-            crate::body::linger(req.into_body());
-            return Err(r);
+    info: &'a mut AccessInfo,
+) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let path = match screen(&req) {
+            Ok(p) => p,
+            Err(r) => {
+                info.endpoint = "refused".into();
+                crate::body::linger(req.into_body());
+                return Err(r);
+            }
+        };
+        // A preflight sent to /auth/verify is an ingress asking whether a browser's OPTIONS may
+        // pass: that is forward-auth's decision (a token is needed), never a CORS answer, which the
+        // ingress would read as "allowed" and pass on with the client's headers.
+        if crate::cors::is_preflight(req.method(), req.headers()) && !is_verify_path(path.as_str()) {
+            info.endpoint = "preflight".into();
+            info.skip_cors = true;
+            return preflight(state, &req, &path, info.worker);
         }
-    };
-    // A preflight sent to /auth/verify is an ingress asking whether a browser's OPTIONS may
-    // pass: that is forward-auth's decision (a token is needed), never a CORS answer, which the
-    // ingress would read as "allowed" and pass on with the client's headers.
-    if crate::cors::is_preflight(req.method(), req.headers()) && !is_verify_path(path.as_str()) {
-        info.endpoint = "preflight".into();
-        info.skip_cors = true;
-        return preflight(state, &req, &path, info.worker);
-    }
-    let (endpoint, handler) = match path.as_str() {
-        "/auth/exchange" => ("exchange", Endpoint::Exchange),
-        "/auth/logout" => ("logout", Endpoint::Logout),
-        "/auth/me" => ("me", Endpoint::Me),
-        "/auth/me/photo" => ("me_photo", Endpoint::Photo),
-        p if is_verify_path(p) => ("verify", Endpoint::Verify),
-        "/.well-known/jwks.json" => ("jwks", Endpoint::Jwks),
-        "/.well-known/openid-configuration" => ("openid_configuration", Endpoint::Discovery),
-        p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => ("unknown_gateway_path", Endpoint::Unknown),
-        _ => ("unmatched", Endpoint::Proxy),
-    };
-    info.endpoint = endpoint.into();
-    // The exchange and session futures are large and rare: boxed, so that the future of every
-    // proxied request (moved on its first poll) stays small.
-    match handler {
-        Endpoint::Exchange => Box::pin(exchange::handle(state, req, peer, info)).await,
-        Endpoint::Logout => Box::pin(session::logout(state, req, info)).await,
-        Endpoint::Me => Box::pin(session::me(state, req, info)).await,
-        Endpoint::Photo => Box::pin(session::photo(state, req, info)).await,
-        Endpoint::Verify => verify::handle(state, req, &path, info).await,
-        Endpoint::Jwks => wellknown::jwks(state, &req),
-        Endpoint::Discovery => wellknown::discovery(state, &req),
-        Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
-        Endpoint::Proxy => forward::handle(state, req, path, peer, info).await,
+        let (endpoint, handler) = match path.as_str() {
+            "/auth/exchange" => ("exchange", Endpoint::Exchange),
+            "/auth/logout" => ("logout", Endpoint::Logout),
+            "/auth/me" => ("me", Endpoint::Me),
+            "/auth/me/photo" => ("me_photo", Endpoint::Photo),
+            p if is_verify_path(p) => ("verify", Endpoint::Verify),
+            "/.well-known/jwks.json" => ("jwks", Endpoint::Jwks),
+            "/.well-known/openid-configuration" => ("openid_configuration", Endpoint::Discovery),
+            p if p.starts_with("/auth/") || p.starts_with("/.well-known/") => {
+                ("unknown_gateway_path", Endpoint::Unknown)
+            }
+            _ => ("unmatched", Endpoint::Proxy),
+        };
+        info.endpoint = endpoint.into();
+        // The exchange and session futures are large and rare: boxed, so that the future of every
+        // proxied request (moved on its first poll) stays small.
+        match handler {
+            Endpoint::Exchange => Box::pin(exchange::handle(state, req, peer, info)).await,
+            Endpoint::Logout => Box::pin(session::logout(state, req, info)).await,
+            Endpoint::Me => Box::pin(session::me(state, req, info)).await,
+            Endpoint::Photo => Box::pin(session::photo(state, req, info)).await,
+            Endpoint::Verify => verify::handle(state, req, &path, info).await,
+            Endpoint::Jwks => wellknown::jwks(state, &req),
+            Endpoint::Discovery => wellknown::discovery(state, &req),
+            Endpoint::Unknown => Err(Rejection::NotFound("no such gateway endpoint")),
+            Endpoint::Proxy => forward::handle(state, req, path, peer, info).await,
+        }
     }
 }
 

@@ -18,50 +18,57 @@ use crate::path::CanonicalPath;
 use crate::proxy::UpstreamAuth;
 use crate::proxy::routes::RouteMatch;
 
-pub async fn handle(
-    state: &AppState,
+/// An `async move` block rather than an `async fn`: see `super::public`.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+pub fn handle<'a>(
+    state: &'a AppState,
     req: Request<Incoming>,
     path: CanonicalPath,
     peer: SocketAddr,
-    info: &mut AccessInfo,
-) -> Result<Response<Body>, Rejection> {
-    let routes = state.live.routes(info.worker);
-    let Some(found) = routes.find(&path) else {
-        state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
-        return Err(Rejection::NotFound("no route for this path"));
-    };
-    drop(routes);
-    info.skip_cors = !found.cors;
-    let result = forward(state, &found, req, &path, peer, info).await;
-    // Counted and timed by the caller with the request's own clock (`AccessInfo::route`).
-    info.route = Some(found.into_route());
-    result
+    info: &'a mut AccessInfo,
+) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let routes = state.live.routes(info.worker);
+        let Some(found) = routes.find(&path) else {
+            state.metrics.proxy_requests_total.with_label_values(&["unmatched", "404"]).inc();
+            return Err(Rejection::NotFound("no route for this path"));
+        };
+        drop(routes);
+        info.skip_cors = !found.cors;
+        let result = forward(state, &found, req, &path, peer, info).await;
+        // Counted and timed by the caller with the request's own clock (`AccessInfo::route`).
+        info.route = Some(found.into_route());
+        result
+    }
 }
 
-async fn forward(
-    state: &AppState,
-    found: &RouteMatch,
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+fn forward<'a>(
+    state: &'a AppState,
+    found: &'a RouteMatch,
     req: Request<Incoming>,
-    path: &CanonicalPath,
+    path: &'a CanonicalPath,
     peer: SocketAddr,
-    info: &mut AccessInfo,
-) -> Result<Response<Body>, Rejection> {
-    let principal = match admit(state, found, &req, path, info).await {
-        Ok(principal) => principal,
-        Err(refused) => {
-            crate::body::linger(req.into_body());
-            return Err(refused);
-        }
-    };
-    let ids = state.access.identity_headers();
-    let authorization = upstream_auth(state, found, principal.as_deref())?;
-    info.forwarded = true;
-    // Boxed: the forwarding future (the upstream request in flight) is the largest part of a
-    // request's state; on the heap it is built once instead of being moved with every future
-    // that contains it (public, route_public, this one).
-    let forwarding =
-        state.proxy.forward(info.worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization);
-    Ok(Box::pin(forwarding).await?)
+    info: &'a mut AccessInfo,
+) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+    async move {
+        let principal = match admit(state, found, &req, path, info).await {
+            Ok(principal) => principal,
+            Err(refused) => {
+                crate::body::linger(req.into_body());
+                return Err(refused);
+            }
+        };
+        let ids = state.access.identity_headers();
+        let authorization = upstream_auth(state, found, principal.as_deref())?;
+        info.forwarded = true;
+        // Boxed: the forwarding future (the upstream request in flight) is the largest part of a
+        // request's state; on the heap it is built once instead of being moved with every future
+        // that contains it (public, route_public, this one).
+        let forwarding =
+            state.proxy.forward(info.worker, found.route(), principal.as_deref(), ids, path, req, peer, authorization);
+        Ok(Box::pin(forwarding).await?)
+    }
 }
 
 /// `Authorization` for the upstream: for a signed-in caller, the route's assertion, the
