@@ -398,7 +398,7 @@ use crate::request_id::X_REQUEST_ID;
 /// return an `async move` block instead of being `async fn`s: an `async fn` moves each argument
 /// into a local of its future, keeping the request (264 bytes) twice in every level's state and
 /// copying it once more per level (`-Zprint-type-sizes`); a block uses what it captured in place.
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
 pub fn public(
     state: Arc<crate::app::WorkerState>,
     mut req: Request<Incoming>,
@@ -510,7 +510,7 @@ fn screen<B>(req: &Request<B>) -> Result<CanonicalPath, Rejection> {
     CanonicalPath::parse(req.uri().path()).map_err(|e| Rejection::InvalidRequest(e.to_string()))
 }
 
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
 fn route_public<'a>(
     state: &'a AppState,
     req: Request<Incoming>,

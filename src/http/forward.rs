@@ -19,7 +19,7 @@ use crate::proxy::UpstreamAuth;
 use crate::proxy::routes::RouteMatch;
 
 /// An `async move` block rather than an `async fn`: see `super::public`.
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
 pub fn handle<'a>(
     state: &'a AppState,
     req: Request<Incoming>,
@@ -42,7 +42,7 @@ pub fn handle<'a>(
     }
 }
 
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
+#[allow(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice in its future (see `public`)")]
 fn forward<'a>(
     state: &'a AppState,
     found: &'a RouteMatch,
