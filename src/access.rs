@@ -146,10 +146,8 @@ impl Access {
         {
             return Ok(p);
         }
-        // What `HeaderValue::to_str` would have checked (the cache holds no other token).
-        let text =
-            std::str::from_utf8(token).ok().filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)));
-        let claims = self.issuer.verify(text.ok_or(AccessError::MissingToken)?)?;
+        // The cache holds no other token than printable ones.
+        let claims = self.issuer.verify(token_text(token).ok_or(AccessError::MissingToken)?)?;
         let identity = identity_values(&self.headers, &claims);
         let user_key = UserAccess::key(&claims.tid, &claims.oid);
         let key: Arc<[u8]> = Arc::from(token);
@@ -209,6 +207,13 @@ impl Access {
         }
         Ok(())
     }
+}
+
+/// A bearer token's text: printable ASCII and tabs only, what `HeaderValue::to_str` allows
+/// (`None` for anything else: no token).
+pub fn token_text(token: &[u8]) -> Option<&str> {
+    let printable = token.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    printable.then(|| std::str::from_utf8(token).ok()).flatten()
 }
 
 /// The identity header values of a verified caller, computed once per token, in the

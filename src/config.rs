@@ -379,7 +379,7 @@ impl Config {
         let built = with_problems(problems, build::build(raw, FileChecks::Read, env), &from_env)
             .map_err(|e| e.in_file(path))?;
         let mut config = built.ok_or_else(|| ConfigError::one("<config>", "not built"))?;
-        config.source_sha256 = Some(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()).into());
+        config.source_sha256 = Some(source_digest(text.as_bytes()));
         Ok(config)
     }
 
@@ -471,6 +471,12 @@ fn configmap_config(text: String) -> String {
     let data = doc.get("data").and_then(|d| d.as_object());
     let inner = data.and_then(|d| d.get("config.yaml").or_else(|| d.values().next())).and_then(|v| v.as_str());
     inner.map(str::to_string).unwrap_or(text)
+}
+
+/// SHA-256 of a config file's bytes: [`Config::source_sha256`], and what the live reload
+/// compares it with.
+pub fn source_digest(bytes: &[u8]) -> [u8; 32] {
+    <sha2::Sha256 as sha2::Digest>::digest(bytes).into()
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -616,22 +616,27 @@ pub fn only_get<B>(req: &Request<B>) -> Result<(), Rejection> {
     }
 }
 
-/// The bearer token of an `Authorization` header, if it has one.
+/// The bearer token of an `Authorization` header, if it has one (printable ASCII, as
+/// [`crate::access::token_text`] checks it).
 pub fn bearer(req_headers: &http::HeaderMap) -> Option<&str> {
-    let v = req_headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    bearer_bytes(req_headers).and_then(crate::access::token_text)
 }
 
 /// The bearer token as [`bearer`] finds it, as bytes not yet checked to be printable ASCII:
 /// for `Access::authenticate`, whose verified-token cache holds only tokens that were, so a
 /// token it finds needs no check (on every proxied request a 700-byte scan), and one it does
-/// not find is checked before anything else reads it.
+/// not find is checked before anything else reads it. After the scheme and its space, spaces
+/// and tabs around the token are dropped (any other control character stays, and fails the check).
 pub fn bearer_bytes(req_headers: &http::HeaderMap) -> Option<&[u8]> {
     let v = req_headers.get(header::AUTHORIZATION)?.as_bytes();
     let space = v.iter().position(|&b| b == b' ')?;
-    let token = v[space + 1..].trim_ascii();
+    let mut token = &v[space + 1..];
+    while let [b' ' | b'\t', rest @ ..] = token {
+        token = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = token {
+        token = rest;
+    }
     (v[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 

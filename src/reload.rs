@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
@@ -56,7 +55,7 @@ fn is_change(event: &notify::Event) -> bool {
 
 /// SHA-256 of a file's bytes (what `Config::source_sha256` holds for the file it was loaded from).
 pub(crate) fn hash(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+    std::fs::read(path).ok().map(|b| crate::config::source_digest(&b))
 }
 
 /// Waits for the next trigger: a file event, the poll interval, or (with `hup`) SIGHUP.

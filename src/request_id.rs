@@ -45,11 +45,16 @@ impl RequestIds {
             !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=".contains(c))
         };
         match headers.entry(&X_REQUEST_ID) {
-            Entry::Occupied(mut e) => {
-                let id = if sane(e.get()) { e.get().clone() } else { self.next_id(worker) };
-                if !sane(e.get()) || e.iter().nth(1).is_some() {
+            Entry::Occupied(mut e) if sane(e.get()) => {
+                let id = e.get().clone();
+                if e.iter().nth(1).is_some() {
                     e.insert(id.clone());
                 }
+                id
+            }
+            Entry::Occupied(mut e) => {
+                let id = self.next_id(worker);
+                e.insert(id.clone());
                 id
             }
             Entry::Vacant(e) => e.insert(self.next_id(worker)).clone(),

@@ -107,8 +107,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         return;
     }
-    // Every response of a keep-alive upstream comes here (`Connection: keep-alive`): a name
-    // listed in `Connection` is compared as text, not built.
+    // A name listed in `Connection` is compared as text, not built.
     let named: Vec<&str> = connection_tokens(headers).collect();
     let listed = |n: &HeaderName| named.iter().any(|t| t.eq_ignore_ascii_case(n.as_str()));
     let found: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n) || listed(n)).cloned().collect();
