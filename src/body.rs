@@ -29,7 +29,12 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 /// A JSON response; `Cache-Control: no-store` unless the caller sets its own.
 pub fn json<T: serde::Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     // Serialising to memory fails only for maps with non-string keys, which no answer has.
-    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    json_bytes(status, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A JSON response of JSON text already serialised; `Cache-Control: no-store`.
+pub fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut resp = Response::new(full(json));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

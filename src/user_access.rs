@@ -123,7 +123,12 @@ impl UserAccess {
 
     /// The map key of a user.
     pub fn key(tid: &str, oid: &str) -> String {
-        format!("{}:{}", tid.to_ascii_lowercase(), oid.to_ascii_lowercase())
+        let mut key = String::with_capacity(tid.len() + 1 + oid.len());
+        key.push_str(tid);
+        key.push(':');
+        key.push_str(oid);
+        key.make_ascii_lowercase();
+        key
     }
 
     /// The entry of a user (`key` from [`Self::key`]).

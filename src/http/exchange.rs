@@ -12,9 +12,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::{AccessInfo, Body, Rejection, bearer, json};
+use super::{AccessInfo, Body, Rejection, bearer};
 use crate::app::AppState;
 use crate::body::ReadError;
+use crate::body::json_bytes;
 use crate::directory::UserRecord;
 use crate::entra::Validated;
 use crate::exchange::{Exchanged, Subject};
@@ -71,7 +72,7 @@ async fn exchange(
         }
     };
     info.set_caller(&exchanged.minted.claims);
-    Ok(json(StatusCode::OK, &response_body(&exchanged)))
+    Ok(json_bytes(StatusCode::OK, response_json(&exchanged)))
 }
 
 fn rate_limited(state: &AppState, limit: &'static str, wait: Duration) -> Rejection {
@@ -122,11 +123,10 @@ struct AppView<'a> {
     tenant_id: &'a str,
 }
 
-/// The 200 answer, serialised straight from the exchange's result (no copy of the token or the
-/// user into an intermediate tree).
+/// The 200 answer but its token, serialised straight from the exchange's result (no copy of the
+/// user into an intermediate tree); [`response_json`] puts the token in front.
 #[derive(serde::Serialize)]
-struct ExchangeResponse<'a> {
-    access_token: &'a str,
+struct AnswerRest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     app: Option<AppView<'a>>,
     expires_in: u64,
@@ -136,7 +136,11 @@ struct ExchangeResponse<'a> {
     user: Option<UserView<'a>>,
 }
 
-fn response_body(e: &Exchanged) -> ExchangeResponse<'_> {
+/// The 200 answer's JSON: `access_token` first, then the rest in key order, as a map of them
+/// would be serialised. The token is a compact JWS the issuer made (base64url and dots): it is
+/// written as it is instead of through serde_json's byte-by-byte escape check (a 700-byte token
+/// is most of the answer); anything else in its place is escaped as usual.
+fn response_json(e: &Exchanged) -> Vec<u8> {
     let c = &e.minted.claims;
     let (user, app) = match &e.subject {
         Subject::User(user) => (Some(UserView::new(user, &c.groups, &c.roles)), None),
@@ -146,14 +150,36 @@ fn response_body(e: &Exchanged) -> ExchangeResponse<'_> {
             (None, Some(view))
         }
     };
-    ExchangeResponse {
-        access_token: &e.minted.token,
+    let rest = AnswerRest {
         app,
         expires_in: e.minted.expires_in,
         issued_token_type: TOKEN_TYPE_JWT,
         token_type: "Bearer",
         user,
+    };
+    let token = e.minted.token.as_str();
+    let mut out = Vec::with_capacity(token.len() + 512);
+    out.extend_from_slice(b"{\"access_token\":");
+    if is_compact_jws_text(token) {
+        out.push(b'"');
+        out.extend_from_slice(token.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to memory fails only for maps with non-string keys, which this has not.
+        let _ = serde_json::to_writer(&mut out, token);
     }
+    let brace = out.len();
+    let _ = serde_json::to_writer(&mut out, &rest);
+    // The rest's own opening brace becomes the comma after the token (it has `expires_in`).
+    out[brace] = b',';
+    out
+}
+
+/// Only base64url characters and dots: JSON text as it is. Without an early exit inside a
+/// chunk, so that the check is vectorised.
+fn is_compact_jws_text(token: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.');
+    token.as_bytes().chunks(64).all(|c| c.iter().fold(true, |ok, &b| ok & plain(b)))
 }
 
 /// The Entra token, from the `Authorization` header or the RFC 8693 form; the body must arrive
@@ -236,6 +262,88 @@ fn token_from_form(body: &[u8]) -> Result<String, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole answer as one serde struct: what [`response_json`] must equal byte for byte.
+    #[derive(serde::Serialize)]
+    struct Whole<'a> {
+        access_token: &'a str,
+        #[serde(flatten)]
+        rest: AnswerRest<'a>,
+    }
+
+    fn whole(e: &Exchanged) -> Vec<u8> {
+        let mut json = response_json(e);
+        // Parsed back and written by serde_json from a map: the same bytes.
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+        json.clear();
+        serde_json::to_writer(&mut json, &v).unwrap();
+        json
+    }
+
+    fn minted(token: &str) -> crate::issuer::Minted {
+        use crate::config::IssuerSettings;
+        use crate::keys::{KeyRing, SigningAlgorithm, SigningKey, generate_pem};
+        let alg = SigningAlgorithm::ES256;
+        let key = SigningKey::from_pem("k1", alg, generate_pem(alg).unwrap().as_bytes()).unwrap();
+        let issuer = crate::issuer::Issuer::new(IssuerSettings {
+            issuer: "https://gw.test".into(),
+            audience: "internal".into(),
+            token_ttl: Duration::from_secs(900),
+            keys: KeyRing::from_keys(vec![key]),
+        });
+        let user = UserRecord::for_test("tid-1", "oid-1");
+        let mut m = issuer.mint(&user, vec!["g\"1".into()], vec!["r".into()]).unwrap();
+        if !token.is_empty() {
+            m.token = token.into();
+        }
+        m
+    }
+
+    #[test]
+    fn the_answer_is_the_json_serde_would_write_with_the_token_first() {
+        let user = || Subject::User(Box::new(UserRecord::for_test("tid-1", "oid-1")));
+        let app = crate::entra::AppIdentity {
+            tid: "t\u{e9}".into(),
+            oid: "o".into(),
+            client_id: "c\"".into(),
+            roles: vec!["Reader".into()],
+        };
+        // A minted token as it is, and (never made by the issuer) one that needs escaping.
+        for token in ["", "a\"b\\c\u{1}</", "abc.def.ghi"] {
+            for subject in [user(), Subject::App(app.clone())] {
+                let e = Exchanged { minted: minted(token), subject };
+                let json = response_json(&e);
+                let c = &e.minted.claims;
+                let (user, app) = match &e.subject {
+                    Subject::User(u) => (Some(UserView::new(u, &c.groups, &c.roles)), None),
+                    Subject::App(a) => (
+                        None,
+                        Some(AppView {
+                            client_id: &a.client_id,
+                            id: &c.sub,
+                            oid: &a.oid,
+                            roles: &c.roles,
+                            tenant_id: &a.tid,
+                        }),
+                    ),
+                };
+                let rest = AnswerRest {
+                    app,
+                    expires_in: e.minted.expires_in,
+                    issued_token_type: TOKEN_TYPE_JWT,
+                    token_type: "Bearer",
+                    user,
+                };
+                let expected = serde_json::to_vec(&Whole { access_token: &e.minted.token, rest }).unwrap();
+                assert_eq!(String::from_utf8_lossy(&json), String::from_utf8_lossy(&expected), "token {token:?}");
+                assert_eq!(whole(&e), expected, "keys in map order");
+                let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                assert_eq!(v["access_token"], e.minted.token.as_str());
+            }
+        }
+        assert!(is_compact_jws_text(&minted("").token), "a minted token is written as it is");
+        assert!(!is_compact_jws_text(&format!("{}\"", minted("").token)));
+    }
 
     #[test]
     fn form_needs_the_token_exchange_grant_and_a_supported_token_type() {
