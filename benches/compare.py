@@ -119,17 +119,28 @@ def public_key_of(private_pem, out):
     return out
 
 
+def cpu_seconds(pid):
+    """User and kernel CPU seconds of process `pid`, all its threads (`/proc/<pid>/stat`)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def counts(pid, url, requests_seconds, **kw):
-    """System calls and context switches per request of process `pid` (all its threads)."""
+    """System calls, context switches, CPU time (user and kernel apart) per request of process
+    `pid` (all its threads)."""
     perf = subprocess.Popen(
         ["perf", "stat", "-x", ",", "-e", "raw_syscalls:sys_enter,context-switches,cpu-clock,sched:sched_waking",
          "-p", str(pid)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.2)
+    user, kernel = cpu_seconds(pid)
     r = wrk(url, requests_seconds, **kw)
+    user_after, kernel_after = cpu_seconds(pid)
     perf.send_signal(2)
     _, err = perf.communicate()
-    values = {}
+    # In milliseconds, as perf reports cpu-clock.
+    values = {"user": (user_after - user) * 1000, "kernel": (kernel_after - kernel) * 1000}
     for line in err.splitlines():
         parts = line.split(",")
         if len(parts) > 2 and parts[0].replace(".", "").isdigit():
@@ -360,12 +371,13 @@ def report(results, p99, per_request, cold):
                          f"{statistics.median(rps) / nginx_median:.2f} |")
     if per_request:
         lines += ["", "| process | syscalls / request | context switches / request | CPU µs / request "
-                  "| wake-ups caused / request |", "|---|---|---|---|---|"]
+                  "| of it user / kernel µs | wake-ups caused / request |", "|---|---|---|---|---|---|"]
         for name, c in per_request.items():
-            # perf reports cpu-clock in milliseconds.
+            # perf reports cpu-clock in milliseconds; user and kernel are the same unit.
             lines.append(f"| {name} | {c.get('raw_syscalls:sys_enter', float('nan')):.2f} | "
                          f"{c.get('context-switches', float('nan')):.3f} | "
                          f"{c.get('cpu-clock', float('nan')) * 1000:.1f} | "
+                         f"{c.get('user', float('nan')) * 1000:.1f} / {c.get('kernel', float('nan')) * 1000:.1f} | "
                          f"{c.get('sched:sched_waking', float('nan')):.3f} |")
     mode = "pinned: each proxy on one core" if PIN else "unpinned"
     head = (f"# Interleaved comparison ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
