@@ -36,8 +36,9 @@ rounds, and the median and spread of its ratio to nginx in the same round, so th
 of a few percent is told from the noise of a shared machine. Then it counts system calls and
 context switches per request for the gateway and the nginx worker (`perf stat -e
 raw_syscalls:sys_enter,context-switches` on the process during a fixed run), with the CPU time
-per request (`cpu-clock`: pinned, what a request costs a core) and the wake-ups of other threads
-it causes (`sched:sched_waking`, counted in the waker), and prints them.
+per request (`cpu-clock`: pinned, what a request costs a core), split into user and kernel time
+(`/proc/<pid>/stat` before and after the run, all the process's threads), and the wake-ups of
+other threads it causes (`sched:sched_waking`, counted in the waker), and prints them.
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
 BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),

@@ -14,8 +14,7 @@ use serde::Deserialize;
 
 use super::{AccessInfo, Body, Rejection, bearer};
 use crate::app::AppState;
-use crate::body::ReadError;
-use crate::body::json_bytes;
+use crate::body::{ReadError, json_bytes};
 use crate::directory::UserRecord;
 use crate::entra::Validated;
 use crate::exchange::{Exchanged, Subject};
