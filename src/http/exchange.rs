@@ -135,27 +135,38 @@ struct AnswerRest<'a> {
     user: Option<UserView<'a>>,
 }
 
+impl<'a> AnswerRest<'a> {
+    fn of(e: &'a Exchanged) -> AnswerRest<'a> {
+        let c = &e.minted.claims;
+        let (user, app) = match &e.subject {
+            Subject::User(user) => (Some(UserView::new(user, &c.groups, &c.roles)), None),
+            Subject::App(app) => {
+                let view = AppView {
+                    client_id: &app.client_id,
+                    id: &c.sub,
+                    oid: &app.oid,
+                    roles: &c.roles,
+                    tenant_id: &app.tid,
+                };
+                (None, Some(view))
+            }
+        };
+        AnswerRest {
+            app,
+            expires_in: e.minted.expires_in,
+            issued_token_type: TOKEN_TYPE_JWT,
+            token_type: "Bearer",
+            user,
+        }
+    }
+}
+
 /// The 200 answer's JSON: `access_token` first, then the rest in key order, as a map of them
 /// would be serialised. The token is a compact JWS the issuer made (base64url and dots): it is
 /// written as it is instead of through serde_json's byte-by-byte escape check (a 700-byte token
 /// is most of the answer); anything else in its place is escaped as usual.
 fn response_json(e: &Exchanged) -> Vec<u8> {
-    let c = &e.minted.claims;
-    let (user, app) = match &e.subject {
-        Subject::User(user) => (Some(UserView::new(user, &c.groups, &c.roles)), None),
-        Subject::App(app) => {
-            let view =
-                AppView { client_id: &app.client_id, id: &c.sub, oid: &app.oid, roles: &c.roles, tenant_id: &app.tid };
-            (None, Some(view))
-        }
-    };
-    let rest = AnswerRest {
-        app,
-        expires_in: e.minted.expires_in,
-        issued_token_type: TOKEN_TYPE_JWT,
-        token_type: "Bearer",
-        user,
-    };
+    let rest = AnswerRest::of(e);
     let token = e.minted.token.as_str();
     let mut out = Vec::with_capacity(token.len() + 512);
     out.extend_from_slice(b"{\"access_token\":");
@@ -312,27 +323,7 @@ mod tests {
             for subject in [user(), Subject::App(app.clone())] {
                 let e = Exchanged { minted: minted(token), subject };
                 let json = response_json(&e);
-                let c = &e.minted.claims;
-                let (user, app) = match &e.subject {
-                    Subject::User(u) => (Some(UserView::new(u, &c.groups, &c.roles)), None),
-                    Subject::App(a) => (
-                        None,
-                        Some(AppView {
-                            client_id: &a.client_id,
-                            id: &c.sub,
-                            oid: &a.oid,
-                            roles: &c.roles,
-                            tenant_id: &a.tid,
-                        }),
-                    ),
-                };
-                let rest = AnswerRest {
-                    app,
-                    expires_in: e.minted.expires_in,
-                    issued_token_type: TOKEN_TYPE_JWT,
-                    token_type: "Bearer",
-                    user,
-                };
+                let rest = AnswerRest::of(&e);
                 let expected = serde_json::to_vec(&Whole { access_token: &e.minted.token, rest }).unwrap();
                 assert_eq!(String::from_utf8_lossy(&json), String::from_utf8_lossy(&expected), "token {token:?}");
                 assert_eq!(whole(&e), expected, "keys in map order");
