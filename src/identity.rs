@@ -13,6 +13,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
+use crate::header_names::{FirstBytes, eq_dashed, starts_with_dashed};
+
 pub mod easy_auth;
 
 /// Which identity headers upstreams get (`proxy.identity_headers`).
@@ -94,6 +96,9 @@ const DEFAULT_NAMES: [&str; 9] = [
 pub struct IdentityHeaders {
     /// The configured prefix and the default one (lowercase, with `-`), and App Service's.
     prefixes: Vec<String>,
+    /// What the prefixes and the forwarding headers' `_` twins start with: a request's other
+    /// names (`host`, `authorization`...) are passed on their first byte.
+    first: FirstBytes,
     /// The names are the static [`DEFAULT_NAMES`] (else each rendering gets its own copies).
     static_names: bool,
     /// Which headers upstreams get.
@@ -132,8 +137,10 @@ impl IdentityHeaders {
             prefixes.push(configured);
         }
         prefixes.extend(EASY_AUTH_PREFIXES.map(String::from));
+        let first = FirstBytes::of(prefixes.iter().map(String::as_str).chain(UNDERSCORE_TWINS));
         Ok(IdentityHeaders {
             prefixes,
+            first,
             static_names,
             profile: HeaderProfile::default(),
             user_id: name("User-Id")?,
@@ -212,8 +219,9 @@ impl IdentityHeaders {
     /// Service's (`X-MS-CLIENT-PRINCIPAL*`, `X-MS-TOKEN-*`).
     pub fn is_identity(&self, name: &HeaderName) -> bool {
         let n = name.as_str();
-        self.prefixes.iter().any(|p| starts_with_dashed(n, p))
-            && !NOT_IDENTITY.iter().any(|x| n.len() == x.len() && starts_with_dashed(n, x))
+        self.first.admits(n)
+            && self.prefixes.iter().any(|p| starts_with_dashed(n, p))
+            && !NOT_IDENTITY.iter().any(|x| eq_dashed(n, x))
     }
 
     /// The first header of a request that could pass for an identity header (forward-auth
@@ -227,8 +235,9 @@ impl IdentityHeaders {
     pub fn strip(&self, headers: &mut HeaderMap) {
         let spoofed = |n: &HeaderName| {
             let s = n.as_str();
-            self.prefixes.iter().any(|p| starts_with_dashed(s, p))
-                || (s.contains('_') && UNDERSCORE_TWINS.iter().any(|t| s.len() == t.len() && starts_with_dashed(s, t)))
+            self.first.admits(s)
+                && (self.prefixes.iter().any(|p| starts_with_dashed(s, p))
+                    || (s.contains('_') && UNDERSCORE_TWINS.iter().any(|t| eq_dashed(s, t))))
         };
         if !headers.keys().any(spoofed) {
             return;
@@ -238,11 +247,6 @@ impl IdentityHeaders {
             headers.remove(&name);
         }
     }
-}
-
-/// Whether `name`, with `_` read as `-`, starts with `prefix` (lowercase, with `-`).
-fn starts_with_dashed(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(n, p)| n == p || (n == b'_' && p == b'-'))
 }
 
 /// A header value: printable ASCII kept, everything else percent-encoded UTF-8.

@@ -6,7 +6,7 @@
 //!
 //! # Layout (dependencies point down; ARCHITECTURE.md has the flows)
 //! - Leaves: [`clock`] (Unix time), `body` (the response body type), [`path`] (the canonical
-//!   request path), [`keys`] (signing keys), `identity` (identity header names, spoof
+//!   request path), [`keys`] (signing keys), `header_names` (names with `_` read as `-`), `identity` (identity header names, spoof
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
 //!   `cors` (browser origins), `metrics` (Prometheus families), [`seal`] (the HMAC that makes
@@ -44,6 +44,7 @@ pub(crate) mod entra;
 pub(crate) mod exchange;
 pub(crate) mod forwarded;
 pub(crate) mod graph;
+pub(crate) mod header_names;
 pub(crate) mod http;
 pub(crate) mod identity;
 pub(crate) mod issuer;

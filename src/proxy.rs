@@ -100,8 +100,8 @@ pub struct Proxy {
     /// Per worker thread (an upstream connection is used by the thread that opened it): the
     /// connections to `http` upstreams and the client for `https` ones.
     workers: Box<[(pool::Http1Pool, UpstreamClient)]>,
-    /// `proxy.strip_request_headers`, lowercase with `-`.
-    strip: Vec<String>,
+    /// `proxy.strip_request_headers`.
+    strip: headers::StripList,
     /// `X-Forwarded-Proto` of the public listener.
     proto: &'static str,
     trusted: TrustedProxies,
@@ -116,7 +116,7 @@ impl Proxy {
         trusted: TrustedProxies,
     ) -> Proxy {
         let workers = clients.into_iter().map(|c| (pool::Http1Pool::new(CONNECT_TIMEOUT, POOL_IDLE_TIMEOUT), c));
-        Proxy { workers: workers.collect(), strip, proto, trusted }
+        Proxy { workers: workers.collect(), strip: headers::StripList::new(strip), proto, trusted }
     }
 
     /// Rewrites the request for `route` and streams it to the upstream. `path` is the request's

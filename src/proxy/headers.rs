@@ -6,6 +6,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::header_names::{FirstBytes, eq_dashed};
+
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual proxy extras); [`is_hop_by_hop`]
 /// is what the proxy checks, this list is what the tests hold it to.
 #[cfg(test)]
@@ -20,14 +22,29 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes every header whose name, lowercase and with `_` read as `-`, is one of `names`
-/// (lowercase, with `-`): the path-override and identity-override headers frameworks act on.
-pub fn strip_named(headers: &mut HeaderMap, names: &[String]) {
+/// `proxy.strip_request_headers`: names removed in any spelling (lowercase, `_` read as `-`),
+/// the path-override and identity-override headers frameworks act on.
+#[derive(Debug, Clone)]
+pub struct StripList {
+    /// Lowercase, with `-`.
+    names: Vec<String>,
+    /// What they start with: a request's other names are passed on their first byte.
+    first: FirstBytes,
+}
+
+impl StripList {
+    /// `names`: lowercase, with `-` (as the config gives them).
+    pub fn new(names: Vec<String>) -> StripList {
+        let first = FirstBytes::of(names.iter().map(String::as_str));
+        StripList { names, first }
+    }
+}
+
+/// Removes every header whose name, lowercase and with `_` read as `-`, is on the list.
+pub fn strip_named(headers: &mut HeaderMap, list: &StripList) {
     let listed = |n: &HeaderName| {
         let n = n.as_str();
-        names
-            .iter()
-            .any(|x| x.len() == n.len() && x.bytes().zip(n.bytes()).all(|(a, b)| a == b || (b == b'_' && a == b'-')))
+        list.first.admits(n) && list.names.iter().any(|x| eq_dashed(n, x))
     };
     remove_matching(headers, listed);
 }
@@ -64,13 +81,12 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    tokens(headers.get_all(header::CONNECTION).iter())
+}
+
+/// The tokens of `Connection` values.
+fn tokens<'v>(values: impl Iterator<Item = &'v HeaderValue>) -> impl Iterator<Item = &'v str> {
+    values.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Whether `name` is a hop-by-hop header (a match on the lowercase name: no list walked, no
@@ -96,15 +112,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // upstream carries exactly `Connection: keep-alive`, which names no other header there
     // (`keep-alive` is hop-by-hop itself, and would have been found).
     let mut hops = headers.keys().filter(|n| is_hop_by_hop(n));
-    let only_keep_alive = match (hops.next(), hops.next()) {
+    let only_connection = match (hops.next(), hops.next()) {
         (None, _) => return,
-        (Some(name), None) => {
-            *name == header::CONNECTION && connection_tokens(headers).all(|t| t.eq_ignore_ascii_case("keep-alive"))
-        }
+        (Some(name), None) => *name == header::CONNECTION,
         _ => false,
     };
-    if only_keep_alive {
-        headers.remove(header::CONNECTION);
+    // The header is found once (one hash of its name), read and removed through its entry.
+    if only_connection
+        && let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION)
+        && tokens(connection.iter()).all(|t| t.eq_ignore_ascii_case("keep-alive"))
+    {
+        connection.remove();
         return;
     }
     // A name listed in `Connection` is compared as text, not built.
@@ -189,7 +207,7 @@ mod tests {
             h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("/admin"));
         }
         let names: Vec<String> = ["x-original-url", "x-rewrite-url", "true-client-ip"].map(String::from).to_vec();
-        strip_named(&mut h, &names);
+        strip_named(&mut h, &StripList::new(names));
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-forwarded-for"]);
     }
 
