@@ -63,7 +63,7 @@ async fn exchange(
     let exchanged = match state.exchange.validate(&token).await?.as_ref() {
         Validated::User(id) => {
             state.limits.check_user(&id.tid, &id.oid).map_err(|wait| rate_limited(state, "user", wait))?;
-            state.exchange.complete(id, &token).await?
+            Box::pin(state.exchange.complete(id, &token)).await?
         }
         Validated::App(app) => {
             state.limits.check_user(&app.tid, &app.oid).map_err(|wait| rate_limited(state, "user", wait))?;
