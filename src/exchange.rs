@@ -237,12 +237,14 @@ impl ExchangeService {
         let policy = self.policy.load_full();
         let session = self.session(token, &id.tid);
         let member_of =
-            in_child("exchange groups", SpanKind::Internal, Box::pin(self.membership(&id, &policy, session.as_ref()))).await?;
+            in_child("exchange groups", SpanKind::Internal, Box::pin(self.membership(&id, &policy, session.as_ref())))
+                .await?;
         let (groups, roles) = match policy.decide(&member_of) {
             Decision::Allow { groups, roles } => (groups, roles),
             Decision::Deny => return Err(ExchangeError::NotInAllowedGroup),
         };
-        let profile = in_child("exchange profile", SpanKind::Internal, Box::pin(self.profile(&id, session.as_ref()))).await?;
+        let profile =
+            in_child("exchange profile", SpanKind::Internal, Box::pin(self.profile(&id, session.as_ref()))).await?;
         let sync = Box::pin(self.directory.sync_login(&id.tid, &id.oid, &profile));
         let (user, _) = in_child("directory sync_login", SpanKind::Internal, sync).await?;
         let mint = Span::child("issuer mint", SpanKind::Internal);

@@ -330,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_that_does_not_start_with_x_is_stripped_in_every_spelling_too() {
+        // The first-byte filter must know the configured prefix's first byte, and `_` for `-`.
+        for prefix in ["Corp-User-", "-Corp-"] {
+            let ids = IdentityHeaders::new(prefix).unwrap();
+            let dashed = prefix.to_ascii_lowercase();
+            let mut h = HeaderMap::new();
+            for name in [format!("{dashed}id"), format!("{}id", dashed.replace('-', "_")), "x-auth-oid".into()] {
+                h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("evil"));
+            }
+            h.insert(header::HOST, HeaderValue::from_static("app.example"));
+            assert!(ids.find_spoofed(&h).is_some(), "{prefix}");
+            ids.strip(&mut h);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"], "{prefix}");
+        }
+    }
+
+    #[test]
     fn forward_auth_sees_identity_headers_in_any_spelling_but_not_ingress_nginx_s_redirect_header() {
         let ids = IdentityHeaders::new("X-Auth-").unwrap();
         for name in ["x_auth_user_id", "X-AUTH-EXTRA", "x-auth_groups"] {
