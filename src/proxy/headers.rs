@@ -182,6 +182,12 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"], "with another hop too");
+        // Two `Connection` lines: the second one's names count too.
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(HeaderName::from_static("close"), HeaderValue::from_static("listed on the second line"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["content-type"], "a second line's name goes");
     }
 
     #[test]
