@@ -2,11 +2,14 @@
 //! with `_` read as `-` (PHP, WSGI and Rack turn `X_Original_URL` and `X-Original-URL` into one
 //! variable, `HTTP_X_ORIGINAL_URL`).
 //!
-//! Owns: comparing a request's header name with a lowercase, dashed name or prefix, and
+//! Owns: comparing a request's header name with a lowercase, dashed name or prefix,
 //! [`FirstBytes`], which passes most of a request's names on their first byte before any
 //! comparison (a request's `host`, `authorization`, `accept`... start with a byte none of the
-//! gateway's lists does). Must not: know which names matter (identity's prefixes and the
-//! configured strip list belong to `identity` and `proxy`).
+//! gateway's lists does), and [`remove_matching`], removing the names a rule matches. Must not:
+//! know which names matter (identity's prefixes and the configured strip list belong to
+//! `identity` and `proxy`).
+
+use http::header::{HeaderMap, HeaderName};
 
 /// Whether `name`, with `_` read as `-`, starts with `prefix` (lowercase, with `-`).
 pub fn starts_with_dashed(name: &str, prefix: &str) -> bool {
@@ -50,6 +53,15 @@ impl FirstBytes {
             Some(&b) => self.0[usize::from(b >> 6)] >> (b & 63) & 1 == 1,
             None => self.0 == [u64::MAX; 4],
         }
+    }
+}
+
+/// Removes the headers whose name `matches`: one pass over the names, then one removal (one
+/// hash of the name) per name present; no allocation when none is.
+pub fn remove_matching(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) {
+    let found: Vec<HeaderName> = headers.keys().filter(|n| matches(n)).cloned().collect();
+    for name in &found {
+        headers.remove(name);
     }
 }
 

@@ -13,7 +13,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::header_names::{FirstBytes, eq_dashed, starts_with_dashed};
+use crate::header_names::{FirstBytes, eq_dashed, remove_matching, starts_with_dashed};
 
 pub mod easy_auth;
 
@@ -239,13 +239,7 @@ impl IdentityHeaders {
                 && (self.prefixes.iter().any(|p| starts_with_dashed(s, p))
                     || (s.contains('_') && UNDERSCORE_TWINS.iter().any(|t| eq_dashed(s, t))))
         };
-        if !headers.keys().any(spoofed) {
-            return;
-        }
-        let names: Vec<HeaderName> = headers.keys().filter(|n| spoofed(n)).cloned().collect();
-        for name in names {
-            headers.remove(&name);
-        }
+        remove_matching(headers, spoofed);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::header_names::{FirstBytes, eq_dashed};
+use crate::header_names::{FirstBytes, eq_dashed, remove_matching};
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1 and the usual proxy extras); [`is_hop_by_hop`]
 /// is what the proxy checks, this list is what the tests hold it to.
@@ -47,15 +47,6 @@ pub fn strip_named(headers: &mut HeaderMap, list: &StripList) {
         list.first.admits(n) && list.names.iter().any(|x| eq_dashed(n, x))
     };
     remove_matching(headers, listed);
-}
-
-/// Removes the headers whose name `matches`: one pass over the names, then one removal (one
-/// hash of the name) per name present; no allocation when none is.
-fn remove_matching(headers: &mut HeaderMap, matches: impl Fn(&HeaderName) -> bool) {
-    let found: Vec<HeaderName> = headers.keys().filter(|n| matches(n)).cloned().collect();
-    for name in &found {
-        headers.remove(name);
-    }
 }
 
 /// Why an upgrade request is refused.
