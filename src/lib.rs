@@ -5,7 +5,8 @@
 //! JWT. Every other request is reverse-proxied with that JWT verified and identity headers set.
 //!
 //! # Layout (dependencies point down; ARCHITECTURE.md has the flows)
-//! - Leaves: [`clock`] (Unix time), `body` (the response body type), [`path`] (the canonical
+//! - Leaves: [`clock`] (Unix time), `body` (the response body type), `byte_class` (byte checks
+//!   written to be vectorised), [`path`] (the canonical
 //!   request path), [`keys`] (signing keys), `header_names` (names with `_` read as `-`), `identity` (identity header names, spoof
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
@@ -32,6 +33,7 @@ pub(crate) mod access;
 pub(crate) mod app;
 pub(crate) mod assertion;
 pub(crate) mod body;
+pub(crate) mod byte_class;
 pub(crate) mod cache;
 pub mod cli;
 pub mod clock;

@@ -104,8 +104,7 @@ impl AccessLine<'_> {
 /// A JSON string: copied as is when nothing needs escaping (the usual case), else escaped by
 /// serde_json.
 fn string(s: &str, out: &mut Vec<u8>) {
-    // No early exit: the check runs on whole vectors (most values need no escaping).
-    if s.bytes().fold(true, |plain, b| plain & (b >= 0x20) & (b != b'"') & (b != b'\\')) {
+    if crate::byte_class::all(s.as_bytes(), |b| (b >= 0x20) & (b != b'"') & (b != b'\\')) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
