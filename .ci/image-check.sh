@@ -53,7 +53,10 @@ grep -q '^FROM gcr.io/distroless/cc-debian12:nonroot' "$df" || fail "final stage
 grep -q '^USER 65532:65532' "$df" || fail "no non-root USER"
 ! grep -q '^HEALTHCHECK' "$df" || fail "HEALTHCHECK (Kubernetes probes do that)"
 grep -q 'cargo build --release --locked --no-default-features' "$df" || fail "the image builds something else than CI checks"
+# The profile-guided build (PGO=1, the default) builds the same features as the plain one.
+features=$(grep -o 'cargo build --release --locked --no-default-features[^&\]*' "$df" | head -1 | sed 's/.*--no-default-features//')
+grep -q "benches/pgo.py --no-default-features${features% }" "$df" || fail "the profile-guided build's features differ"
 grep -q '^EXPOSE 8080 9090' "$df" || fail "ports differ from the chart (8080, 9090)"
-ok "Dockerfile: distroless nonroot, USER 65532, no HEALTHCHECK, same build command, ports 8080/9090"
+ok "Dockerfile: distroless nonroot, USER 65532, no HEALTHCHECK, same build command (plain and PGO), ports 8080/9090"
 
 echo "image-check: $checks passed, 0 failed"

@@ -7,17 +7,18 @@ Components, each a separate process on loopback:
   nginx     `proxy_pass` to the upstream: 1 and 2 workers, access log off and on (to a file)
   mock      the mock Entra ID + Graph (`entra-gateway mock`), for the exchanges
   redis     redis-server, for the "with Redis" rows
-  gateway   `entra-gateway serve` (the release binary, production defaults but for the exchange
-            rate limits, which a load test would only measure), access log off and on (to a file)
+  gateway   `entra-gateway serve` (the release binary, or BENCH_GATEWAY; production defaults but
+            for the exchange rate limits, which a load test would only measure), access log off
+            and on (to a file)
 Load: wrk, the same threads, connections and duration for every row, a warm-up run, then three
 runs; the median of each figure is reported, with its ratio to nginx with 1 worker and the same
 access-log setting. Writes the table to benches/results/latest.md and prints it.
 
 Settings (environment): BENCH_SECONDS (5), BENCH_RUNS (3), BENCH_CONNECTIONS (32),
-BENCH_THREADS (2), BENCH_ONLY (a substring of the scenario names to run), BENCH_COLD_USERS
-(40000: tokens minted for the cold-exchange rows, each used once), BENCH_PERF (1: record the
-gateway with `perf record -e cpu-clock` during each measured gateway row and write the top
-symbols to benches/results/perf-<row>.txt).
+BENCH_THREADS (2), BENCH_GATEWAY (the gateway's binary), BENCH_ONLY (a substring of the scenario
+names to run), BENCH_COLD_USERS (40000: tokens minted for the cold-exchange rows, each used
+once), BENCH_PERF (1: record the gateway with `perf record -e cpu-clock` during each measured
+gateway row and write the top symbols to benches/results/perf-<row>.txt).
 """
 
 import datetime
@@ -37,7 +38,9 @@ import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-BIN = TARGET / "release" / "entra-gateway"
+# The gateway's binary: BENCH_GATEWAY (run.sh sets it to the profile-guided build, benches/pgo.py,
+# with BENCH_PGO=1), else the plain release build.
+BIN = pathlib.Path(os.environ.get("BENCH_GATEWAY") or TARGET / "release" / "entra-gateway")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))

@@ -5,6 +5,9 @@
     BENCH_PIN=1 bash benches/run.sh compare        (each proxy on core 0, the gateway with one worker;
                                                     wrk and the upstream on core 1)
     BENCH_BASELINE=/path/to/old/entra-gateway bash benches/run.sh compare   (an older build too)
+run.sh builds the profile-guided binary first (benches/pgo.py, what the image ships) and measures
+it as `gateway`, with the plain release build as `baseline` (BENCH_PGO=0: the plain build alone;
+BENCH_GATEWAY=/path: that binary as `gateway`).
 
 Contenders, each its own process, all in front of one upstream (nginx answering 200 "hello world"):
   nginx      1 worker, `proxy_pass` with `keepalive` to the upstream, access log on (to a file);
@@ -41,7 +44,7 @@ per request (`cpu-clock`: pinned, what a request costs a core), split into user 
 other threads it causes (`sched:sched_waking`, counted in the waker), and prints them.
 
 Settings (environment): BENCH_ROUNDS (5), BENCH_SECONDS (5), BENCH_CONNECTIONS (32),
-BENCH_THREADS (2), BENCH_PIN (0), BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
+BENCH_THREADS (2), BENCH_PIN (0), BENCH_GATEWAY, BENCH_BASELINE, BENCH_ONLY (a substring of contender names),
 BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_CLUSTER (1), BENCH_FLOOR (1),
 BENCH_COLD_USERS (15000 per run; 0: no cold row).
 """

@@ -4,9 +4,11 @@
 #   BENCH_SECONDS=10 BENCH_ONLY=required bash benches/run.sh
 #   bash benches/run.sh soak                 (under load and faults: SOAK_SECONDS (600) + ~3 min)
 #   bash benches/run.sh compare              (interleaved rounds against nginx and HAProxy, see
-#                                             benches/compare.py; BENCH_PIN=1 pins each proxy)
+#                                             benches/compare.py; BENCH_PIN=1 pins each proxy;
+#                                             the profile-guided build against the plain one)
 #   bash benches/run.sh instructions         (instructions per request under callgrind, see
 #                                             benches/instructions.py; about 3 minutes)
+#   bash benches/run.sh pgo                  (only the profile-guided build, benches/pgo.py)
 # Installs wrk, nginx and redis-server when missing (apt-get, starting no service), builds the
 # release binary, runs benches/bench.py, prints one table and writes benches/results/latest.md.
 set -euo pipefail
@@ -32,10 +34,22 @@ fi
 cargo build --release --locked
 # compare.py's `hyper floor` row (the same HTTP stack without the gateway's request logic).
 case "${1:-bench}" in compare | instructions) cargo build --release --locked --example hyper_floor ;; esac
+# The profile-guided build (benches/pgo.py: what the image ships; about 20 minutes more) is the
+# gateway under test in `compare`, with the plain release build as its `baseline` row unless
+# BENCH_BASELINE names another; BENCH_PGO=1 does the same for the other modes, BENCH_PGO=0
+# measures the plain build alone.
+pgo=${BENCH_PGO:-$([ "${1:-bench}" = compare ] && echo 1 || echo 0)}
+[ "${1:-bench}" != pgo ] || pgo=0
+if [ "$pgo" = 1 ] && [ -z "${BENCH_GATEWAY:-}" ]; then
+  BENCH_GATEWAY=$(python3 benches/pgo.py | tail -1)
+  export BENCH_GATEWAY
+  export BENCH_BASELINE=${BENCH_BASELINE:-${CARGO_TARGET_DIR:-$PWD/target}/release/entra-gateway}
+fi
 case "${1:-bench}" in
   bench) exec python3 benches/bench.py ;;
   soak) exec python3 benches/soak.py ;;
   compare) exec python3 benches/compare.py ;;
   instructions) exec python3 benches/instructions.py ;;
-  *) echo "usage: bash benches/run.sh [bench|soak|compare|instructions]" >&2; exit 2 ;;
+  pgo) exec python3 benches/pgo.py ;;
+  *) echo "usage: bash benches/run.sh [bench|soak|compare|instructions|pgo]" >&2; exit 2 ;;
 esac
