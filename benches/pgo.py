@@ -73,8 +73,11 @@ def llvm_profdata():
 def mock_binary():
     """A build with the `demo` feature, for `entra-gateway mock`: the plain release build when it
     has the mock, else one built in target/pgo-mock (the image's build has no mock)."""
-    ok = PLAIN.exists() and subprocess.run([str(PLAIN), "mock", "--help"], capture_output=True).returncode == 0
-    return PLAIN if ok else cargo(bench.TARGET / "pgo-mock", "", [])
+    if PLAIN.exists():
+        out = subprocess.run([str(PLAIN), "mock", "--help"], capture_output=True)
+        if out.returncode == 0 and b"--port" in out.stdout:
+            return PLAIN
+    return cargo(bench.TARGET / "pgo-mock", "", [])
 
 
 def exchange(info, port):
