@@ -65,6 +65,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
 PIN = os.environ.get("BENCH_PIN") == "1"
 BASELINE = os.environ.get("BENCH_BASELINE")
+GATEWAY = bench.BIN  # main() points bench.BIN at each binary in turn
 ONLY = os.environ.get("BENCH_ONLY", "")
 SKIP_COUNTS = os.environ.get("BENCH_SKIP_COUNTS") == "1"
 FEATURES = os.environ.get("BENCH_FEATURES", "1") == "1"
@@ -357,6 +358,12 @@ def main():
     report(results, p99, per_request, cold)
 
 
+def binary_name(path):
+    """A binary's path, relative to the checkout when inside it (target/pgo/...: profile-guided)."""
+    path = pathlib.Path(path).resolve()
+    return str(path.relative_to(bench.ROOT)) if path.is_relative_to(bench.ROOT) else str(path)
+
+
 def report(results, p99, per_request, cold):
     nginx = next(k for k in results if k.startswith("nginx"))
     lines = ["| contender | req/s median | spread | × nginx median | × nginx spread | p99 ms median |",
@@ -386,7 +393,9 @@ def report(results, p99, per_request, cold):
     mode = "pinned: each proxy on one core" if PIN else "unpinned"
     head = (f"# Interleaved comparison ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
             f"{os.cpu_count()} cores; {ROUNDS} rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} "
-            f"-c{bench.CONNECTIONS}; ratios are taken per round, then their median and spread.\n\n")
+            f"-c{bench.CONNECTIONS}; ratios are taken per round, then their median and spread.\n"
+            f"gateway: `{binary_name(GATEWAY)}`" + (f"; baseline: `{binary_name(BASELINE)}`" if BASELINE else "")
+            + "\n\n")
     text = head + "\n".join(lines) + "\n"
     bench.write_result(f"compare-{'pinned' if PIN else 'unpinned'}.md", text)
 

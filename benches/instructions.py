@@ -34,9 +34,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the components: upstream, nginx, mock, gateway)
+from compare import binary_name  # noqa: E402
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "2000"))
 BASELINE = os.environ.get("BENCH_BASELINE")
+GATEWAY = bench.BIN
 FLOOR_BIN = bench.ROOT / "target" / "release" / "examples" / "hyper_floor"
 CLIENTS = 4
 TOP = int(os.environ.get("BENCH_TOP", "15"))
@@ -161,7 +163,10 @@ def report(rows):
             lines.append(f"| `{fn[:110]}` | {c / n:,.0f} | {100 * c / total:.1f}% |")
     text = (f"# Instructions per request (callgrind)\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; "
             f"{REQUESTS} requests per row on {CLIENTS} keep-alive connections after 50 of warm-up; user space "
-            f"only (no kernel, no cache misses).\n\n" + "\n".join(lines) + "\n")
+            f"only (no kernel, no cache misses). Under valgrind the `sha2` crate finds no SHA extensions and "
+            f"hashes in software (`sha2::sha256::soft`), which a CPU with SHA-NI does not.\n"
+            f"gateway: `{binary_name(GATEWAY)}`" + (f"; baseline: `{binary_name(BASELINE)}`" if BASELINE else "")
+            + "\n\n" + "\n".join(lines) + "\n")
     bench.write_result("instructions.md", text)
 
 
