@@ -86,6 +86,15 @@ def exchange(info, port):
     return entra, internal
 
 
+def load(url, seconds, refused=False, **kw):
+    """wrk against `url`; the training stops when its answers are not the ones it means to
+    record (a profile of the refusal path laid out as the hot one would be worse than none)."""
+    r = bench.wrk(url, seconds, **kw)
+    if r["rps"] <= 0 or (r["errors"] > 0) != refused:
+        sys.exit(f"pgo: {url}: {r['errors']} non-2xx answers or socket errors, "
+                 f"expected {'refusals' if refused else 'none'}")
+
+
 def train(binary, mock_binary):
     """The benchmark's workload against `binary`; every gateway stops with SIGTERM (the profile
     is written at exit)."""
@@ -113,21 +122,21 @@ def train(binary, mock_binary):
             procs.append(gw)
             entra, internal = exchange(info, port)
             base = f"http://127.0.0.1:{port}"
-            bench.wrk(f"{base}/req/x", 3, token=internal)
+            load(f"{base}/req/x", 3, token=internal)
             if name == "features":
                 gw.stop()
                 continue
-            bench.wrk(f"{base}/none/x", 2)
-            bench.wrk(f"{base}/auth/verify/req/x", 2, token=internal)
+            load(f"{base}/none/x", 2)
+            load(f"{base}/auth/verify/req/x", 2, token=internal)
             for url, token in ((f"{base}/req/x", None), (f"{base}/req/x", "not-a-token"), (f"{base}/nowhere", internal)):
-                bench.wrk(url, 1, token=token)
+                load(url, 1, refused=True, token=token)
             warm = bench.WORK / f"pgo-{name}-warm.txt"
             warm.write_text(entra + "\n")
-            bench.wrk(f"{base}/auth/exchange", 3, tokens_file=warm)
+            load(f"{base}/auth/exchange", 3, tokens_file=warm)
             cold = bench.WORK / f"pgo-{name}-cold.txt"
             cold.write_bytes(bench.post(f"{info['authority_host']}/mock/new-users",
                                         {"count": 3000, "groups": [info["groups"]["engineering"]]}))
-            bench.wrk(f"{base}/auth/exchange", 1, tokens_file=cold)
+            load(f"{base}/auth/exchange", 1, tokens_file=cold)
             gw.stop()
     finally:
         for p in procs:
