@@ -5,15 +5,16 @@ measures by default.
     python3 benches/pgo.py                                   (default features: the benchmark's binary)
     python3 benches/pgo.py --no-default-features --features mimalloc   (as deploy/Dockerfile builds it)
 
-Arguments are passed to `cargo build --release --locked`. Four steps, about 20 minutes on 2 cores
-(target/ is $CARGO_TARGET_DIR when set):
+Arguments are passed to `cargo build --release --locked`. Four steps, about 13 minutes on 2 cores
+(19 when the mock has to be built too; target/ is $CARGO_TARGET_DIR when set):
   1. an instrumented build (`-Cprofile-generate`) in target/pgo-instrumented;
   2. the training: that binary serves the benchmark's own workload on loopback for about 40 s, a
      gateway without Redis and one with Redis (when redis-server is installed), each with its
      JSON access log on: `auth: required` (the cached-token path), `auth: none`, forward-auth
-     (`/auth/verify/...`), the warm exchange, the cold exchange (3,000 new users: Graph profile
-     and groups, new user records), then `auth: required` with continuous access and
-     OpenTelemetry (10% sampling) on, and a few refusals (no token, a bad token, no route);
+     (`/auth/verify/...`), refusals (no token, a bad token, no route), the warm exchange, the
+     cold exchange (3,000 new users: Graph profile and groups, new user records); then a third
+     gateway, `auth: required` with continuous access and OpenTelemetry (10% sampling) on;
+     each run's answers are checked (2xx, or refusals where it trains refusals);
      the mock Entra ID and the upstream are the benchmark's (bench.py), the mock from a build
      with the default features (the plain release build, or one made in target/pgo-mock when
      that has no mock, as in the image's build);

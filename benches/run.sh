@@ -34,7 +34,7 @@ fi
 cargo build --release --locked
 # compare.py's `hyper floor` row (the same HTTP stack without the gateway's request logic).
 case "${1:-bench}" in compare | instructions) cargo build --release --locked --example hyper_floor ;; esac
-# The profile-guided build (benches/pgo.py: what the image ships; about 20 minutes more) is the
+# The profile-guided build (benches/pgo.py: what the image ships; about 13 minutes more) is the
 # gateway under test in `compare`, with the plain release build as its `baseline` row unless
 # BENCH_BASELINE names another; BENCH_PGO=1 does the same for the other modes, BENCH_PGO=0
 # measures the plain build alone.
