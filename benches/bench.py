@@ -204,6 +204,31 @@ def post(url, body=None, token=None, timeout=600):
         return r.read()
 
 
+def entra_token(mock_info):
+    """A mock Entra access token for the demo user alice (in the allowed group)."""
+    return json.loads(post(f"{mock_info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
+
+
+def sign_in(mock_info, port):
+    """Alice's Entra token and the internal token the gateway on `port` exchanges it for."""
+    entra = entra_token(mock_info)
+    return entra, json.loads(post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+
+
+def cold_tokens(mock_info, n):
+    """A file of `n` Entra tokens, each a new user in the allowed group (the cold exchange)."""
+    path = WORK / f"cold-{time.time_ns()}.txt"
+    path.write_bytes(post(f"{mock_info['authority_host']}/mock/new-users",
+                          {"count": n, "groups": [mock_info["groups"]["engineering"]]}))
+    return path
+
+
+def binary_name(path):
+    """A binary's path, relative to the checkout when inside it (target/pgo/...: profile-guided)."""
+    path = pathlib.Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 LUA_EXCHANGE = """
 -- Each wrk thread takes every THREADS-th token, so that no token is used twice per pass. The
 -- requests are built once, in init (wrk's advice: building one per request in request() costs
@@ -323,16 +348,6 @@ def main():
                 rows.append((name, "on" if log_on else "off", measure(name, f"http://127.0.0.1:{port}/x")))
                 p.stop()
 
-        def user_token():
-            entra = json.loads(post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-            return entra
-
-        def cold_tokens(n):
-            path = WORK / f"cold-{time.time_ns()}.txt"
-            path.write_bytes(post(f"{info['authority_host']}/mock/new-users",
-                                  {"count": n, "groups": [info["groups"]["engineering"]]}))
-            return path
-
         cold_n = int(os.environ.get("BENCH_COLD_USERS", "40000"))
         for redis_on in (False, True):
             for log_on in (False, True):
@@ -345,8 +360,7 @@ def main():
                 gw, port = gateway(name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", ""),
                                    info, up, log_on, redis_port if redis_on else None)
                 time.sleep(0.5)
-                entra = user_token()
-                internal = json.loads(post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+                entra, internal = sign_in(info, port)
                 log = "on" if log_on else "off"
                 key = "redis" if redis_on else "plain"
                 if not redis_on and log_on is False:
@@ -370,7 +384,7 @@ def main():
                 if want(f"{tag} exchange cold"):
                     # Each token is a new user, used once: the runs are as long as the tokens last
                     # at the warm rate (which is higher), and no warm-up spends them.
-                    tokens = cold_tokens(cold_n)
+                    tokens = cold_tokens(info, cold_n)
                     secs = max(1, int(cold_n / (RUNS * 1.3 * (warm_rps or 10000))))
                     rows.append((f"{tag}, cold exchange (a new user each time, {secs}s runs)", log,
                                  measure(f"{tag} exchange cold {log}", f"http://127.0.0.1:{port}/auth/exchange", pid,

@@ -49,7 +49,6 @@ BENCH_SKIP_COUNTS (1: no syscall counts), BENCH_FEATURES (1), BENCH_CLUSTER (1),
 BENCH_COLD_USERS (15000 per run; 0: no cold row).
 """
 
-import json
 import os
 import pathlib
 import shutil
@@ -214,13 +213,6 @@ def redis_cluster():
     return procs, ports
 
 
-def cold_tokens(info, n):
-    path = bench.WORK / f"cold-{time.time_ns()}.txt"
-    path.write_bytes(bench.post(f"{info['authority_host']}/mock/new-users",
-                                {"count": n, "groups": [info["groups"]["engineering"]]}))
-    return path
-
-
 def nginx_worker(pid):
     children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return int(children[0]) if children else pid
@@ -249,8 +241,7 @@ def main():
             procs.append(gw)
             pin(gw.p.pid, PROXY_CORE)
             time.sleep(0.5)
-            entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-            internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+            entra, internal = bench.sign_in(info, port)
             tokens = bench.WORK / f"{label}-warm.txt"
             tokens.write_text(entra + "\n")
             contenders.append((f"{label} auth: required (log on)", gw.p.pid, f"http://127.0.0.1:{port}/req/x",
@@ -283,7 +274,7 @@ def main():
         procs.append(gw)
         pin(gw.p.pid, PROXY_CORE)
         time.sleep(0.5)
-        entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
+        entra = bench.entra_token(info)
         tokens = bench.WORK / "eddsa-warm.txt"
         tokens.write_text(entra + "\n")
         contenders.append(("gateway warm exchange, EdDSA key (log on)", gw.p.pid,
@@ -298,8 +289,7 @@ def main():
                 feature_procs.append(gw)
                 pin(gw.p.pid, PROXY_CORE)
                 time.sleep(0.5)
-                entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-                internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+                entra, internal = bench.sign_in(info, port)
                 contenders.append((f"gateway {label} auth: required (log on)", gw.p.pid,
                                    f"http://127.0.0.1:{port}/req/x", {"token": internal}))
         if CLUSTER:
@@ -310,8 +300,7 @@ def main():
             procs.append(gw)
             pin(gw.p.pid, PROXY_CORE)
             time.sleep(1.5)  # the revocation feed subscribes
-            entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-            internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+            entra, internal = bench.sign_in(info, port)
             contenders.append(("gateway + Redis Cluster (3 nodes) auth: required (log on)", gw.p.pid,
                                f"http://127.0.0.1:{port}/req/x", {"token": internal}))
         ha, ha_port = haproxy(up, public_key_of(key_pem, bench.WORK / "k1.pub.pem"))
@@ -349,19 +338,13 @@ def main():
                     continue
                 label = name.replace("warm exchange", "cold exchange")
                 for run in range(3):
-                    r = wrk(url, 1, tokens_file=cold_tokens(info, COLD_USERS))
+                    r = wrk(url, 1, tokens_file=bench.cold_tokens(info, COLD_USERS))
                     cold.setdefault(label, []).append(r["rps"])
                     print(f"  cold run {run + 1}: {label}: {r['rps']:.0f} req/s", flush=True)
     finally:
         for p in procs:
             p.stop()
     report(results, p99, per_request, cold)
-
-
-def binary_name(path):
-    """A binary's path, relative to the checkout when inside it (target/pgo/...: profile-guided)."""
-    path = pathlib.Path(path).resolve()
-    return str(path.relative_to(bench.ROOT)) if path.is_relative_to(bench.ROOT) else str(path)
 
 
 def report(results, p99, per_request, cold):
@@ -394,7 +377,7 @@ def report(results, p99, per_request, cold):
     head = (f"# Interleaved comparison ({mode})\n\n{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
             f"{os.cpu_count()} cores; {ROUNDS} rounds of {SECONDS}s per contender, wrk -t{bench.THREADS} "
             f"-c{bench.CONNECTIONS}; ratios are taken per round, then their median and spread.\n"
-            f"gateway: `{binary_name(GATEWAY)}`" + (f"; baseline: `{binary_name(BASELINE)}`" if BASELINE else "")
+            f"gateway: `{bench.binary_name(GATEWAY)}`" + (f"; baseline: `{bench.binary_name(BASELINE)}`" if BASELINE else "")
             + "\n\n")
     text = head + "\n".join(lines) + "\n"
     bench.write_result(f"compare-{'pinned' if PIN else 'unpinned'}.md", text)

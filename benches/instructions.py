@@ -22,7 +22,6 @@ BENCH_TOP (15 functions per table).
 
 import collections
 import http.client
-import json
 import os
 import pathlib
 import re
@@ -34,7 +33,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the components: upstream, nginx, mock, gateway)
-from compare import binary_name  # noqa: E402
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "2000"))
 BASELINE = os.environ.get("BENCH_BASELINE")
@@ -114,8 +112,7 @@ def gateway_rows(label, binary, info, up, work):
     finally:
         bench.Proc = real
     try:
-        entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-        internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
+        entra, internal = bench.sign_in(info, port)
         out = str(work / f"{label}-cg.cg")
         rows = {}
         for row, method, path, token in [("auth: required", "GET", "/req/x", internal),
@@ -165,7 +162,7 @@ def report(rows):
             f"{REQUESTS} requests per row on {CLIENTS} keep-alive connections after 50 of warm-up; user space "
             f"only (no kernel, no cache misses). Under valgrind the `sha2` crate finds no SHA extensions and "
             f"hashes in software (`sha2::sha256::soft`), which a CPU with SHA-NI does not.\n"
-            f"gateway: `{binary_name(GATEWAY)}`" + (f"; baseline: `{binary_name(BASELINE)}`" if BASELINE else "")
+            f"gateway: `{bench.binary_name(GATEWAY)}`" + (f"; baseline: `{bench.binary_name(BASELINE)}`" if BASELINE else "")
             + "\n\n" + "\n".join(lines) + "\n")
     bench.write_result("instructions.md", text)
 

@@ -29,12 +29,12 @@ training covers every feature the benchmark measures, not only the fastest path.
 worth: benches/README.md, "The ninth round".
 """
 
-import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the components: upstream, mock, redis, gateway, wrk)
@@ -81,12 +81,6 @@ def mock_binary():
     return cargo(bench.TARGET / "pgo-mock", "", [])
 
 
-def exchange(info, port):
-    entra = json.loads(bench.post(f"{info['authority_host']}/mock/token", {"user": "alice"}))["access_token"]
-    internal = json.loads(bench.post(f"http://127.0.0.1:{port}/auth/exchange", token=entra))["access_token"]
-    return entra, internal
-
-
 def load(url, seconds, refused=False, **kw):
     """wrk against `url`; the training stops when its answers are not the ones it means to
     record (a profile of the refusal path laid out as the hot one would be worse than none)."""
@@ -94,6 +88,18 @@ def load(url, seconds, refused=False, **kw):
     if r["rps"] <= 0 or (r["errors"] > 0) != refused:
         sys.exit(f"pgo: {url}: {r['errors']} non-2xx answers or socket errors, "
                  f"expected {'refusals' if refused else 'none'}")
+
+
+def whole_workload(base, entra, internal, info):
+    """Everything but `auth: required` (which every training gateway gets)."""
+    load(f"{base}/none/x", 2)
+    load(f"{base}/auth/verify/req/x", 2, token=internal)
+    for url, token in ((f"{base}/req/x", None), (f"{base}/req/x", "not-a-token"), (f"{base}/nowhere", internal)):
+        load(url, 1, refused=True, token=token)
+    warm = bench.WORK / f"warm-{time.time_ns()}.txt"
+    warm.write_text(entra + "\n")
+    load(f"{base}/auth/exchange", 3, tokens_file=warm)
+    load(f"{base}/auth/exchange", 1, tokens_file=bench.cold_tokens(info, 3000))
 
 
 def train(binary, mock_binary):
@@ -112,32 +118,17 @@ def train(binary, mock_binary):
             redis_proc, redis_port = bench.redis()
             procs.append(redis_proc)
         sink = compare.otlp_sink()
-        features = dict(v for row in compare.FEATURE_ROWS[-1:] for v in row[1].items())
-        features = {k: v.format(sink=sink) for k, v in features.items()}
+        features = {k: v.format(sink=sink) for k, v in compare.FEATURE_ROWS[-1][1].items()}  # all on
         forward_auth = {"ENTRA_GATEWAY__PROXY__FORWARD_AUTH__ORIGINAL_URI": "path"}
-        runs = [("plain", None, forward_auth), ("redis", redis_port, forward_auth), ("features", None, features)]
-        for name, port_of_redis, env in runs:
-            if name == "redis" and redis_port is None:
-                continue
+        runs = [("plain", None, forward_auth)] + ([("redis", redis_port, forward_auth)] if redis_port else [])
+        for name, port_of_redis, env in runs + [("features", None, features)]:
             gw, port = bench.gateway(f"pgo-{name}", info, up, True, redis_port=port_of_redis, env=env)
             procs.append(gw)
-            entra, internal = exchange(info, port)
+            entra, internal = bench.sign_in(info, port)
             base = f"http://127.0.0.1:{port}"
             load(f"{base}/req/x", 3, token=internal)
-            if name == "features":
-                gw.stop()
-                continue
-            load(f"{base}/none/x", 2)
-            load(f"{base}/auth/verify/req/x", 2, token=internal)
-            for url, token in ((f"{base}/req/x", None), (f"{base}/req/x", "not-a-token"), (f"{base}/nowhere", internal)):
-                load(url, 1, refused=True, token=token)
-            warm = bench.WORK / f"pgo-{name}-warm.txt"
-            warm.write_text(entra + "\n")
-            load(f"{base}/auth/exchange", 3, tokens_file=warm)
-            cold = bench.WORK / f"pgo-{name}-cold.txt"
-            cold.write_bytes(bench.post(f"{info['authority_host']}/mock/new-users",
-                                        {"count": 3000, "groups": [info["groups"]["engineering"]]}))
-            load(f"{base}/auth/exchange", 1, tokens_file=cold)
+            if name != "features":
+                whole_workload(base, entra, internal, info)
             gw.stop()
     finally:
         for p in procs:

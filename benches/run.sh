@@ -39,8 +39,7 @@ case "${1:-bench}" in compare | instructions) cargo build --release --locked --e
 # BENCH_BASELINE names another; BENCH_PGO=1 does the same for the other modes, BENCH_PGO=0
 # measures the plain build alone.
 pgo=${BENCH_PGO:-$([ "${1:-bench}" = compare ] && echo 1 || echo 0)}
-[ "${1:-bench}" != pgo ] || pgo=0
-if [ "$pgo" = 1 ] && [ -z "${BENCH_GATEWAY:-}" ]; then
+if [ "$pgo" = 1 ] && [ "${1:-bench}" != pgo ] && [ -z "${BENCH_GATEWAY:-}" ]; then
   BENCH_GATEWAY=$(python3 benches/pgo.py | tail -1)
   export BENCH_GATEWAY
   export BENCH_BASELINE=${BENCH_BASELINE:-${CARGO_TARGET_DIR:-$PWD/target}/release/entra-gateway}

@@ -6,8 +6,8 @@
 //!
 //! # Layout (dependencies point down; ARCHITECTURE.md has the flows)
 //! - Leaves: [`clock`] (Unix time), `body` (the response body type), `byte_class` (byte checks
-//!   written to be vectorised), [`path`] (the canonical
-//!   request path), [`keys`] (signing keys), `header_names` (names with `_` read as `-`), `identity` (identity header names, spoof
+//!   written to be vectorised), [`path`] (the canonical request path), [`keys`] (signing keys),
+//!   `header_names` (names with `_` read as `-`), `identity` (identity header names, spoof
 //!   stripping), `forwarded` (trusted proxies, `X-Forwarded-*`), `outbound` (error chains),
 //!   [`tls`] (certificates), `request_id`, `logging` (subscriber and its writer thread),
 //!   `cors` (browser origins), `metrics` (Prometheus families), [`seal`] (the HMAC that makes
